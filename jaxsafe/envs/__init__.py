@@ -1,0 +1,26 @@
+"""Safe environments: the contract, wrappers, registry and tasks."""
+
+from jaxsafe.envs import classic, gridworld
+from jaxsafe.envs.core import (
+    AutoReset,
+    EpisodeStats,
+    GymnaxSafeEnv,
+    SafeEnv,
+    VecEnv,
+    Wrapper,
+    check_action,
+    wrap_for_training,
+)
+from jaxsafe.envs.registry import describe_envs, list_envs, make, register
+from jaxsafe.envs.tabular import TabularMDP, evaluate_policy, solve_constrained_mdp
+from jaxsafe.types import TimeStep
+
+register("SafeCartPole", classic.safe_cartpole, "CartPole-v1; cost 1 when the cart leaves |x| <= cost_x_limit")
+register("SafePendulum", classic.safe_pendulum, "Pendulum-v1; cost 1 when |angular speed| > cost_speed_limit")
+register("SafeGridWorld", gridworld.GridWorld, "constrained gridworld with an exact model (layout=...)")
+
+__all__ = [
+    "AutoReset", "EpisodeStats", "GymnaxSafeEnv", "SafeEnv", "VecEnv", "Wrapper", "TimeStep", "TabularMDP",
+    "check_action", "wrap_for_training", "make", "register", "list_envs", "describe_envs",
+    "solve_constrained_mdp", "evaluate_policy",
+]

@@ -1,0 +1,226 @@
+"""Configurable constrained gridworlds (pure JAX) with an exact tabular model.
+
+A layout is a string, one character a cell::
+
+    #  wall          .  free          S  start (one or more; uniform over them)
+    G  goal (terminal, pays goal_reward)                H  hazard (cost 1 on entering)
+
+Actions are 0 up, 1 right, 2 down, 3 left. With probability ``slip_prob`` the action is replaced by a uniformly
+random one. Moving into a wall leaves the agent in place. Each step pays ``step_reward``; entering a goal pays
+``goal_reward`` as well and terminates; episodes are truncated after ``max_steps`` steps. Observations are the
+one-hot index of the agent's cell among the non-wall cells.
+
+``GridWorld.to_tabular(params)`` exports the exact model as a :class:`~jaxsafe.envs.tabular.TabularMDP`, so the
+optimal constrained policy can be computed with :func:`~jaxsafe.envs.tabular.solve_constrained_mdp`.
+
+The ``corridor`` layout has a closed-form constrained optimum, used in the tests::
+
+    #######
+    #.....#
+    #SHHHG#
+    #.....#
+    #######
+
+The straight route crosses three hazards in 4 steps; the detour around them is 6 steps and safe. Every other
+route is dominated, so the optimal policy under an episode-cost limit ``d in [0, 3]`` takes the straight route
+with probability ``d / 3`` and the detour otherwise (:func:`corridor_optimum`).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from jaxsafe.envs.core import SafeEnv, spaces
+from jaxsafe.envs.tabular import TabularMDP
+from jaxsafe.types import TimeStep
+
+LAYOUTS: dict[str, str] = {
+    "corridor": """
+#######
+#.....#
+#SHHHG#
+#.....#
+#######
+""",
+    # The 13x13 FourRooms map of Sutton, Precup & Singh (1999), as in gymnax; start and goal opposite corners.
+    "four_rooms": """
+#############
+#S    #     #
+#     #     #
+#           #
+#     #     #
+#     #     #
+## ####     #
+#     ### ###
+#     #     #
+#     #     #
+#           #
+#     #    G#
+#############
+""",
+    # Two hazard patches guard the short way to the goal of an open room.
+    "hazard_room": """
+#########
+#S......#
+#..HHH..#
+#..HHH..#
+#.......#
+#...HH..#
+#......G#
+#########
+""",
+}
+
+MOVES = np.array([[-1, 0], [0, 1], [1, 0], [0, -1]], np.int32)  # up, right, down, left
+
+
+def parse_layout(layout: str) -> np.ndarray:
+    """Turn a layout string into a ``[H, W]`` array of single characters (spaces count as free cells)."""
+    rows = [row for row in layout.strip("\n").split("\n")]
+    width = max(len(r) for r in rows)
+    grid = np.array([list(r.ljust(width, "#")) for r in rows])
+    grid[grid == " "] = "."
+    allowed = set("#.SGH")
+    bad = set(grid.ravel()) - allowed
+    if bad:
+        raise ValueError(f"layout has unknown characters {sorted(bad)}; allowed are {sorted(allowed)}")
+    if not (grid == "S").any():
+        raise ValueError("layout needs at least one start cell 'S'")
+    if not (grid == "G").any():
+        raise ValueError("layout needs at least one goal cell 'G'")
+    return grid
+
+
+@struct.dataclass
+class GridParams:
+    step_reward: float = -0.05
+    goal_reward: float = 1.0
+    hazard_cost: float = 1.0
+    slip_prob: float = 0.0
+    max_steps: int = struct.field(pytree_node=False, default=50)
+
+
+class GridState(NamedTuple):
+    cell: jax.Array  # int32 index into the non-wall cells
+    time: jax.Array  # int32 steps taken
+
+
+class GridWorld(SafeEnv):
+    """A constrained gridworld built from a layout (see the module docstring)."""
+
+    def __init__(self, layout: str = "corridor"):
+        text = LAYOUTS.get(layout, layout)
+        if layout not in LAYOUTS and "\n" not in layout:
+            raise ValueError(f"unknown layout {layout!r}; named layouts are {sorted(LAYOUTS)} (or pass a map string)")
+        self.layout_name = layout if layout in LAYOUTS else "custom"
+        grid = parse_layout(text)
+        self.grid = grid
+        free = np.argwhere(grid != "#")
+        self.cells = free  # [N, 2] (row, col) of each non-wall cell
+        index = -np.ones(grid.shape, np.int32)
+        index[tuple(free.T)] = np.arange(len(free))
+        # next_cell[c, a] for deterministic moves
+        next_cell = np.zeros((len(free), 4), np.int32)
+        for c, (r, col) in enumerate(free):
+            for a, (dr, dc) in enumerate(MOVES):
+                nr, nc = r + dr, col + dc
+                inside = 0 <= nr < grid.shape[0] and 0 <= nc < grid.shape[1]
+                next_cell[c, a] = index[nr, nc] if inside and grid[nr, nc] != "#" else c
+        kinds = grid[tuple(free.T)]
+        self.num_cells = len(free)
+        self._next_cell = next_cell
+        self._is_goal = kinds == "G"
+        self._is_hazard = kinds == "H"
+        self._starts = np.flatnonzero(kinds == "S").astype(np.int32)
+
+    @property
+    def name(self) -> str:
+        return "SafeGridWorld" if self.layout_name == "corridor" else f"SafeGridWorld[{self.layout_name}]"
+
+    @property
+    def default_params(self) -> GridParams:
+        return GridParams()
+
+    def observation_space(self, params):
+        return spaces.Box(0.0, 1.0, (self.num_cells,), jnp.float32)
+
+    def action_space(self, params):
+        return spaces.Discrete(4)
+
+    def _obs(self, cell):
+        return jax.nn.one_hot(cell, self.num_cells, dtype=jnp.float32)
+
+    def reset(self, key, params):
+        cell = jax.random.choice(key, jnp.asarray(self._starts))
+        state = GridState(cell=cell.astype(jnp.int32), time=jnp.zeros((), jnp.int32))
+        timestep = TimeStep(
+            obs=self._obs(state.cell),
+            reward=jnp.zeros((), jnp.float32),
+            cost=jnp.zeros((1,), jnp.float32),
+            terminated=jnp.zeros((), bool),
+            truncated=jnp.zeros((), bool),
+            info={},
+        )
+        return state, timestep
+
+    def step(self, key, state, action, params):
+        slip_key, random_key = jax.random.split(key)
+        random_action = jax.random.randint(random_key, (), 0, 4)
+        action = jnp.where(jax.random.uniform(slip_key) < params.slip_prob, random_action, action)
+        cell = jnp.asarray(self._next_cell)[state.cell, action]
+        at_goal = jnp.asarray(self._is_goal)[cell]
+        in_hazard = jnp.asarray(self._is_hazard)[cell]
+        time = state.time + 1
+        reward = params.step_reward + jnp.where(at_goal, params.goal_reward, 0.0)
+        cost = jnp.where(in_hazard, params.hazard_cost, 0.0)[None]
+        truncated = jnp.logical_and(time >= params.max_steps, ~at_goal)
+        timestep = TimeStep(
+            obs=self._obs(cell),
+            reward=jnp.asarray(reward, jnp.float32),
+            cost=cost.astype(jnp.float32),
+            terminated=at_goal,
+            truncated=truncated,
+            info={},
+        )
+        return GridState(cell=cell, time=time), timestep
+
+    def to_tabular(self, params: GridParams | None = None) -> TabularMDP:
+        """The exact model (time limit ignored): goal cells are terminal."""
+        params = self.default_params if params is None else params
+        n, num_actions = self.num_cells, 4
+        transitions = np.zeros((n, num_actions, n))
+        for c in range(n):
+            if self._is_goal[c]:
+                continue
+            for a in range(num_actions):
+                for actual in range(num_actions):
+                    prob = (1 - params.slip_prob) * (actual == a) + params.slip_prob / num_actions
+                    transitions[c, a, self._next_cell[c, actual]] += prob
+        arrive_goal = transitions @ self._is_goal.astype(float)  # [S, A]
+        arrive_hazard = transitions @ self._is_hazard.astype(float)
+        live = ~self._is_goal
+        reward = (params.step_reward + params.goal_reward * arrive_goal) * live[:, None]
+        cost = (params.hazard_cost * arrive_hazard * live[:, None])[..., None]
+        initial = np.zeros(n)
+        initial[self._starts] = 1.0 / len(self._starts)
+        return TabularMDP(transitions, reward, cost, initial, self._is_goal.copy())
+
+
+def corridor_optimum(cost_limit: float, params: GridParams | None = None) -> tuple[float, float, float]:
+    """Closed-form constrained optimum of the ``corridor`` layout (no slip, undiscounted).
+
+    Returns ``(p_straight, episode_return, episode_cost)``: the probability of the straight (hazardous) route,
+    and the expected return and cost of the optimal policy for episode-cost limit ``cost_limit``.
+    """
+    params = GridParams() if params is None else params
+    straight_return = 4 * params.step_reward + params.goal_reward
+    detour_return = 6 * params.step_reward + params.goal_reward
+    straight_cost = 3 * params.hazard_cost
+    p_straight = float(np.clip(cost_limit / straight_cost, 0.0, 1.0))
+    episode_return = detour_return + p_straight * (straight_return - detour_return)
+    return p_straight, episode_return, p_straight * straight_cost

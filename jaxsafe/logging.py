@@ -1,0 +1,138 @@
+"""Run directories: config, metrics, summary and progress, shared by every learner and the CLI.
+
+A run directory holds::
+
+    config.json     what was run: algorithm, environment, config, hparams, grid, seeds
+    metrics.jsonl   one JSON object per logged chunk and grid point ("run", "seed", swept hparams, metrics)
+    summary.json    final mean and spread per grid point
+    checkpoints/    orbax checkpoints (see jaxsafe.checkpoint)
+    curves.png      learning curves (see jaxsafe.plotting)
+
+Files are written atomically (write to a temporary file, then rename) so a killed run never leaves half a JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+
+def to_jsonable(value: Any) -> Any:
+    """Convert numpy/jax scalars and arrays (and containers of them) to plain JSON types; NaN/inf become None."""
+    if isinstance(value, dict):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    if hasattr(value, "shape") and hasattr(value, "dtype"):
+        value = np.asarray(value)
+        return to_jsonable(value.item() if value.ndim == 0 else value.tolist())
+    if isinstance(value, (np.floating, float)):
+        value = float(value)
+        return value if math.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.bool_):
+        return bool(value)
+    return value
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+class RunDir:
+    """A run directory (created on construction unless ``must_exist``)."""
+
+    def __init__(self, path: str | os.PathLike, must_exist: bool = False):
+        self.path = Path(path)
+        if must_exist:
+            if not self.path.is_dir():
+                raise FileNotFoundError(f"run directory {self.path} does not exist")
+            if not self.config_path.is_file():
+                raise FileNotFoundError(f"{self.path} is not a jaxsafe run directory: {self.config_path} is missing")
+        else:
+            self.path.mkdir(parents=True, exist_ok=True)
+
+    config_path = property(lambda self: self.path / "config.json")
+    metrics_path = property(lambda self: self.path / "metrics.jsonl")
+    summary_path = property(lambda self: self.path / "summary.json")
+    checkpoint_dir = property(lambda self: self.path / "checkpoints")
+    figure_path = property(lambda self: self.path / "curves.png")
+
+    def write_config(self, config: dict) -> None:
+        _atomic_write(self.config_path, json.dumps(to_jsonable(config), indent=2, sort_keys=True))
+
+    def read_config(self) -> dict:
+        try:
+            return json.loads(self.config_path.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{self.config_path} is corrupt: {err}") from None
+
+    def append_metrics(self, rows: Iterable[dict]) -> None:
+        """Append rows (one JSON object per line); each row is flushed and fsynced before returning."""
+        lines = "".join(json.dumps(to_jsonable(row), sort_keys=True) + "\n" for row in rows)
+        with open(self.metrics_path, "a") as f:
+            f.write(lines)
+            f.flush()
+            os.fsync(f.fileno())
+
+    def read_metrics(self) -> list[dict]:
+        if not self.metrics_path.exists():
+            return []
+        return [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line.strip()]
+
+    def truncate_metrics(self, max_env_steps: float) -> None:
+        """Drop rows logged after ``max_env_steps`` (used on resume so metrics match the restored checkpoint)."""
+        rows = [r for r in self.read_metrics() if r.get("env_steps", 0) <= max_env_steps]
+        _atomic_write(self.metrics_path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+
+    def write_summary(self, summary: dict) -> None:
+        _atomic_write(self.summary_path, json.dumps(to_jsonable(summary), indent=2, sort_keys=True))
+
+    def read_summary(self) -> dict:
+        return json.loads(self.summary_path.read_text())
+
+
+def summarize(values: np.ndarray, axis: int = 0) -> dict:
+    """Mean, standard deviation, min and max of ``values`` along ``axis`` (the seed axis)."""
+    values = np.asarray(values, np.float64)
+    return {
+        "mean": values.mean(axis=axis),
+        "std": values.std(axis=axis),
+        "min": values.min(axis=axis),
+        "max": values.max(axis=axis),
+    }
+
+
+class Progress:
+    """A tqdm progress bar over env steps with the latest metrics in its postfix (silent when disabled)."""
+
+    def __init__(self, total_steps: int, desc: str = "train", enabled: bool = True):
+        self.enabled = enabled
+        self._bar = None
+        self._start = time.perf_counter()
+        if enabled:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=int(total_steps), desc=desc, unit="step", unit_scale=True, dynamic_ncols=True)
+
+    def update(self, env_steps: int, **postfix) -> None:
+        if self._bar is None:
+            return
+        self._bar.update(int(env_steps) - self._bar.n)
+        elapsed = max(time.perf_counter() - self._start, 1e-9)
+        fields = {"SPS": f"{self._bar.n / elapsed:,.0f}"}
+        fields.update({k: f"{float(v):.3g}" for k, v in postfix.items() if v is not None})
+        self._bar.set_postfix(fields, refresh=True)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
