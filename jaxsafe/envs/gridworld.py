@@ -13,7 +13,19 @@ one-hot index of the agent's cell among the non-wall cells.
 ``GridWorld.to_tabular(params)`` exports the exact model as a :class:`~jaxsafe.envs.tabular.TabularMDP`, so the
 optimal constrained policy can be computed with :func:`~jaxsafe.envs.tabular.solve_constrained_mdp`.
 
-The ``corridor`` layout has a closed-form constrained optimum, used in the tests::
+Two layouts have closed-form constrained optima (:func:`route_optimum`), used in the tests. ``routes`` (the default)
+offers three undominated routes: 6 steps through 3 hazards, 8 steps through 1 hazard, and a 12-step safe detour::
+
+    #########
+    #.......#
+    #.#####.#
+    #...H...#
+    #S.HHH.G#
+    #########
+
+With the default rewards their (cost, return) points are (3, 0.7), (1, 0.6) and (0, 0.4). The middle route is a
+vertex of the upper concave hull, so for an episode-cost limit of exactly 1 the optimal policy is deterministic:
+a Lagrangian learner has a stable target. ``corridor`` has two routes::
 
     #######
     #.....#
@@ -23,7 +35,7 @@ The ``corridor`` layout has a closed-form constrained optimum, used in the tests
 
 The straight route crosses three hazards in 4 steps; the detour around them is 6 steps and safe. Every other
 route is dominated, so the optimal policy under an episode-cost limit ``d in [0, 3]`` takes the straight route
-with probability ``d / 3`` and the detour otherwise (:func:`corridor_optimum`).
+with probability ``d / 3`` and the detour otherwise: every limit between the vertices needs a stochastic policy.
 """
 
 from __future__ import annotations
@@ -40,6 +52,14 @@ from jaxsafe.envs.tabular import TabularMDP
 from jaxsafe.types import TimeStep
 
 LAYOUTS: dict[str, str] = {
+    "routes": """
+#########
+#.......#
+#.#####.#
+#...H...#
+#S.HHH.G#
+#########
+""",
     "corridor": """
 #######
 #.....#
@@ -113,7 +133,7 @@ class GridState(NamedTuple):
 class GridWorld(SafeEnv):
     """A constrained gridworld built from a layout (see the module docstring)."""
 
-    def __init__(self, layout: str = "corridor"):
+    def __init__(self, layout: str = "routes"):
         text = LAYOUTS.get(layout, layout)
         if layout not in LAYOUTS and "\n" not in layout:
             raise ValueError(f"unknown layout {layout!r}; named layouts are {sorted(LAYOUTS)} (or pass a map string)")
@@ -140,7 +160,7 @@ class GridWorld(SafeEnv):
 
     @property
     def name(self) -> str:
-        return "SafeGridWorld" if self.layout_name == "corridor" else f"SafeGridWorld[{self.layout_name}]"
+        return "SafeGridWorld" if self.layout_name == "routes" else f"SafeGridWorld[{self.layout_name}]"
 
     @property
     def default_params(self) -> GridParams:
@@ -211,16 +231,47 @@ class GridWorld(SafeEnv):
         return TabularMDP(transitions, reward, cost, initial, self._is_goal.copy())
 
 
-def corridor_optimum(cost_limit: float, params: GridParams | None = None) -> tuple[float, float, float]:
-    """Closed-form constrained optimum of the ``corridor`` layout (no slip, undiscounted).
+#: (steps, hazards entered) of the undominated routes of the layouts with a closed-form optimum.
+ROUTES: dict[str, tuple[tuple[int, int], ...]] = {
+    "routes": ((6, 3), (8, 1), (12, 0)),
+    "corridor": ((4, 3), (6, 0)),
+}
 
-    Returns ``(p_straight, episode_return, episode_cost)``: the probability of the straight (hazardous) route,
-    and the expected return and cost of the optimal policy for episode-cost limit ``cost_limit``.
+
+def route_optimum(cost_limit: float, layout: str = "routes", params: GridParams | None = None):
+    """Closed-form constrained optimum of a layout in :data:`ROUTES` (no slip, undiscounted).
+
+    The achievable (episode cost, episode return) set is the convex hull of the routes' points; the optimum under
+    ``cost_limit`` lies on its upper concave hull. Returns ``(episode_return, episode_cost, route_probs)`` with
+    ``route_probs`` the probability of each route of ``ROUTES[layout]`` (at most two non-zero).
     """
     params = GridParams() if params is None else params
-    straight_return = 4 * params.step_reward + params.goal_reward
-    detour_return = 6 * params.step_reward + params.goal_reward
-    straight_cost = 3 * params.hazard_cost
-    p_straight = float(np.clip(cost_limit / straight_cost, 0.0, 1.0))
-    episode_return = detour_return + p_straight * (straight_return - detour_return)
-    return p_straight, episode_return, p_straight * straight_cost
+    routes = ROUTES[layout]
+    points = [(hazards * params.hazard_cost, steps * params.step_reward + params.goal_reward)
+              for steps, hazards in routes]
+    order = sorted(range(len(points)), key=lambda i: points[i])
+    hull: list[int] = []  # upper concave hull, by increasing cost
+    for i in order:
+        if hull and points[i][1] <= points[hull[-1]][1]:
+            continue  # dominated: costs at least as much and pays no more
+        while len(hull) >= 2:
+            (c0, r0), (c1, r1), (c2, r2) = points[hull[-2]], points[hull[-1]], points[i]
+            if (r1 - r0) * (c2 - c0) <= (r2 - r0) * (c1 - c0):
+                hull.pop()  # not a vertex of the concave hull
+            else:
+                break
+        hull.append(i)
+    probs = np.zeros(len(routes))
+    if cost_limit <= points[hull[0]][0]:
+        probs[hull[0]] = 1.0
+    elif cost_limit >= points[hull[-1]][0]:
+        probs[hull[-1]] = 1.0
+    else:
+        for a, b in zip(hull, hull[1:]):
+            if points[a][0] <= cost_limit <= points[b][0]:
+                weight = (cost_limit - points[a][0]) / (points[b][0] - points[a][0])
+                probs[a], probs[b] = 1.0 - weight, weight
+                break
+    episode_return = float(sum(p * r for p, (_, r) in zip(probs, points)))
+    episode_cost = float(sum(p * c for p, (c, _) in zip(probs, points)))
+    return episode_return, episode_cost, probs

@@ -1,0 +1,197 @@
+"""The ``jaxsafe`` command.
+
+::
+
+    jaxsafe list
+    jaxsafe train ALGO --env NAME [--seeds N] [--steps N] [--set field=value ...] [--out DIR] [--resume]
+    jaxsafe sweep ALGO --env NAME --grid field=v1,v2 [--grid ...] [--seeds N] [--steps N] [--out DIR]
+    jaxsafe eval RUN_DIR [--episodes N] [--deterministic]
+    jaxsafe demo [--out DIR] [--quick]
+
+Every bad input is reported before anything compiles, as one line ``jaxsafe: error: ...`` and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+
+def _key_values(items: list[str], flag: str) -> dict[str, str]:
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ValueError(f"{flag} expects field=value, got {item!r}")
+        key, value = item.split("=", 1)
+        out[key.strip()] = value.strip()
+    return out
+
+
+def _grid(items: list[str]) -> dict[str, list[float]]:
+    grid = {}
+    for key, values in _key_values(items, "--grid").items():
+        try:
+            grid[key] = [float(v) for v in values.split(",") if v.strip()]
+        except ValueError:
+            raise ValueError(f"--grid {key}={values}: expected comma-separated numbers") from None
+        if not grid[key]:
+            raise ValueError(f"--grid {key}= has no values")
+    return grid
+
+
+def _default_out(command: str, algorithm: str, env: str) -> Path:
+    return Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{command}-{algorithm}-{env}"
+
+
+def _print_summary(summary: dict) -> None:
+    print(f"\n{'setting':<28} {'return (mean ± std)':>22} {'cost (mean ± std)':>22}")
+    for point in summary["points"]:
+        setting = ", ".join(f"{k}={v:g}" for k, v in point["setting"].items()) or "-"
+        ret, cost = point["episode_return"], point["episode_cost"]
+        print(f"{setting:<28} {ret['mean']:>13.2f} ± {ret['std']:<6.2f} {cost['mean']:>13.2f} ± {cost['std']:<6.2f}")
+
+
+def _train(args, grid: dict) -> int:
+    from jaxsafe import runner
+
+    if args.resume:
+        if args.out is None:
+            raise ValueError("--resume needs --out RUN_DIR (the run to continue)")
+        result = runner.resume_training(args.out, progress=not args.quiet)
+    else:
+        overrides = _key_values(args.set, "--set")
+        if args.steps is not None:
+            overrides["total_steps"] = str(args.steps)
+        env_overrides = {k: _maybe_number(v) for k, v in _key_values(args.env_set, "--env-set").items()}
+        spec = runner.make_spec(args.algorithm, args.env, seeds=args.seeds, grid=grid, overrides=overrides,
+                                env_overrides=env_overrides, num_chunks=args.chunks)
+        out = Path(args.out) if args.out else _default_out(args.command, args.algorithm, args.env)
+        result = runner.run_training(spec, out, progress=not args.quiet)
+    _print_summary(result.summary)
+    print(f"\nrun directory: {result.run_dir.path}")
+    return 0
+
+
+def _maybe_number(text: str):
+    try:
+        return int(text)
+    except ValueError:
+        try:
+            return float(text)
+        except ValueError:
+            return text
+
+
+def cmd_list(args) -> int:
+    from jaxsafe.algorithms import describe_algorithms
+    from jaxsafe.envs import describe_envs
+
+    print("environments:")
+    for name, text in describe_envs().items():
+        print(f"  {name:<28} {text}")
+    print("algorithms:")
+    for name, text in describe_algorithms().items():
+        print(f"  {name:<28} {text}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    return _train(args, {})
+
+
+def cmd_sweep(args) -> int:
+    grid = _grid(args.grid)
+    if not grid:
+        raise ValueError("sweep needs at least one --grid field=v1,v2")
+    return _train(args, grid)
+
+
+def cmd_eval(args) -> int:
+    from jaxsafe import runner
+
+    rows = runner.evaluate_run(args.run_dir, episodes=args.episodes, max_steps=args.max_steps,
+                               deterministic=args.deterministic)
+    for row in rows:
+        print(json.dumps(row))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from jaxsafe import demo
+
+    demo.main(out_dir=args.out, quick=args.quick, progress=not args.quiet)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="jaxsafe", description="Safe RL and safety alignment in JAX.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("list", help="list environments and algorithms").set_defaults(func=cmd_list)
+
+    for name, func, helptext in (("train", cmd_train, "train one configuration over seeds"),
+                                 ("sweep", cmd_sweep, "train a grid of hparams x seeds as one program")):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("algorithm", nargs="?", default=None, help="see `jaxsafe list`")
+        p.add_argument("--env", help="environment name (see `jaxsafe list`)")
+        p.add_argument("--seeds", type=int, default=1, help="number of seeds (default 1)")
+        p.add_argument("--steps", type=int, default=None, help="total env steps per run")
+        p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                       help="config or hparams field, e.g. --set cost_limit=10 --set num_envs=32")
+        p.add_argument("--env-set", action="append", default=[], metavar="FIELD=VALUE",
+                       help="environment override, e.g. --env-set cost_x_limit=0.5")
+        p.add_argument("--out", default=None, help="run directory (default runs/<time>-<command>-<algo>-<env>)")
+        p.add_argument("--chunks", type=int, default=20, help="checkpoints/log rows per run (default 20)")
+        p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+        p.add_argument("--quiet", action="store_true", help="no progress bar")
+        if name == "sweep":
+            p.add_argument("--grid", action="append", default=[], metavar="FIELD=V1,V2",
+                           help="swept hparams field and its values")
+        p.set_defaults(func=func)
+
+    p = sub.add_parser("eval", help="evaluate the newest checkpoint of a run directory")
+    p.add_argument("run_dir")
+    p.add_argument("--episodes", type=int, default=16)
+    p.add_argument("--max-steps", type=int, default=1000)
+    p.add_argument("--deterministic", action="store_true", help="take the policy's mode instead of sampling")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("demo", help="PPO-Lagrangian vs PPO on SafeCartPole: a table and a figure")
+    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--quick", action="store_true", help="a smaller budget (for tests)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_demo)
+
+    try:
+        from jaxsafe.bilevel import cli as bilevel_cli
+    except ImportError:
+        bilevel_cli = None
+    if bilevel_cli is not None and hasattr(bilevel_cli, "add_subparser"):
+        bilevel_cli.add_subparser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command in ("train", "sweep") and not args.resume:
+        if args.algorithm is None or args.env is None:
+            parser.error(f"{args.command} needs ALGO and --env NAME (see `jaxsafe list`)")
+    try:
+        return args.func(args)
+    except (ValueError, FileExistsError, FileNotFoundError) as err:
+        parser.exit(2, f"jaxsafe: error: {err}\n")
+    except Exception as err:
+        from jaxsafe.checkpoint import CheckpointError
+        from jaxsafe.runner import TrainingDiverged
+
+        if isinstance(err, (CheckpointError, TrainingDiverged)):
+            parser.exit(3, f"jaxsafe: error: {err}\n")
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,403 @@
+"""PPO and PPO-Lagrangian as one pure, vmappable learner.
+
+Usage (the shape every jaxsafe learner has)::
+
+    config  = PPOConfig(num_envs=16, num_steps=128, total_steps=200_000, multiplier="lagrangian")
+    hparams = config.default_hparams().replace(cost_limit=10.0)
+    train   = make_train(config, env, env_params)
+    result  = jax.jit(train)(key, hparams)                      # TrainResult(params, metrics)
+    grid    = jax.jit(jax.vmap(train))(keys, stacked_hparams)   # a whole sweep in one program
+
+``config`` fixes shapes and loop counts (static, hashable, validated on construction); ``hparams`` holds everything
+a user sweeps and may be traced. ``multiplier`` selects the constraint handler: ``"none"`` is unconstrained PPO,
+``"lagrangian"`` (PPO-Lag), ``"pid"`` (CPPO-PID) and ``"fixed"`` (constant penalty) come from
+:mod:`jaxsafe.rl.constraints`.
+
+One update: collect ``num_steps`` steps from ``num_envs`` auto-resetting environments; update the Lagrange multiplier
+from the mean cost of the episodes that finished (OmniSafe's order); compute reward and cost advantages with GAE
+(bootstrapping truncated episodes from their final observation); standardise the reward advantages, centre the cost
+advantages and mix them as ``(A_r - m A_c) / (1 + m)``; run ``num_epochs`` epochs of clipped-surrogate updates over ``num_minibatches``
+minibatches, training the reward and cost critics by regression on their GAE returns.
+
+``make_train_parts`` exposes the same learner as ``init(key, hparams) -> state`` and
+``update(state, hparams) -> (state, metrics)``, which the chunked runner (checkpoints, progress, resume) uses; the
+scan of ``update`` over ``num_updates`` steps is exactly ``train``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import struct
+
+from jaxsafe.envs.core import SafeEnv, spaces, wrap_for_training
+from jaxsafe.rl import constraints
+from jaxsafe.rl.gae import batched_gae
+from jaxsafe.rl.networks import ACTIVATIONS, Critic, make_actor
+from jaxsafe.types import TrainResult, Transition
+
+MULTIPLIERS = ("none", "lagrangian", "pid", "fixed")
+
+
+def _check(condition: bool, field: str, allowed: str, value: Any) -> None:
+    if not condition:
+        raise ValueError(f"{field} must be {allowed}, got {value!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class PPOConfig:
+    """Static configuration: shapes and loop counts (hashable; validated on construction).
+
+    Attributes:
+      num_envs: parallel environments per learner.
+      num_steps: steps per environment per update (rollout length).
+      total_steps: environment steps in the whole run; ``num_updates = total_steps // (num_envs * num_steps)``.
+      num_epochs: passes over each rollout.
+      num_minibatches: minibatches per epoch; must divide ``num_envs * num_steps``.
+      hidden: hidden layer widths of actor and critics.
+      activation: one of ``tanh``, ``relu``, ``gelu``, ``silu``.
+      multiplier: ``none`` (PPO), ``lagrangian``, ``pid`` or ``fixed``.
+      max_grad_norm: global gradient-norm clip.
+      anneal_lr: linearly decay the learning rate to zero over the run.
+    """
+
+    num_envs: int = 16
+    num_steps: int = 128
+    total_steps: int = 500_000
+    num_epochs: int = 4
+    num_minibatches: int = 4
+    hidden: tuple[int, ...] = (64, 64)
+    activation: str = "tanh"
+    multiplier: str = "lagrangian"
+    max_grad_norm: float = 0.5
+    anneal_lr: bool = False
+
+    def __post_init__(self):
+        for field in ("num_envs", "num_steps", "num_epochs", "num_minibatches"):
+            value = getattr(self, field)
+            _check(isinstance(value, (int, np.integer)) and value >= 1, field, "a positive integer", value)
+        object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
+        _check(all(h >= 1 for h in self.hidden), "hidden", "a tuple of positive widths", self.hidden)
+        _check(self.activation in ACTIVATIONS, "activation", f"one of {sorted(ACTIVATIONS)}", self.activation)
+        _check(self.multiplier in MULTIPLIERS, "multiplier", f"one of {list(MULTIPLIERS)}", self.multiplier)
+        _check(self.max_grad_norm > 0, "max_grad_norm", "> 0", self.max_grad_norm)
+        _check(
+            self.batch_size % self.num_minibatches == 0,
+            "num_minibatches",
+            f"a divisor of the batch num_envs * num_steps = {self.batch_size}",
+            self.num_minibatches,
+        )
+        _check(
+            isinstance(self.total_steps, (int, np.integer)) and self.total_steps >= self.batch_size,
+            "total_steps",
+            f"an integer >= one batch (num_envs * num_steps = {self.batch_size})",
+            self.total_steps,
+        )
+
+    @property
+    def batch_size(self) -> int:
+        return self.num_envs * self.num_steps
+
+    @property
+    def minibatch_size(self) -> int:
+        return self.batch_size // self.num_minibatches
+
+    @property
+    def num_updates(self) -> int:
+        return self.total_steps // self.batch_size
+
+    @property
+    def steps_per_update(self) -> int:
+        return self.batch_size
+
+    def default_hparams(self) -> "PPOHParams":
+        return PPOHParams().as_arrays()
+
+
+#: (field, predicate, allowed) for every hparam; checked on concrete values before anything compiles.
+_HPARAM_RULES: dict[str, tuple[Callable[[np.ndarray], np.ndarray], str]] = {
+    "learning_rate": (lambda v: v > 0, "> 0"),
+    "clip_eps": (lambda v: v > 0, "> 0"),
+    "entropy_coef": (lambda v: v >= 0, ">= 0"),
+    "value_coef": (lambda v: v >= 0, ">= 0"),
+    "gamma": (lambda v: (v >= 0) & (v <= 1), "in [0, 1]"),
+    "gae_lambda": (lambda v: (v >= 0) & (v <= 1), "in [0, 1]"),
+    "cost_gamma": (lambda v: (v >= 0) & (v <= 1), "in [0, 1]"),
+    "cost_gae_lambda": (lambda v: (v >= 0) & (v <= 1), "in [0, 1]"),
+    "cost_limit": (lambda v: v >= 0, ">= 0 (episode-cost units)"),
+    "multiplier_lr": (lambda v: v >= 0, ">= 0"),
+    "initial_multiplier": (lambda v: v >= 0, ">= 0"),
+    "pid_kp": (lambda v: v >= 0, ">= 0"),
+    "pid_ki": (lambda v: v >= 0, ">= 0"),
+    "pid_kd": (lambda v: v >= 0, ">= 0"),
+}
+
+
+@struct.dataclass
+class PPOHParams:
+    """Traceable, vmappable hyperparameters (each a scalar, or a ``[G]`` array for a grid).
+
+    ``cost_limit`` is in episode-cost units (the expected sum of costs over an episode). PID gains default to
+    OmniSafe's CPPOPID values.
+    """
+
+    learning_rate: Any = 3e-4
+    clip_eps: Any = 0.2
+    entropy_coef: Any = 0.01
+    value_coef: Any = 0.5
+    gamma: Any = 0.99
+    gae_lambda: Any = 0.95
+    cost_gamma: Any = 0.99
+    cost_gae_lambda: Any = 0.95
+    cost_limit: Any = 25.0
+    multiplier_lr: Any = 0.035
+    initial_multiplier: Any = 0.0
+    pid_kp: Any = 0.1
+    pid_ki: Any = 0.003
+    pid_kd: Any = 0.001
+
+    def as_arrays(self) -> "PPOHParams":
+        return jax.tree.map(lambda v: jnp.asarray(v, jnp.float32), self)
+
+    def validate(self) -> "PPOHParams":
+        """Raise ``ValueError`` naming the first out-of-range field (concrete values only; tracers pass)."""
+        validate_hparams(self, _HPARAM_RULES)
+        return self
+
+
+def validate_hparams(hparams: Any, rules: dict[str, tuple[Callable, str]]) -> None:
+    """Check every field of a hparams dataclass against ``rules`` ({field: (predicate, allowed)})."""
+    for field, (predicate, allowed) in rules.items():
+        value = getattr(hparams, field)
+        if isinstance(value, jax.core.Tracer):
+            continue
+        array = np.asarray(value, dtype=np.float64)
+        if not np.all(np.isfinite(array)) or not np.all(predicate(array)):
+            raise ValueError(f"hparams.{field} must be {allowed}, got {array.tolist()}")
+
+
+class ActorCriticParams(NamedTuple):
+    actor: Any
+    critic: Any
+    cost_critic: Any
+
+
+class PPOState(NamedTuple):
+    """Everything the learner carries between updates (a pytree; checkpointed by the runner)."""
+
+    params: ActorCriticParams
+    opt_state: Any
+    constraint: constraints.MultiplierState
+    env_state: Any
+    obs: Any
+    key: jax.Array
+    update_step: jax.Array
+
+
+class TrainParts(NamedTuple):
+    init: Callable[[jax.Array, PPOHParams], PPOState]
+    update: Callable[[PPOState, PPOHParams], tuple[PPOState, dict]]
+    num_updates: int
+    steps_per_update: int
+
+
+def rollout_episode_stats(episode_done, episode_return, episode_cost, valid_return, valid_cost, valid):
+    """Mean return and cost of the episodes that finished in a rollout.
+
+    Arguments are ``[T, E]`` (``episode_cost`` summed over costs); ``valid_*`` are the last-finished-episode values
+    ``[E]`` at the end of the rollout with their ``valid`` mask. If no episode finished in this rollout, the most
+    recent finished episode of each environment is used; if none has finished yet, NaN.
+    """
+    finished = episode_done.astype(jnp.float32)
+    count = finished.sum()
+    fallback_count = valid.astype(jnp.float32).sum()
+
+    def mean(per_step, fallback):
+        recent = jnp.where(count > 0, (per_step * finished).sum() / jnp.maximum(count, 1.0), jnp.nan)
+        older = jnp.where(fallback_count > 0, (fallback * valid).sum() / jnp.maximum(fallback_count, 1.0), jnp.nan)
+        return jnp.where(count > 0, recent, older)
+
+    return mean(episode_return, valid_return), mean(episode_cost, valid_cost), count
+
+
+def _standardise(x):
+    return (x - x.mean()) / (x.std() + 1e-8)
+
+
+def make_train_parts(config: PPOConfig, env: SafeEnv, env_params: Any) -> TrainParts:
+    """The learner as ``init`` and ``update`` (see the module docstring)."""
+    vec_env = wrap_for_training(env, config.num_envs)
+    action_space = env.action_space(env_params)
+    actor = make_actor(action_space, config.hidden, config.activation)
+    critic = Critic(config.hidden, config.activation)
+    continuous = isinstance(action_space, spaces.Box)
+    if continuous:
+        low, high = jnp.asarray(action_space.low), jnp.asarray(action_space.high)
+    handler = constraints.make_handler("fixed" if config.multiplier == "none" else config.multiplier)
+    optimizer = optax.chain(optax.clip_by_global_norm(config.max_grad_norm), optax.scale_by_adam(eps=1e-5))
+    obs_shape = env.observation_space(env_params).shape
+
+    def init(key, hparams):
+        key, actor_key, critic_key, cost_key, env_key = jax.random.split(key, 5)
+        dummy = jnp.zeros(obs_shape, jnp.float32)
+        params = ActorCriticParams(
+            actor=actor.init(actor_key, dummy),
+            critic=critic.init(critic_key, dummy),
+            cost_critic=critic.init(cost_key, dummy),
+        )
+        env_state, timestep = vec_env.reset(env_key, env_params)
+        constraint_state = handler.init(hparams)
+        if config.multiplier == "none":
+            constraint_state = jax.tree.map(jnp.zeros_like, constraint_state)
+        return PPOState(
+            params=params,
+            opt_state=optimizer.init(params),
+            constraint=constraint_state,
+            env_state=env_state,
+            obs=timestep.obs,
+            key=key,
+            update_step=jnp.zeros((), jnp.int32),
+        )
+
+    def env_step(carry, _):
+        params, env_state, obs, key = carry
+        key, action_key, step_key = jax.random.split(key, 3)
+        dist = actor.apply(params.actor, obs)
+        action = dist.sample(seed=action_key)
+        log_prob = dist.log_prob(action)
+        env_action = jnp.clip(action, low, high) if continuous else action
+        env_state, timestep = vec_env.step(step_key, env_state, env_action, env_params)
+        final_obs = timestep.info["final_obs"]
+        transition = Transition(
+            obs=obs,
+            action=action,
+            log_prob=log_prob,
+            value=critic.apply(params.critic, obs),
+            cost_value=critic.apply(params.cost_critic, obs),
+            reward=timestep.reward,
+            cost=timestep.cost.sum(-1),
+            terminated=timestep.terminated,
+            truncated=timestep.truncated,
+            next_value=critic.apply(params.critic, final_obs),
+            next_cost_value=critic.apply(params.cost_critic, final_obs),
+        )
+        info = timestep.info
+        episode_info = (info["episode_done"], info["episode_return"], info["episode_cost"].sum(-1))
+        return (params, env_state, timestep.obs, key), (transition, episode_info)
+
+    def loss_fn(params, batch, hparams):
+        obs, action, old_log_prob, advantage, value_target, cost_target = batch
+        dist = actor.apply(params.actor, obs)
+        log_prob = dist.log_prob(action)
+        ratio = jnp.exp(log_prob - old_log_prob)
+        clipped = jnp.clip(ratio, 1.0 - hparams.clip_eps, 1.0 + hparams.clip_eps)
+        actor_loss = -jnp.minimum(ratio * advantage, clipped * advantage).mean()
+        entropy = dist.entropy().mean()
+        value_loss = 0.5 * ((critic.apply(params.critic, obs) - value_target) ** 2).mean()
+        cost_value_loss = 0.5 * ((critic.apply(params.cost_critic, obs) - cost_target) ** 2).mean()
+        total = actor_loss - hparams.entropy_coef * entropy + hparams.value_coef * (value_loss + cost_value_loss)
+        approx_kl = ((ratio - 1.0) - jnp.log(ratio)).mean()
+        return total, dict(actor_loss=actor_loss, value_loss=value_loss, cost_value_loss=cost_value_loss,
+                           entropy=entropy, approx_kl=approx_kl, total_loss=total)
+
+    def update(state: PPOState, hparams: PPOHParams):
+        (params, env_state, obs, key), (traj, episode_info) = jax.lax.scan(
+            env_step, (state.params, state.env_state, state.obs, state.key), None, length=config.num_steps
+        )
+        # Multiplier first, from the cost of the episodes this rollout finished (OmniSafe's order).
+        last_valid = env_state.last_return, env_state.last_cost.sum(-1), env_state.has_finished
+        episode_return, episode_cost, episodes_finished = rollout_episode_stats(*episode_info, *last_valid)
+        measured_cost = jnp.where(jnp.isnan(episode_cost), hparams.cost_limit, episode_cost)
+        constraint_state = handler.update(state.constraint, measured_cost, hparams.cost_limit, hparams)
+        if config.multiplier == "none":
+            constraint_state = jax.tree.map(jnp.zeros_like, constraint_state)
+        multiplier = constraint_state.multiplier
+
+        episode_end = jnp.logical_or(traj.terminated, traj.truncated)
+        advantages, value_targets = batched_gae(
+            traj.reward, traj.value, traj.next_value, traj.terminated, episode_end,
+            hparams.gamma, hparams.gae_lambda,
+        )
+        cost_advantages, cost_targets = batched_gae(
+            traj.cost, traj.cost_value, traj.next_cost_value, traj.terminated, episode_end,
+            hparams.cost_gamma, hparams.cost_gae_lambda,
+        )
+        # Reward advantages are standardised; cost advantages are only centred (as OmniSafe does), so that a
+        # rollout with (almost) no cost does not blow critic noise up to unit scale.
+        cost_advantages = cost_advantages - cost_advantages.mean()
+        mixed = (_standardise(advantages) - multiplier * cost_advantages) / (1.0 + multiplier)
+        flat = jax.tree.map(
+            lambda x: x.reshape((config.batch_size,) + x.shape[2:]),
+            (traj.obs, traj.action, traj.log_prob, mixed, value_targets, cost_targets),
+        )
+        if config.anneal_lr:
+            lr_scale = 1.0 - state.update_step.astype(jnp.float32) / config.num_updates
+        else:
+            lr_scale = 1.0
+
+        def minibatch_step(carry, batch):
+            params, opt_state = carry
+            grads, loss_info = jax.grad(loss_fn, has_aux=True)(params, batch, hparams)
+            updates, opt_state = optimizer.update(grads, opt_state, params)
+            updates = jax.tree.map(lambda u: -hparams.learning_rate * lr_scale * u, updates)
+            return (optax.apply_updates(params, updates), opt_state), loss_info
+
+        def epoch(carry, epoch_key):
+            order = jax.random.permutation(epoch_key, config.batch_size)
+            batches = jax.tree.map(
+                lambda x: x[order].reshape((config.num_minibatches, config.minibatch_size) + x.shape[1:]), flat
+            )
+            return jax.lax.scan(minibatch_step, carry, batches)
+
+        key, epoch_key = jax.random.split(key)
+        (params, opt_state), loss_info = jax.lax.scan(
+            epoch, (params, state.opt_state), jax.random.split(epoch_key, config.num_epochs)
+        )
+        loss_info = jax.tree.map(jnp.mean, loss_info)
+        new_state = PPOState(params, opt_state, constraint_state, env_state, obs, key, state.update_step + 1)
+        metrics = dict(
+            env_steps=new_state.update_step * config.batch_size,
+            episode_return=episode_return,
+            episode_cost=episode_cost,
+            episodes_finished=episodes_finished,
+            multiplier=multiplier,
+            step_cost=traj.cost.mean(),
+            nonfinite=~jnp.isfinite(loss_info["total_loss"]),
+            **loss_info,
+        )
+        return new_state, metrics
+
+    return TrainParts(init, update, config.num_updates, config.batch_size)
+
+
+def make_train(config: PPOConfig, env: SafeEnv, env_params: Any) -> Callable[[jax.Array, PPOHParams], TrainResult]:
+    """A pure ``train(key, hparams) -> TrainResult(params, metrics)``; jit it, vmap it, shard it."""
+    parts = make_train_parts(config, env, env_params)
+
+    def train(key, hparams):
+        state = parts.init(key, hparams)
+        state, metrics = jax.lax.scan(lambda s, _: parts.update(s, hparams), state, None, length=parts.num_updates)
+        return TrainResult(state.params, metrics)
+
+    return train
+
+
+def make_act(config: PPOConfig, env: SafeEnv, env_params: Any):
+    """``act(params, obs, key, deterministic) -> action`` for one observation (vmap for batches)."""
+    action_space = env.action_space(env_params)
+    actor = make_actor(action_space, config.hidden, config.activation)
+    continuous = isinstance(action_space, spaces.Box)
+
+    def act(params: ActorCriticParams, obs, key, deterministic: bool = False):
+        dist = actor.apply(params.actor, obs)
+        action = dist.mode() if deterministic else dist.sample(seed=key)
+        if continuous:
+            action = jnp.clip(action, action_space.low, action_space.high)
+        return action
+
+    return act

@@ -1,0 +1,130 @@
+"""Hyperparameter grids compiled as one program, sharded across devices.
+
+A grid is the product of seeds and any hparams fields::
+
+    grid = make_grid(config.default_hparams(), seeds=4, cost_limit=[5.0, 10.0, 25.0])
+    result = run_grid(train, grid)          # jit(vmap(train)) with the grid axis sharded over jax.devices()
+    result.metrics["episode_cost"]          # [grid.size, num_updates]
+
+``grid.points`` describes each lane (``{"seed": 0, "cost_limit": 5.0}``), so results can be labelled, tabulated
+and written to ``metrics.jsonl``. The grid axis is padded to a multiple of the device count and the padding is
+dropped from the result, so any grid runs on any number of devices.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from typing import Any, Callable, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+
+class Grid(NamedTuple):
+    """A flattened grid of ``size`` lanes.
+
+    Attributes:
+      keys: ``[size, 2]`` PRNG keys (one per lane; lanes sharing a seed share a key, so they differ only in hparams).
+      hparams: the hparams pytree with a leading ``[size]`` axis on every leaf.
+      points: per lane, ``{"seed": int, field: value, ...}`` for the swept fields.
+      swept: the names of the swept hparams fields (in grid order).
+    """
+
+    keys: jax.Array
+    hparams: Any
+    points: list[dict]
+    swept: tuple[str, ...]
+
+    @property
+    def size(self) -> int:
+        return len(self.points)
+
+
+def _field_names(hparams) -> list[str]:
+    if dataclasses.is_dataclass(hparams):
+        return [f.name for f in dataclasses.fields(hparams)]
+    if hasattr(hparams, "_fields"):
+        return list(hparams._fields)
+    raise TypeError(f"hparams must be a dataclass or NamedTuple, got {type(hparams).__name__}")
+
+
+def _replace(hparams, **values):
+    return hparams.replace(**values) if hasattr(hparams, "replace") else hparams._replace(**values)
+
+
+def make_grid(base_hparams: Any, seeds: int | Sequence[int] = 1, base_seed: int = 0, **fields: Sequence[float]) -> Grid:
+    """The product grid ``seeds x fields[0] x fields[1] x ...`` (seed varies slowest).
+
+    Args:
+      base_hparams: default values for every field not swept.
+      seeds: a number of seeds (``0..seeds-1``) or an explicit list of seed integers.
+      base_seed: added to every seed before ``jax.random.PRNGKey``.
+      **fields: hparams field name -> list of values.
+
+    Raises:
+      ValueError: an unknown field (lists the valid ones), an empty value list, or no seeds.
+    """
+    names = _field_names(base_hparams)
+    unknown = sorted(set(fields) - set(names))
+    if unknown:
+        raise ValueError(f"unknown hparams field(s) {unknown}; valid fields: {names}")
+    for name, values in fields.items():
+        if len(np.atleast_1d(values)) == 0:
+            raise ValueError(f"grid field {name!r} has no values")
+    seed_list = list(range(seeds)) if isinstance(seeds, (int, np.integer)) else [int(s) for s in seeds]
+    if not seed_list:
+        raise ValueError("seeds must be a positive count or a non-empty list")
+    swept = tuple(fields)
+    value_lists = [list(np.atleast_1d(np.asarray(fields[name], np.float32)).tolist()) for name in swept]
+    points = [
+        {"seed": seed, **dict(zip(swept, combo))}
+        for seed, *combo in itertools.product(seed_list, *value_lists)
+    ]
+    keys = jnp.stack([jax.random.PRNGKey(base_seed + p["seed"]) for p in points])
+    base = jax.tree.map(lambda v: jnp.asarray(v, jnp.float32), base_hparams)
+    stacked = jax.tree.map(lambda v: jnp.broadcast_to(v, (len(points),) + jnp.shape(v)), base)
+    stacked = _replace(stacked, **{name: jnp.asarray([p[name] for p in points], jnp.float32) for name in swept})
+    return Grid(keys=keys, hparams=stacked, points=points, swept=swept)
+
+
+def grid_sharding(devices: Sequence[jax.Device] | None = None) -> NamedSharding:
+    """A sharding that splits a leading grid axis over ``devices`` (default: all of ``jax.devices()``)."""
+    devices = list(jax.devices() if devices is None else devices)
+    return NamedSharding(Mesh(np.asarray(devices), ("grid",)), PartitionSpec("grid"))
+
+
+def pad_to_multiple(tree: Any, size: int, multiple: int) -> Any:
+    """Pad the leading axis of every leaf to a multiple of ``multiple`` by repeating the last lane."""
+    padded = -(-size // multiple) * multiple
+    if padded == size:
+        return tree
+    return jax.tree.map(lambda x: jnp.concatenate([x, jnp.repeat(x[-1:], padded - size, axis=0)]), tree)
+
+
+def shard_grid(tree: Any, size: int, devices: Sequence[jax.Device] | None = None) -> Any:
+    """Pad ``tree``'s leading grid axis to the device count and place it sharded across devices."""
+    sharding = grid_sharding(devices)
+    num_devices = sharding.mesh.devices.size
+    return jax.device_put(pad_to_multiple(tree, size, num_devices), sharding)
+
+
+def run_grid(
+    train: Callable[[jax.Array, Any], Any],
+    grid: Grid,
+    devices: Sequence[jax.Device] | None = None,
+) -> Any:
+    """``jit(vmap(train))`` over the whole grid as one program, lanes sharded over ``devices``.
+
+    Returns ``train``'s output with a leading ``[grid.size]`` axis (padding removed).
+    """
+    keys, hparams = shard_grid((grid.keys, grid.hparams), grid.size, devices)
+    out = jax.jit(jax.vmap(train))(keys, hparams)
+    return jax.tree.map(lambda x: x[: grid.size], out)
+
+
+def lane(tree: Any, index: int) -> Any:
+    """Lane ``index`` of a grid-batched pytree."""
+    return jax.tree.map(lambda x: x[index], tree)

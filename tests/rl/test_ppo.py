@@ -1,0 +1,143 @@
+"""PPO and PPO-Lagrangian: learning thresholds with fixed seeds, the exact constrained optimum, vmapped lanes."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxsafe import envs, sweep
+from jaxsafe.envs.gridworld import route_optimum
+from jaxsafe.rl import ppo
+
+GRID_CONFIG = ppo.PPOConfig(num_envs=16, num_steps=32, total_steps=80_000, multiplier="lagrangian", hidden=(32,),
+                            num_minibatches=2)
+GRID_HPARAMS = GRID_CONFIG.default_hparams().replace(learning_rate=jnp.float32(1e-3), entropy_coef=jnp.float32(0.02))
+# lane order: seed-major; multiplier_lr = 0 with initial multiplier 0 is exactly unconstrained PPO
+GRID_POINTS = dict(cost_limit=[0.0, 1.0], multiplier_lr=[0.0, 0.05])
+
+
+@pytest.fixture(scope="module")
+def gridworld():
+    return envs.make("SafeGridWorld")
+
+
+@pytest.fixture(scope="module")
+def grid_run(gridworld):
+    env, params = gridworld
+    grid = sweep.make_grid(GRID_HPARAMS, seeds=2, **GRID_POINTS)
+    train = ppo.make_train(GRID_CONFIG, env, params)
+    return grid, sweep.run_grid(train, grid), train
+
+
+def _tail_mean(series):
+    n = series.shape[-1]
+    return np.nanmean(np.asarray(series)[..., int(0.75 * n):], axis=-1)
+
+
+def exact_policy_value(env, params, actor_params):
+    """Exact (return, cost) of the learned stochastic policy, from the gridworld's tabular model."""
+    from jaxsafe.rl.networks import make_actor
+
+    actor = make_actor(env.action_space(params), GRID_CONFIG.hidden, GRID_CONFIG.activation)
+    probs = np.asarray(actor.apply(actor_params, jnp.eye(env.num_cells)).probs, np.float64)
+    return envs.evaluate_policy(env.to_tabular(params), probs, gamma=1.0)
+
+
+def test_lagrangian_meets_limits_where_ppo_does_not(grid_run):
+    grid, result, _ = grid_run
+    cost = _tail_mean(result.metrics["episode_cost"])
+    for lane, point in enumerate(grid.points):
+        if point["multiplier_lr"] == 0.0:
+            assert cost[lane] > 2.5, (point, cost[lane])  # unconstrained: the 3-hazard shortcut
+        else:
+            assert cost[lane] <= point["cost_limit"] + 0.15, (point, cost[lane])
+
+
+def test_learned_constrained_policy_matches_closed_form(grid_run, gridworld):
+    env, params = gridworld
+    grid, result, _ = grid_run
+    for lane, point in enumerate(grid.points):
+        if point["multiplier_lr"] == 0.0 or point["cost_limit"] != 0.0:
+            continue
+        actor_params = sweep.lane(result.params.actor, lane)
+        value, cost = exact_policy_value(env, params, actor_params)
+        optimum, optimum_cost, _ = route_optimum(0.0, "routes")
+        assert cost[0] <= 0.05, (point, cost)
+        assert value >= optimum - 0.03, (point, value, optimum)
+    # and the unconstrained learner finds the unconstrained optimum (the shortcut)
+    lane = next(i for i, p in enumerate(grid.points) if p["multiplier_lr"] == 0.0)
+    value, cost = exact_policy_value(env, params, sweep.lane(result.params.actor, lane))
+    assert value >= route_optimum(10.0, "routes")[0] - 0.03 and cost[0] > 2.5
+
+
+def test_multiplier_rises_while_violated(grid_run):
+    grid, result, _ = grid_run
+    for lane, point in enumerate(grid.points):
+        if point["multiplier_lr"] == 0.0:
+            np.testing.assert_array_equal(result.metrics["multiplier"][lane], 0.0)
+            continue
+        cost = np.asarray(result.metrics["episode_cost"][lane])
+        multiplier = np.asarray(result.metrics["multiplier"][lane])
+        violated = np.isfinite(cost[1:]) & (cost[1:] > point["cost_limit"])
+        rises = np.diff(multiplier) > 0
+        assert violated.any()
+        # the multiplier is updated from the same episode cost that metrics report
+        np.testing.assert_array_equal(rises[violated], True)
+
+
+def test_vmapped_lane_equals_single_run(grid_run):
+    grid, result, train = grid_run
+    single = jax.jit(train)
+    for lane in (1, len(grid.points) - 1):
+        alone = single(grid.keys[lane], sweep.lane(grid.hparams, lane))
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6),
+                     sweep.lane(result.params, lane), alone.params)
+        np.testing.assert_allclose(result.metrics["episode_cost"][lane], alone.metrics["episode_cost"],
+                                   rtol=1e-5, atol=1e-5)
+
+
+def test_metrics_have_update_axis(grid_run):
+    grid, result, _ = grid_run
+    n = GRID_CONFIG.num_updates
+    for name in ("env_steps", "episode_return", "episode_cost", "multiplier", "actor_loss", "value_loss",
+                 "cost_value_loss", "entropy", "approx_kl"):
+        assert result.metrics[name].shape == (grid.size, n), name
+    np.testing.assert_array_equal(result.metrics["env_steps"][0], GRID_CONFIG.batch_size * np.arange(1, n + 1))
+
+
+@pytest.mark.slow
+def test_ppo_solves_cartpole():
+    env, params = envs.make("SafeCartPole")
+    config = ppo.PPOConfig(num_envs=16, num_steps=128, total_steps=120_000, multiplier="none")
+    result = jax.jit(ppo.make_train(config, env, params))(jax.random.PRNGKey(0), config.default_hparams())
+    assert _tail_mean(result.metrics["episode_return"]) > 150.0
+
+
+def test_continuous_actions_run_and_clip():
+    env, params = envs.make("SafePendulum")
+    config = ppo.PPOConfig(num_envs=4, num_steps=16, total_steps=128, num_minibatches=2, hidden=(8,))
+    result = jax.jit(ppo.make_train(config, env, params))(jax.random.PRNGKey(0), config.default_hparams())
+    assert result.metrics["actor_loss"].shape == (2,)
+    assert np.all(np.isfinite(result.metrics["total_loss"]))
+    act = ppo.make_act(config, env, params)
+    action = act(result.params, jnp.zeros(3), jax.random.PRNGKey(1))
+    assert action.shape == (1,) and -2.0 <= float(action[0]) <= 2.0
+
+
+@pytest.mark.parametrize("kwargs,field", [
+    (dict(num_envs=0), "num_envs"),
+    (dict(num_envs=4, num_steps=10, num_minibatches=3), "num_minibatches"),
+    (dict(multiplier="adam"), "multiplier"),
+    (dict(total_steps=10), "total_steps"),
+    (dict(activation="sigmoid"), "activation"),
+])
+def test_bad_config_names_field(kwargs, field):
+    with pytest.raises(ValueError, match=field):
+        ppo.PPOConfig(**kwargs)
+
+
+@pytest.mark.parametrize("field,value", [("learning_rate", -1e-3), ("cost_limit", -1.0), ("gamma", 1.5),
+                                         ("clip_eps", 0.0), ("multiplier_lr", float("nan"))])
+def test_bad_hparams_name_field(field, value):
+    with pytest.raises(ValueError, match=f"hparams.{field}"):
+        ppo.PPOConfig().default_hparams().replace(**{field: value}).validate()
