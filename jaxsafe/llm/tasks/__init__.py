@@ -1,0 +1,1 @@
+"""Synthetic language tasks with exact oracles: :mod:`.safety_language`, :mod:`.arithmetic`."""
