@@ -227,7 +227,7 @@ def run_training(
     def run_chunk(state, hparams, length):
         return jax.lax.scan(lambda s, _: parts.update(s, hparams), state, None, length=length)
 
-    chunk_fns = {n: jax.jit(jax.vmap(lambda s, h, n=n: run_chunk(s, h, n))) for n in set(lengths)}
+    chunk_fns = {n: jax.jit(jax.vmap(lambda s, h, n=n: run_chunk(s, h, n))) for n in sorted(set(lengths))}
     keys, hparams = shard_grid((grid.keys, grid.hparams), grid.size)
     state = jax.jit(jax.vmap(parts.init))(keys, hparams)
 
@@ -248,7 +248,7 @@ def run_training(
         for chunk_index in range(start_chunk, len(lengths)):
             if stop_after_chunks is not None and chunk_index - start_chunk >= stop_after_chunks:
                 break
-            state, metrics = chunk_fns[lengths[chunk_index]](state, hparams, lengths[chunk_index])
+            state, metrics = chunk_fns[lengths[chunk_index]](state, hparams)
             metrics = jax.tree.map(lambda x: np.asarray(x)[: grid.size], metrics)
             bad = np.argwhere(metrics["nonfinite"])
             if bad.size:
