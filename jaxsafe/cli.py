@@ -7,6 +7,8 @@
     jaxsafe sweep ALGO --env NAME --grid field=v1,v2 [--grid ...] [--seeds N] [--steps N] [--out DIR]
     jaxsafe eval RUN_DIR [--episodes N] [--deterministic]
     jaxsafe demo [--out DIR] [--quick]
+    jaxsafe bilevel ...          (bi-level RL / BC-HG; see `jaxsafe bilevel --help`)
+    jaxsafe align ...            (constrained alignment; see `jaxsafe align --help`)
 
 Every bad input is reported before anything compiles, as one line ``jaxsafe: error: ...`` and exit status 2.
 """
@@ -165,12 +167,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_demo)
 
-    try:
-        from jaxsafe.bilevel import cli as bilevel_cli
-    except ImportError:
-        bilevel_cli = None
-    if bilevel_cli is not None and hasattr(bilevel_cli, "add_subparser"):
-        bilevel_cli.add_subparser(sub)
+    # Method families add their own subcommands (`jaxsafe bilevel ...`, `jaxsafe align ...`).
+    import importlib
+
+    for module_name in ("jaxsafe.bilevel.cli", "jaxsafe.llm.cli"):
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as err:
+            if err.name != module_name:
+                raise
+            continue
+        module.add_subparser(sub)
     return parser
 
 
