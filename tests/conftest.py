@@ -2,6 +2,8 @@
 
 import os
 
+import jaxsafe  # noqa: F401  (first: sets the XLA CPU flags jaxsafe needs before JAX creates its backend)
+
 import jax
 
 jax.config.update("jax_compilation_cache_dir", os.environ.get("JAX_COMPILATION_CACHE_DIR", ".jax_cache"))
