@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, NamedTuple
 
-from jaxsafe.rl import ppo
+from jaxsafe.rl import cpo, ppo
 
 
 class Algorithm(NamedTuple):
@@ -37,6 +37,10 @@ register_algorithm(Algorithm("ppo_lag", "PPO-Lagrangian (gradient ascent on the 
                              {"multiplier": "lagrangian"}, ppo.make_train_parts, ppo.make_act))
 register_algorithm(Algorithm("ppo_pid", "PPO with a PID-Lagrangian multiplier (CPPO-PID)", ppo.PPOConfig,
                              {"multiplier": "pid"}, ppo.make_train_parts, ppo.make_act))
+register_algorithm(Algorithm("cpo", "Constrained Policy Optimization (trust-region step with a cost constraint)",
+                             cpo.CPOConfig, {"method": "cpo"}, cpo.make_train_parts, cpo.make_act))
+register_algorithm(Algorithm("trpo_lag", "TRPO-Lagrangian (natural-gradient step on the Lagrangian advantage)",
+                             cpo.CPOConfig, {"method": "trpo_lag"}, cpo.make_train_parts, cpo.make_act))
 
 
 def list_algorithms() -> list[str]:

@@ -22,6 +22,11 @@ minibatches, training the reward and cost critics by regression on their GAE ret
 ``make_train_parts`` exposes the same learner as ``init(key, hparams) -> state`` and
 ``update(state, hparams) -> (state, metrics)``, which the chunked runner (checkpoints, progress, resume) uses; the
 scan of ``update`` over ``num_updates`` steps is exactly ``train``.
+
+The rollout and the advantage computation are shared with the trust-region learners (:mod:`jaxsafe.rl.cpo`):
+``make_collect_rollout(...)`` returns ``collect(params, env_state, obs, key) -> Rollout(traj, stats, ...)`` (the
+``[T, E]`` transitions and the finished episodes' mean return, cost and length), and ``compute_advantages(traj,
+hparams)`` the raw reward and cost GAE with their critic targets.
 """
 
 from __future__ import annotations
@@ -206,6 +211,12 @@ class TrainParts(NamedTuple):
     steps_per_update: int
 
 
+def _finished_mean(finished, count, valid, fallback_count, per_step, fallback):
+    recent = jnp.where(count > 0, (per_step * finished).sum() / jnp.maximum(count, 1.0), jnp.nan)
+    older = jnp.where(fallback_count > 0, (fallback * valid).sum() / jnp.maximum(fallback_count, 1.0), jnp.nan)
+    return jnp.where(count > 0, recent, older)
+
+
 def rollout_episode_stats(episode_done, episode_return, episode_cost, valid_return, valid_cost, valid):
     """Mean return and cost of the episodes that finished in a rollout.
 
@@ -218,11 +229,102 @@ def rollout_episode_stats(episode_done, episode_return, episode_cost, valid_retu
     fallback_count = valid.astype(jnp.float32).sum()
 
     def mean(per_step, fallback):
-        recent = jnp.where(count > 0, (per_step * finished).sum() / jnp.maximum(count, 1.0), jnp.nan)
-        older = jnp.where(fallback_count > 0, (fallback * valid).sum() / jnp.maximum(fallback_count, 1.0), jnp.nan)
-        return jnp.where(count > 0, recent, older)
+        return _finished_mean(finished, count, valid, fallback_count, per_step, fallback)
 
     return mean(episode_return, valid_return), mean(episode_cost, valid_cost), count
+
+
+class RolloutStats(NamedTuple):
+    """Means over the episodes that finished in one rollout (see :func:`rollout_episode_stats`); NaN if none yet."""
+
+    episode_return: jax.Array
+    episode_cost: jax.Array  # summed over cost signals
+    episode_length: jax.Array  # steps
+    episodes_finished: jax.Array  # how many episodes finished in this rollout
+
+
+class Rollout(NamedTuple):
+    """What :func:`make_collect_rollout`'s ``collect`` returns: the ``[T, E]`` trajectory and where to continue."""
+
+    traj: Transition
+    stats: RolloutStats
+    env_state: Any
+    obs: Any
+    key: jax.Array
+
+
+def make_collect_rollout(vec_env, env_params: Any, actor, critic, action_space, num_steps: int):
+    """``collect(params, env_state, obs, key) -> Rollout``: ``num_steps`` steps of the auto-resetting ``vec_env``.
+
+    ``params`` is an :class:`ActorCriticParams` (``actor``, ``critic``, ``cost_critic``). Continuous actions are
+    sampled unclipped (their log-probability is of the sampled value) and clipped to the action box for the env.
+    Shared by every on-policy learner (PPO, CPO, TRPO-Lagrangian).
+    """
+    continuous = isinstance(action_space, spaces.Box)
+    if continuous:
+        low, high = jnp.asarray(action_space.low), jnp.asarray(action_space.high)
+
+    def env_step(carry, _):
+        params, env_state, obs, key = carry
+        key, action_key, step_key = jax.random.split(key, 3)
+        dist = actor.apply(params.actor, obs)
+        action = dist.sample(seed=action_key)
+        log_prob = dist.log_prob(action)
+        env_action = jnp.clip(action, low, high) if continuous else action
+        env_state, timestep = vec_env.step(step_key, env_state, env_action, env_params)
+        final_obs = timestep.info["final_obs"]
+        transition = Transition(
+            obs=obs,
+            action=action,
+            log_prob=log_prob,
+            value=critic.apply(params.critic, obs),
+            cost_value=critic.apply(params.cost_critic, obs),
+            reward=timestep.reward,
+            cost=timestep.cost.sum(-1),
+            terminated=timestep.terminated,
+            truncated=timestep.truncated,
+            next_value=critic.apply(params.critic, final_obs),
+            next_cost_value=critic.apply(params.cost_critic, final_obs),
+        )
+        info = timestep.info
+        episode_info = (info["episode_done"], info["episode_return"], info["episode_cost"].sum(-1),
+                        info["episode_length"])
+        return (params, env_state, timestep.obs, key), (transition, episode_info)
+
+    def collect(params, env_state, obs, key) -> Rollout:
+        (_, env_state, obs, key), (traj, episode_info) = jax.lax.scan(
+            env_step, (params, env_state, obs, key), None, length=num_steps
+        )
+        episode_done, episode_return, episode_cost, episode_length = episode_info
+        valid = env_state.has_finished
+        mean_return, mean_cost, count = rollout_episode_stats(
+            episode_done, episode_return, episode_cost, env_state.last_return, env_state.last_cost.sum(-1), valid
+        )
+        mean_length = _finished_mean(
+            episode_done.astype(jnp.float32), count, valid, valid.astype(jnp.float32).sum(),
+            episode_length.astype(jnp.float32), env_state.last_length.astype(jnp.float32),
+        )
+        return Rollout(traj, RolloutStats(mean_return, mean_cost, mean_length, count), env_state, obs, key)
+
+    return collect
+
+
+def compute_advantages(traj: Transition, hparams: Any):
+    """Reward and cost GAE of a ``[T, E]`` rollout: ``(advantages, value_targets, cost_advantages, cost_targets)``.
+
+    Truncated episodes bootstrap from their final observation; reads ``gamma``, ``gae_lambda``, ``cost_gamma``,
+    ``cost_gae_lambda`` from ``hparams``. Returned raw, ``[T, E]`` each (learners normalise them).
+    """
+    episode_end = jnp.logical_or(traj.terminated, traj.truncated)
+    advantages, value_targets = batched_gae(
+        traj.reward, traj.value, traj.next_value, traj.terminated, episode_end,
+        hparams.gamma, hparams.gae_lambda,
+    )
+    cost_advantages, cost_targets = batched_gae(
+        traj.cost, traj.cost_value, traj.next_cost_value, traj.terminated, episode_end,
+        hparams.cost_gamma, hparams.cost_gae_lambda,
+    )
+    return advantages, value_targets, cost_advantages, cost_targets
 
 
 def _standardise(x):
@@ -235,9 +337,7 @@ def make_train_parts(config: PPOConfig, env: SafeEnv, env_params: Any) -> TrainP
     action_space = env.action_space(env_params)
     actor = make_actor(action_space, config.hidden, config.activation)
     critic = Critic(config.hidden, config.activation)
-    continuous = isinstance(action_space, spaces.Box)
-    if continuous:
-        low, high = jnp.asarray(action_space.low), jnp.asarray(action_space.high)
+    collect = make_collect_rollout(vec_env, env_params, actor, critic, action_space, config.num_steps)
     handler = constraints.make_handler("fixed" if config.multiplier == "none" else config.multiplier)
     optimizer = optax.chain(optax.clip_by_global_norm(config.max_grad_norm), optax.scale_by_adam(eps=1e-5))
     obs_shape = env.observation_space(env_params).shape
@@ -264,32 +364,6 @@ def make_train_parts(config: PPOConfig, env: SafeEnv, env_params: Any) -> TrainP
             update_step=jnp.zeros((), jnp.int32),
         )
 
-    def env_step(carry, _):
-        params, env_state, obs, key = carry
-        key, action_key, step_key = jax.random.split(key, 3)
-        dist = actor.apply(params.actor, obs)
-        action = dist.sample(seed=action_key)
-        log_prob = dist.log_prob(action)
-        env_action = jnp.clip(action, low, high) if continuous else action
-        env_state, timestep = vec_env.step(step_key, env_state, env_action, env_params)
-        final_obs = timestep.info["final_obs"]
-        transition = Transition(
-            obs=obs,
-            action=action,
-            log_prob=log_prob,
-            value=critic.apply(params.critic, obs),
-            cost_value=critic.apply(params.cost_critic, obs),
-            reward=timestep.reward,
-            cost=timestep.cost.sum(-1),
-            terminated=timestep.terminated,
-            truncated=timestep.truncated,
-            next_value=critic.apply(params.critic, final_obs),
-            next_cost_value=critic.apply(params.cost_critic, final_obs),
-        )
-        info = timestep.info
-        episode_info = (info["episode_done"], info["episode_return"], info["episode_cost"].sum(-1))
-        return (params, env_state, timestep.obs, key), (transition, episode_info)
-
     def loss_fn(params, batch, hparams):
         obs, action, old_log_prob, advantage, value_target, cost_target = batch
         dist = actor.apply(params.actor, obs)
@@ -306,27 +380,18 @@ def make_train_parts(config: PPOConfig, env: SafeEnv, env_params: Any) -> TrainP
                            entropy=entropy, approx_kl=approx_kl, total_loss=total)
 
     def update(state: PPOState, hparams: PPOHParams):
-        (params, env_state, obs, key), (traj, episode_info) = jax.lax.scan(
-            env_step, (state.params, state.env_state, state.obs, state.key), None, length=config.num_steps
-        )
+        rollout = collect(state.params, state.env_state, state.obs, state.key)
+        traj, env_state, obs, key, params = rollout.traj, rollout.env_state, rollout.obs, rollout.key, state.params
+        episode_return, episode_cost = rollout.stats.episode_return, rollout.stats.episode_cost
+        episodes_finished = rollout.stats.episodes_finished
         # Multiplier first, from the cost of the episodes this rollout finished (OmniSafe's order).
-        last_valid = env_state.last_return, env_state.last_cost.sum(-1), env_state.has_finished
-        episode_return, episode_cost, episodes_finished = rollout_episode_stats(*episode_info, *last_valid)
         measured_cost = jnp.where(jnp.isnan(episode_cost), hparams.cost_limit, episode_cost)
         constraint_state = handler.update(state.constraint, measured_cost, hparams.cost_limit, hparams)
         if config.multiplier == "none":
             constraint_state = jax.tree.map(jnp.zeros_like, constraint_state)
         multiplier = constraint_state.multiplier
 
-        episode_end = jnp.logical_or(traj.terminated, traj.truncated)
-        advantages, value_targets = batched_gae(
-            traj.reward, traj.value, traj.next_value, traj.terminated, episode_end,
-            hparams.gamma, hparams.gae_lambda,
-        )
-        cost_advantages, cost_targets = batched_gae(
-            traj.cost, traj.cost_value, traj.next_cost_value, traj.terminated, episode_end,
-            hparams.cost_gamma, hparams.cost_gae_lambda,
-        )
+        advantages, value_targets, cost_advantages, cost_targets = compute_advantages(traj, hparams)
         # Reward advantages are standardised; cost advantages are only centred (as OmniSafe does), so that a
         # rollout with (almost) no cost does not blow critic noise up to unit scale.
         cost_advantages = cost_advantages - cost_advantages.mean()

@@ -1,0 +1,389 @@
+"""CPO and TRPO-Lagrangian as one pure, vmappable learner (the same contract as :mod:`jaxsafe.rl.ppo`).
+
+Usage::
+
+    config  = CPOConfig(num_envs=16, num_steps=128, total_steps=200_000, method="cpo")   # or "trpo_lag"
+    hparams = config.default_hparams().replace(cost_limit=10.0)
+    train   = make_train(config, env, env_params)
+    result  = jax.jit(train)(key, hparams)                      # TrainResult(params, metrics)
+    grid    = jax.jit(jax.vmap(train))(keys, stacked_hparams)   # seeds x cost limits in one program
+
+One update (OmniSafe's order):
+
+1. Collect ``num_steps`` steps from ``num_envs`` auto-resetting environments and compute reward and cost GAE with
+   the rollout shared with PPO (:func:`jaxsafe.rl.ppo.make_collect_rollout`, :func:`~jaxsafe.rl.ppo.compute_advantages`).
+   Reward advantages are standardised, cost advantages centred (as PPO does).
+2. Policy step on the flattened actor parameters, with ``H`` the Fisher matrix of the mean KL from the rollout
+   policy (damped by ``damping``) and ``g`` the gradient of the reward surrogate ``mean(ratio * A_r)``:
+
+   * ``method="cpo"``: ``b`` is the gradient of the cost surrogate ``mean(ratio * A_c)`` and the constraint value
+     is ``c = (J_c - cost_limit) / L``, with ``J_c`` the measured mean episode cost of the episodes the rollout
+     finished and ``L`` their mean length (OmniSafe's rescaling: the surrogate's change estimates the change of the
+     *per-step* cost, so the episode-cost excess is divided by the episode length). The step is
+     :func:`jaxsafe.rl.trust_region.cpo_step`, then a backtracking line search that requires the KL within
+     ``target_kl``, the cost surrogate not to rise by more than ``max(-c, 0)``, and (cases 2-4) the reward
+     surrogate not to fall.
+   * ``method="trpo_lag"``: the multiplier handler of :mod:`jaxsafe.rl.constraints` (``multiplier``:
+     ``lagrangian`` or ``pid``) is updated from ``J_c`` first; the advantage is ``(A_r - m A_c) / (1 + m)`` as in
+     PPO-Lag, and the step is TRPO's natural-gradient step plus the KL / improvement line search.
+
+3. Reward and cost critics: ``critic_epochs`` epochs of ``critic_minibatches`` Adam regression steps on the GAE
+   returns.
+
+Before any episode has finished ``J_c`` is unknown; the constraint is then treated as exactly active (``c = 0``,
+the multiplier is left unchanged).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import struct
+
+from jaxsafe.envs.core import SafeEnv, wrap_for_training
+from jaxsafe.rl import constraints, trust_region
+from jaxsafe.rl.networks import ACTIVATIONS, Critic, make_actor
+from jaxsafe.rl.ppo import (ActorCriticParams, TrainParts, _check, compute_advantages, make_act,
+                            make_collect_rollout, validate_hparams)
+from jaxsafe.types import TrainResult
+
+__all__ = ["METHODS", "CPOConfig", "CPOHParams", "CPOState", "make_train_parts", "make_train", "make_act"]
+
+METHODS = ("cpo", "trpo_lag")
+TRPO_MULTIPLIERS = ("lagrangian", "pid")
+
+
+@dataclasses.dataclass(frozen=True)
+class CPOConfig:
+    """Static configuration (hashable; validated on construction).
+
+    Attributes:
+      num_envs, num_steps, total_steps: as in :class:`jaxsafe.rl.ppo.PPOConfig`.
+      hidden, activation: actor and critic MLPs.
+      method: ``cpo`` or ``trpo_lag``.
+      multiplier: the TRPO-Lagrangian multiplier updater, ``lagrangian`` or ``pid`` (ignored by CPO).
+      cg_iters: conjugate-gradient iterations per solve.
+      line_search_steps: maximum number of backtracking steps.
+      critic_epochs, critic_minibatches: Adam regression passes / minibatches per pass for both critics;
+        ``critic_minibatches`` must divide ``num_envs * num_steps``.
+      fisher_fraction_denominator: the Fisher-vector products use every ``k``-th sample of the batch (1 = all).
+    """
+
+    num_envs: int = 16
+    num_steps: int = 128
+    total_steps: int = 500_000
+    hidden: tuple[int, ...] = (64, 64)
+    activation: str = "tanh"
+    method: str = "cpo"
+    multiplier: str = "lagrangian"
+    cg_iters: int = 15
+    line_search_steps: int = 15
+    critic_epochs: int = 10
+    critic_minibatches: int = 4
+    fisher_fraction_denominator: int = 1
+
+    def __post_init__(self):
+        for field in ("num_envs", "num_steps", "cg_iters", "line_search_steps", "critic_epochs",
+                      "critic_minibatches", "fisher_fraction_denominator"):
+            value = getattr(self, field)
+            _check(isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= 1, field,
+                   "a positive integer", value)
+        object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
+        _check(all(h >= 1 for h in self.hidden), "hidden", "a tuple of positive widths", self.hidden)
+        _check(self.activation in ACTIVATIONS, "activation", f"one of {sorted(ACTIVATIONS)}", self.activation)
+        _check(self.method in METHODS, "method", f"one of {list(METHODS)}", self.method)
+        _check(self.multiplier in TRPO_MULTIPLIERS, "multiplier", f"one of {list(TRPO_MULTIPLIERS)}", self.multiplier)
+        _check(self.batch_size % self.critic_minibatches == 0, "critic_minibatches",
+               f"a divisor of the batch num_envs * num_steps = {self.batch_size}", self.critic_minibatches)
+        _check(self.fisher_fraction_denominator <= self.batch_size, "fisher_fraction_denominator",
+               f"<= the batch num_envs * num_steps = {self.batch_size}", self.fisher_fraction_denominator)
+        _check(isinstance(self.total_steps, (int, np.integer)) and self.total_steps >= self.batch_size,
+               "total_steps", f"an integer >= one batch (num_envs * num_steps = {self.batch_size})", self.total_steps)
+
+    @property
+    def batch_size(self) -> int:
+        return self.num_envs * self.num_steps
+
+    @property
+    def num_updates(self) -> int:
+        return self.total_steps // self.batch_size
+
+    @property
+    def steps_per_update(self) -> int:
+        return self.batch_size
+
+    def default_hparams(self) -> "CPOHParams":
+        return CPOHParams().as_arrays()
+
+
+_HPARAM_RULES: dict[str, tuple[Callable[[np.ndarray], np.ndarray], str]] = {
+    "target_kl": (lambda v: v > 0, "> 0 (trust-region radius in nats)"),
+    "gamma": (lambda v: (v >= 0) & (v <= 1), "in [0, 1]"),
+    "gae_lambda": (lambda v: (v >= 0) & (v <= 1), "in [0, 1]"),
+    "cost_gamma": (lambda v: (v >= 0) & (v <= 1), "in [0, 1]"),
+    "cost_gae_lambda": (lambda v: (v >= 0) & (v <= 1), "in [0, 1]"),
+    "cost_limit": (lambda v: v >= 0, ">= 0 (episode-cost units)"),
+    "critic_learning_rate": (lambda v: v > 0, "> 0"),
+    "damping": (lambda v: v >= 0, ">= 0"),
+    "line_search_decay": (lambda v: (v > 0) & (v < 1), "in (0, 1)"),
+    "multiplier_lr": (lambda v: v >= 0, ">= 0"),
+    "initial_multiplier": (lambda v: v >= 0, ">= 0"),
+    "pid_kp": (lambda v: v >= 0, ">= 0"),
+    "pid_ki": (lambda v: v >= 0, ">= 0"),
+    "pid_kd": (lambda v: v >= 0, ">= 0"),
+}
+
+
+@struct.dataclass
+class CPOHParams:
+    """Traceable, vmappable hyperparameters (each a scalar, or a ``[G]`` array for a grid).
+
+    Defaults follow OmniSafe's CPO / TRPOLag configs (``target_kl`` 0.01, damping 0.1, critic lr 1e-3, line-search
+    decay 0.8, Lagrangian multiplier lr 0.035). ``cost_limit`` is in episode-cost units. ``line_search_decay`` is
+    traced (it may be swept). The ``multiplier_*``/``pid_*`` fields are read only by ``trpo_lag``.
+    """
+
+    target_kl: Any = 0.01
+    gamma: Any = 0.99
+    gae_lambda: Any = 0.95
+    cost_gamma: Any = 0.99
+    cost_gae_lambda: Any = 0.95
+    cost_limit: Any = 25.0
+    critic_learning_rate: Any = 1e-3
+    damping: Any = 0.1
+    line_search_decay: Any = 0.8
+    multiplier_lr: Any = 0.035
+    initial_multiplier: Any = 0.0
+    pid_kp: Any = 0.1
+    pid_ki: Any = 0.003
+    pid_kd: Any = 0.001
+
+    def as_arrays(self) -> "CPOHParams":
+        return jax.tree.map(lambda v: jnp.asarray(v, jnp.float32), self)
+
+    def validate(self) -> "CPOHParams":
+        """Raise ``ValueError`` naming the first out-of-range field (concrete values only; tracers pass)."""
+        validate_hparams(self, _HPARAM_RULES)
+        return self
+
+
+class CPOState(NamedTuple):
+    """Everything the learner carries between updates (a pytree; checkpointed by the runner)."""
+
+    params: ActorCriticParams
+    critic_opt_state: Any
+    constraint: constraints.MultiplierState
+    env_state: Any
+    obs: Any
+    key: jax.Array
+    update_step: jax.Array
+
+
+def _standardise(x):
+    return (x - x.mean()) / (x.std() + 1e-8)
+
+
+def _line_search(params, full_step, surrogate_fn, kl_fn, max_kl, cost_fn, max_cost_increase, require_improvement,
+                 decay, max_backtracks):
+    """:func:`trust_region.backtracking_line_search` with a traced decay (it takes the ratio as a Python float).
+
+    Same acceptance rule; candidates ``params + decay^k full_step`` for ``k < max_backtracks``.
+    """
+    surrogate_before = surrogate_fn(params)
+    cost_before = cost_fn(params) if cost_fn is not None else jnp.zeros(())
+
+    def candidate(fraction):
+        return jax.tree.map(lambda p, s: p + fraction * s, params, full_step)
+
+    def body(carry):
+        k = carry[0]
+        fraction = decay ** k.astype(jnp.float32)
+        new_params = candidate(fraction)
+        surrogate, kl = surrogate_fn(new_params), kl_fn(new_params)
+        cost = cost_fn(new_params) if cost_fn is not None else jnp.zeros(())
+        passes = jnp.isfinite(surrogate) & jnp.isfinite(kl) & jnp.isfinite(cost) & (kl <= max_kl)
+        passes &= jnp.logical_or(jnp.logical_not(require_improvement), surrogate >= surrogate_before)
+        if cost_fn is not None:
+            passes &= cost - cost_before <= max_cost_increase
+        return jnp.where(passes, k, k + 1), passes, fraction, surrogate, kl
+
+    def cond(carry):
+        return jnp.logical_and(carry[0] < max_backtracks, jnp.logical_not(carry[1]))
+
+    zero = jnp.zeros((), jnp.float32)
+    k, accepted, fraction, surrogate, kl = jax.lax.while_loop(
+        cond, body, (jnp.zeros((), jnp.int32), jnp.zeros((), bool), zero, zero, zero))
+    fraction = jnp.where(accepted, fraction, 0.0)
+    new_params = jax.tree.map(lambda new, old: jnp.where(accepted, new, old), candidate(fraction), params)
+    return new_params, fraction, accepted, k, jnp.where(accepted, kl, 0.0)
+
+
+def make_train_parts(config: CPOConfig, env: SafeEnv, env_params: Any) -> TrainParts:
+    """The learner as ``init(key, hparams) -> state`` and ``update(state, hparams) -> (state, metrics)``."""
+    vec_env = wrap_for_training(env, config.num_envs)
+    action_space = env.action_space(env_params)
+    actor = make_actor(action_space, config.hidden, config.activation)
+    critic = Critic(config.hidden, config.activation)
+    collect = make_collect_rollout(vec_env, env_params, actor, critic, action_space, config.num_steps)
+    handler = constraints.make_handler(config.multiplier)
+    critic_optimizer = optax.scale_by_adam()
+    obs_shape = env.observation_space(env_params).shape
+    minibatch_size = config.batch_size // config.critic_minibatches
+    is_cpo = config.method == "cpo"
+
+    def init(key, hparams):
+        key, actor_key, critic_key, cost_key, env_key = jax.random.split(key, 5)
+        dummy = jnp.zeros(obs_shape, jnp.float32)
+        params = ActorCriticParams(
+            actor=actor.init(actor_key, dummy),
+            critic=critic.init(critic_key, dummy),
+            cost_critic=critic.init(cost_key, dummy),
+        )
+        env_state, timestep = vec_env.reset(env_key, env_params)
+        constraint_state = handler.init(hparams)
+        if is_cpo:
+            constraint_state = jax.tree.map(jnp.zeros_like, constraint_state)
+        return CPOState(params, critic_optimizer.init((params.critic, params.cost_critic)), constraint_state,
+                        env_state, timestep.obs, key, jnp.zeros((), jnp.int32))
+
+    def critic_loss(critic_params, batch):
+        obs, value_target, cost_target = batch
+        value_params, cost_params = critic_params
+        value_loss = 0.5 * ((critic.apply(value_params, obs) - value_target) ** 2).mean()
+        cost_value_loss = 0.5 * ((critic.apply(cost_params, obs) - cost_target) ** 2).mean()
+        return value_loss + cost_value_loss, (value_loss, cost_value_loss)
+
+    def update(state: CPOState, hparams: CPOHParams):
+        rollout = collect(state.params, state.env_state, state.obs, state.key)
+        traj, stats, key = rollout.traj, rollout.stats, rollout.key
+        episode_cost = stats.episode_cost
+        measured_cost = jnp.where(jnp.isnan(episode_cost), hparams.cost_limit, episode_cost)
+        advantages, value_targets, cost_advantages, cost_targets = compute_advantages(traj, hparams)
+        advantages = _standardise(advantages)
+        cost_advantages = cost_advantages - cost_advantages.mean()
+
+        if is_cpo:
+            constraint_state = state.constraint
+            multiplier = jnp.zeros((), jnp.float32)
+        else:
+            constraint_state = handler.update(state.constraint, measured_cost, hparams.cost_limit, hparams)
+            multiplier = constraint_state.multiplier
+            advantages = (advantages - multiplier * cost_advantages) / (1.0 + multiplier)
+
+        flat = jax.tree.map(
+            lambda x: x.reshape((config.batch_size,) + x.shape[2:]),
+            (traj.obs, traj.action, traj.log_prob, advantages, cost_advantages, value_targets, cost_targets),
+        )
+        obs, action, old_log_prob, advantage, cost_advantage, value_target, cost_target = flat
+
+        # --- Policy: trust-region step on the flattened actor parameters. ---
+        old_actor = state.params.actor
+        flat_actor, unflatten = trust_region.flatten(old_actor)
+        old_dist = actor.apply(jax.lax.stop_gradient(old_actor), obs)
+        fisher_obs = obs[:: config.fisher_fraction_denominator]
+        fisher_old_dist = actor.apply(jax.lax.stop_gradient(old_actor), fisher_obs)
+
+        def surrogate(flat_params, adv):
+            ratio = jnp.exp(actor.apply(unflatten(flat_params), obs).log_prob(action) - old_log_prob)
+            return (ratio * adv).mean()
+
+        def mean_kl(flat_params):
+            return old_dist.kl_divergence(actor.apply(unflatten(flat_params), obs)).mean()
+
+        def fisher_kl(flat_params):
+            return fisher_old_dist.kl_divergence(actor.apply(unflatten(flat_params), fisher_obs)).mean()
+
+        reward_surrogate = lambda p: surrogate(p, advantage)  # noqa: E731
+        cost_surrogate = lambda p: surrogate(p, cost_advantage)  # noqa: E731
+        reward_grad = jax.grad(reward_surrogate)(flat_actor)
+        fvp = trust_region.make_fisher_vector_product(fisher_kl, flat_actor, hparams.damping)
+        if is_cpo:
+            episode_length = jnp.where(jnp.isnan(stats.episode_length), 1.0, jnp.maximum(stats.episode_length, 1.0))
+            constraint_value = (measured_cost - hparams.cost_limit) / episode_length
+            cost_grad = jax.grad(cost_surrogate)(flat_actor)
+            step = trust_region.cpo_step(reward_grad, cost_grad, constraint_value, fvp, hparams.target_kl,
+                                         config.cg_iters)
+            cost_fn, max_cost_increase = cost_surrogate, jnp.maximum(-constraint_value, 0.0)
+            require_improvement = step.case >= trust_region.CASE_FEASIBLE_INTERSECTING
+        else:
+            constraint_value = (measured_cost - hparams.cost_limit)
+            step = trust_region.natural_gradient_step(reward_grad, fvp, hparams.target_kl, config.cg_iters)
+            cost_fn, max_cost_increase, require_improvement = None, None, True
+        safe_step = jnp.where(jnp.all(jnp.isfinite(step.step)), step.step, 0.0)
+        new_flat_actor, step_fraction, accepted, num_backtracks, kl = _line_search(
+            flat_actor, safe_step, reward_surrogate, mean_kl, hparams.target_kl, cost_fn, max_cost_increase,
+            require_improvement, hparams.line_search_decay, config.line_search_steps,
+        )
+        new_actor = unflatten(new_flat_actor)
+
+        # --- Critics: Adam regression on the GAE returns. ---
+        def minibatch_step(carry, batch):
+            critic_params, opt_state = carry
+            grads, losses = jax.grad(critic_loss, has_aux=True)(critic_params, batch)
+            updates, opt_state = critic_optimizer.update(grads, opt_state, critic_params)
+            updates = jax.tree.map(lambda u: -hparams.critic_learning_rate * u, updates)
+            return (optax.apply_updates(critic_params, updates), opt_state), losses
+
+        def epoch(carry, epoch_key):
+            order = jax.random.permutation(epoch_key, config.batch_size)
+            batches = jax.tree.map(
+                lambda x: x[order].reshape((config.critic_minibatches, minibatch_size) + x.shape[1:]),
+                (obs, value_target, cost_target),
+            )
+            return jax.lax.scan(minibatch_step, carry, batches)
+
+        key, epoch_key = jax.random.split(key)
+        critic_params = (state.params.critic, state.params.cost_critic)
+        (critic_params, critic_opt_state), (value_loss, cost_value_loss) = jax.lax.scan(
+            epoch, (critic_params, state.critic_opt_state), jax.random.split(epoch_key, config.critic_epochs)
+        )
+        params = ActorCriticParams(new_actor, *critic_params)
+        new_state = CPOState(params, critic_opt_state, constraint_state, rollout.env_state, rollout.obs, key,
+                             state.update_step + 1)
+        value_loss, cost_value_loss = value_loss.mean(), cost_value_loss.mean()
+        entropy = old_dist.entropy().mean()
+        metrics = dict(
+            env_steps=new_state.update_step * config.batch_size,
+            episode_return=stats.episode_return,
+            episode_cost=episode_cost,
+            episode_length=stats.episode_length,
+            episodes_finished=stats.episodes_finished,
+            multiplier=multiplier,
+            constraint_value=constraint_value,
+            case=step.case,
+            cost_multiplier=step.cost_multiplier,
+            step_fraction=step_fraction,
+            accepted=accepted,
+            num_backtracks=num_backtracks,
+            approx_kl=kl,
+            value_loss=value_loss,
+            cost_value_loss=cost_value_loss,
+            entropy=entropy,
+            step_cost=traj.cost.mean(),
+            nonfinite=~(jnp.isfinite(value_loss) & jnp.isfinite(cost_value_loss)
+                        & jnp.all(jnp.isfinite(new_flat_actor))),
+        )
+        return new_state, metrics
+
+    return TrainParts(init, update, config.num_updates, config.batch_size)
+
+
+def make_train(config: CPOConfig, env: SafeEnv, env_params: Any) -> Callable[[jax.Array, CPOHParams], TrainResult]:
+    """A pure ``train(key, hparams) -> TrainResult(params, metrics)``; jit it, vmap it, shard it."""
+    parts = make_train_parts(config, env, env_params)
+
+    def train(key, hparams):
+        state = parts.init(key, hparams)
+        state, metrics = jax.lax.scan(lambda s, _: parts.update(s, hparams), state, None, length=parts.num_updates)
+        return TrainResult(state.params, metrics)
+
+    return train
+
+
+#: ``act(params, obs, key, deterministic) -> action``; CPO's actor and params layout are PPO's.
+make_act = make_act
