@@ -48,6 +48,7 @@ from flax import struct
 from jaxsafe.envs.core import SafeEnv, wrap_for_training
 from jaxsafe.rl import constraints, trust_region
 from jaxsafe.rl.networks import ACTIVATIONS, Critic, make_actor
+from jaxsafe.rl.ppo import _HPARAM_RULES as PPO_HPARAM_RULES
 from jaxsafe.rl.ppo import (ActorCriticParams, TrainParts, _check, compute_advantages, make_act,
                             make_collect_rollout, validate_hparams)
 from jaxsafe.types import TrainResult
@@ -121,23 +122,16 @@ class CPOConfig:
         return CPOHParams().as_arrays()
 
 
+#: The fields CPO shares with PPO use PPO's rules (one definition of "a discount is in [0, 1]").
+_SHARED_FIELDS = ("gamma", "gae_lambda", "cost_gamma", "cost_gae_lambda", "cost_limit", "multiplier_lr",
+                  "initial_multiplier", "pid_kp", "pid_ki", "pid_kd")
 _HPARAM_RULES: dict[str, tuple[Callable[[np.ndarray], np.ndarray], str]] = {
     "target_kl": (lambda v: v > 0, "> 0 (trust-region radius in nats)"),
-    "gamma": (lambda v: (v >= 0) & (v <= 1), "in [0, 1]"),
-    "gae_lambda": (lambda v: (v >= 0) & (v <= 1), "in [0, 1]"),
-    "cost_gamma": (lambda v: (v >= 0) & (v <= 1), "in [0, 1]"),
-    "cost_gae_lambda": (lambda v: (v >= 0) & (v <= 1), "in [0, 1]"),
-    "cost_limit": (lambda v: v >= 0, ">= 0 (episode-cost units)"),
     "critic_learning_rate": (lambda v: v > 0, "> 0"),
     "damping": (lambda v: v >= 0, ">= 0"),
     "line_search_decay": (lambda v: (v > 0) & (v < 1), "in (0, 1)"),
-    "multiplier_lr": (lambda v: v >= 0, ">= 0"),
-    "initial_multiplier": (lambda v: v >= 0, ">= 0"),
-    "pid_kp": (lambda v: v >= 0, ">= 0"),
-    "pid_ki": (lambda v: v >= 0, ">= 0"),
-    "pid_kd": (lambda v: v >= 0, ">= 0"),
+    **{field: PPO_HPARAM_RULES[field] for field in _SHARED_FIELDS},
 }
-
 
 @struct.dataclass
 class CPOHParams:
