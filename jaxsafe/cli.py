@@ -121,6 +121,18 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_flip(args) -> int:
+    from jaxsafe import runner
+    from jaxsafe.rl import flipping
+
+    budgets = [float(b) for b in args.budget.split(",")]
+    rows = flipping.mix_run(runner.load_run(args.run_dir), budgets, episodes=args.episodes,
+                            max_steps=args.max_steps, modes=args.mode.split(","), window=args.window, seed=args.seed)
+    for row in rows:
+        print(json.dumps(row))
+    return 0
+
+
 def cmd_demo(args) -> int:
     from jaxsafe import demo
 
@@ -160,6 +172,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=int, default=1000)
     p.add_argument("--deterministic", action="store_true", help="take the policy's mode instead of sampling")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("flip", help="mix the policies of a cost-limit sweep by the flipping LP and measure them")
+    p.add_argument("run_dir", help="a `jaxsafe sweep` (or train) run directory with two or more lanes")
+    p.add_argument("--budget", required=True, help="episode-cost budget(s), comma-separated")
+    p.add_argument("--episodes", type=int, default=64, help="evaluation episodes per policy and per mixture")
+    p.add_argument("--max-steps", type=int, default=1000)
+    p.add_argument("--mode", default="episode,step", help="flip once per 'episode', every 'step', or both")
+    p.add_argument("--window", type=int, default=10, help="T of the reported violation probability")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_flip)
 
     p = sub.add_parser("demo", help="PPO-Lagrangian vs PPO on SafeCartPole: a table and a figure")
     p.add_argument("--out", default="runs/demo")

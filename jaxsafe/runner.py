@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 import jaxsafe
 from jaxsafe import checkpoint, envs
 from jaxsafe.algorithms import get_algorithm
+from jaxsafe.evaluate import rollout_episodes
 from jaxsafe.logging import Progress, RunDir, summarize
 from jaxsafe.sweep import Grid, make_grid, shard_grid
 
@@ -299,18 +299,38 @@ def resume_training(out_dir: str | Path, **kwargs) -> RunResult:
     return run_training(spec, out_dir, resume=True, **kwargs)
 
 
-def evaluate_run(out_dir: str | Path, episodes: int = 16, max_steps: int = 1000, deterministic: bool = False,
-                 seed: int = 0) -> list[dict]:
-    """Roll out the newest checkpoint's policy of every lane for ``episodes`` episodes; one result row per lane."""
+class LoadedRun(NamedTuple):
+    """A run directory's newest policies: ``params`` has a leading grid axis; ``act(params, obs, key,
+    deterministic)`` acts for one lane and one observation."""
+
+    spec: RunSpec
+    env: Any
+    env_params: Any
+    config: Any
+    grid: Grid
+    act: Any
+    params: Any
+    checkpoint_step: int
+
+
+def load_run(out_dir: str | Path) -> LoadedRun:
+    """Rebuild a run directory's learner and restore the newest checkpoint's parameters of every lane."""
     run_dir = RunDir(out_dir, must_exist=True)
     spec = RunSpec.from_json(run_dir.read_config())
     algo, env, env_params, config, grid, parts = _build(spec)
     template = jax.vmap(parts.init)(grid.keys, grid.hparams)
     step, state = checkpoint.restore(run_dir.checkpoint_dir, template)
-    act = algo.make_act(config, env, env_params)
+    return LoadedRun(spec, env, env_params, config, grid, algo.make_act(config, env, env_params), state.params, step)
+
+
+def evaluate_run(out_dir: str | Path, episodes: int = 16, max_steps: int = 1000, deterministic: bool = False,
+                 seed: int = 0) -> list[dict]:
+    """Roll out the newest checkpoint's policy of every lane for ``episodes`` episodes; one result row per lane."""
+    run = load_run(out_dir)
+    env, env_params, act, grid, step = run.env, run.env_params, run.act, run.grid, run.checkpoint_step
     stats = jax.jit(jax.vmap(lambda p, k: rollout_returns(env, env_params, act, p, k, episodes, max_steps,
                                                           deterministic)))
-    returns, costs, finished = stats(state.params, jax.random.split(jax.random.PRNGKey(seed), grid.size))
+    returns, costs, finished = stats(run.params, jax.random.split(jax.random.PRNGKey(seed), grid.size))
     rows = []
     for lane, point in enumerate(grid.points):
         done = np.asarray(finished[lane])
@@ -321,27 +341,8 @@ def evaluate_run(out_dir: str | Path, episodes: int = 16, max_steps: int = 1000,
 
 
 def rollout_returns(env, env_params, act, params, key, episodes: int, max_steps: int, deterministic: bool):
-    """Return and cost of the first episode of each of ``episodes`` parallel environments (``[episodes]`` each).
-
-    ``finished`` marks the environments whose first episode ended within ``max_steps`` steps.
-    """
-    vec_env = envs.wrap_for_training(env, episodes)
-    reset_key, key = jax.random.split(key)
-    env_state, timestep = vec_env.reset(reset_key, env_params)
-
-    def step(carry, _):
-        env_state, obs, key, first_return, first_cost, finished = carry
-        key, act_key, step_key = jax.random.split(key, 3)
-        action = jax.vmap(act, in_axes=(None, 0, 0, None))(params, obs, jax.random.split(act_key, episodes),
-                                                           deterministic)
-        env_state, timestep = vec_env.step(step_key, env_state, action, env_params)
-        info = timestep.info
-        newly = jnp.logical_and(info["episode_done"], ~finished)
-        first_return = jnp.where(newly, info["episode_return"], first_return)
-        first_cost = jnp.where(newly, info["episode_cost"].sum(-1), first_cost)
-        return (env_state, timestep.obs, key, first_return, first_cost, finished | newly), None
-
-    zeros = jnp.zeros((episodes,), jnp.float32)
-    carry = (env_state, timestep.obs, key, zeros, zeros, jnp.zeros((episodes,), bool))
-    (_, _, _, first_return, first_cost, finished), _ = jax.lax.scan(step, carry, None, length=max_steps)
-    return first_return, first_cost, finished
+    """Return and cost of ``episodes`` independent episodes (``[episodes]`` each, by
+    :func:`jaxsafe.evaluate.rollout_episodes`); ``finished`` marks those that ended within ``max_steps`` steps."""
+    rollouts = rollout_episodes(env, env_params, lambda obs, k, _: act(params, obs, k, deterministic), key, episodes,
+                                max_steps)
+    return rollouts.returns, rollouts.costs, rollouts.finished

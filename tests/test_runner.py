@@ -133,6 +133,16 @@ def test_cli_end_to_end(tmp_path, capsys):
     assert cli.main(["eval", str(out), "--episodes", "4", "--max-steps", "30"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert len(rows) == 4 and all("episode_cost" in r for r in rows)
+    # mixing the sweep's policies by the flipping LP, played in both flip modes
+    assert cli.main(["flip", str(out), "--budget", "2,10", "--episodes", "8", "--max-steps", "30"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    policies = [r for r in rows if r["kind"] == "policy"]
+    mixtures = [r for r in rows if r["kind"] == "mixture"]
+    assert len(policies) == 4 and len(mixtures) == 4 and {r["mode"] for r in mixtures} == {"episode", "step"}
+    for r in mixtures:
+        assert 0.0 <= r["weight_low"] <= 1.0
+        if r["feasible"] and r["best_deterministic_lane"] >= 0:
+            assert r["lp_return"] >= r["best_deterministic_return"] - 1e-9
     assert cli.main(["list"]) == 0
     assert "SafeGridWorld" in capsys.readouterr().out
 

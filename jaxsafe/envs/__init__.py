@@ -1,6 +1,6 @@
 """Safe environments: the contract, wrappers, registry and tasks."""
 
-from jaxsafe.envs import classic, gridworld, locomotion, navigation
+from jaxsafe.envs import chance_bandit, classic, gridworld, locomotion, navigation, point2d
 from jaxsafe.envs.core import (
     AutoReset,
     EpisodeStats,
@@ -18,6 +18,8 @@ from jaxsafe.types import TimeStep
 register("SafeCartPole", classic.safe_cartpole, "CartPole-v1; cost 1 when the cart leaves |x| <= cost_x_limit")
 register("SafePendulum", classic.safe_pendulum, "Pendulum-v1; cost 1 when |angular speed| > cost_speed_limit")
 register("SafeGridWorld", gridworld.GridWorld, "constrained gridworld with an exact model (layout=...)")
+register("ChanceBandit", chance_bandit.ChanceBandit, "one-step chance-constrained bandit; optimum flips between 2 actions")
+register("ChancePoint2D", point2d.ChancePoint2D, "2-D point with Gaussian disturbance and two hazards (flipping paper, App. K)")
 navigation.register_navigation()
 locomotion.register_locomotion()  # brax is imported only when a locomotion task is built
 

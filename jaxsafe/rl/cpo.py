@@ -47,7 +47,7 @@ from flax import struct
 
 from jaxsafe.envs.core import SafeEnv, wrap_for_training
 from jaxsafe.rl import constraints, trust_region
-from jaxsafe.rl.networks import ACTIVATIONS, Critic, make_actor
+from jaxsafe.rl.networks import ACTIVATIONS, POLICIES, Critic, make_actor
 from jaxsafe.rl.ppo import _HPARAM_RULES as PPO_HPARAM_RULES
 from jaxsafe.rl.ppo import (ActorCriticParams, TrainParts, _check, compute_advantages, make_act,
                             make_collect_rollout, validate_hparams)
@@ -73,6 +73,9 @@ class CPOConfig:
       critic_epochs, critic_minibatches: Adam regression passes / minibatches per pass for both critics;
         ``critic_minibatches`` must divide ``num_envs * num_steps``.
       fisher_fraction_denominator: the Fisher-vector products use every ``k``-th sample of the batch (1 = all).
+      policy: the actor family, ``gaussian`` or ``flipping`` (as in :class:`jaxsafe.rl.ppo.PPOConfig`). The
+        flipping actor's ``kl_divergence`` is the joint (component, action) KL, an upper bound on the mixture KL,
+        so its trust region is conservative and its Fisher matrix is the joint model's.
     """
 
     num_envs: int = 16
@@ -87,6 +90,7 @@ class CPOConfig:
     critic_epochs: int = 10
     critic_minibatches: int = 4
     fisher_fraction_denominator: int = 1
+    policy: str = "gaussian"
 
     def __post_init__(self):
         for field in ("num_envs", "num_steps", "cg_iters", "line_search_steps", "critic_epochs",
@@ -98,6 +102,7 @@ class CPOConfig:
         _check(all(h >= 1 for h in self.hidden), "hidden", "a tuple of positive widths", self.hidden)
         _check(self.activation in ACTIVATIONS, "activation", f"one of {sorted(ACTIVATIONS)}", self.activation)
         _check(self.method in METHODS, "method", f"one of {list(METHODS)}", self.method)
+        _check(self.policy in POLICIES, "policy", f"one of {list(POLICIES)}", self.policy)
         _check(self.multiplier in TRPO_MULTIPLIERS, "multiplier", f"one of {list(TRPO_MULTIPLIERS)}", self.multiplier)
         _check(self.batch_size % self.critic_minibatches == 0, "critic_minibatches",
                f"a divisor of the batch num_envs * num_steps = {self.batch_size}", self.critic_minibatches)
@@ -182,46 +187,11 @@ def _standardise(x):
     return (x - x.mean()) / (x.std() + 1e-8)
 
 
-def _line_search(params, full_step, surrogate_fn, kl_fn, max_kl, cost_fn, max_cost_increase, require_improvement,
-                 decay, max_backtracks):
-    """:func:`trust_region.backtracking_line_search` with a traced decay (it takes the ratio as a Python float).
-
-    Same acceptance rule; candidates ``params + decay^k full_step`` for ``k < max_backtracks``.
-    """
-    surrogate_before = surrogate_fn(params)
-    cost_before = cost_fn(params) if cost_fn is not None else jnp.zeros(())
-
-    def candidate(fraction):
-        return jax.tree.map(lambda p, s: p + fraction * s, params, full_step)
-
-    def body(carry):
-        k = carry[0]
-        fraction = decay ** k.astype(jnp.float32)
-        new_params = candidate(fraction)
-        surrogate, kl = surrogate_fn(new_params), kl_fn(new_params)
-        cost = cost_fn(new_params) if cost_fn is not None else jnp.zeros(())
-        passes = jnp.isfinite(surrogate) & jnp.isfinite(kl) & jnp.isfinite(cost) & (kl <= max_kl)
-        passes &= jnp.logical_or(jnp.logical_not(require_improvement), surrogate >= surrogate_before)
-        if cost_fn is not None:
-            passes &= cost - cost_before <= max_cost_increase
-        return jnp.where(passes, k, k + 1), passes, fraction, surrogate, kl
-
-    def cond(carry):
-        return jnp.logical_and(carry[0] < max_backtracks, jnp.logical_not(carry[1]))
-
-    zero = jnp.zeros((), jnp.float32)
-    k, accepted, fraction, surrogate, kl = jax.lax.while_loop(
-        cond, body, (jnp.zeros((), jnp.int32), jnp.zeros((), bool), zero, zero, zero))
-    fraction = jnp.where(accepted, fraction, 0.0)
-    new_params = jax.tree.map(lambda new, old: jnp.where(accepted, new, old), candidate(fraction), params)
-    return new_params, fraction, accepted, k, jnp.where(accepted, kl, 0.0)
-
-
 def make_train_parts(config: CPOConfig, env: SafeEnv, env_params: Any) -> TrainParts:
     """The learner as ``init(key, hparams) -> state`` and ``update(state, hparams) -> (state, metrics)``."""
     vec_env = wrap_for_training(env, config.num_envs)
     action_space = env.action_space(env_params)
-    actor = make_actor(action_space, config.hidden, config.activation)
+    actor = make_actor(action_space, config.hidden, config.activation, config.policy)
     critic = Critic(config.hidden, config.activation)
     collect = make_collect_rollout(vec_env, env_params, actor, critic, action_space, config.num_steps)
     handler = constraints.make_handler(config.multiplier)
@@ -309,10 +279,12 @@ def make_train_parts(config: CPOConfig, env: SafeEnv, env_params: Any) -> TrainP
             step = trust_region.natural_gradient_step(reward_grad, fvp, hparams.target_kl, config.cg_iters)
             cost_fn, max_cost_increase, require_improvement = None, None, True
         safe_step = jnp.where(jnp.all(jnp.isfinite(step.step)), step.step, 0.0)
-        new_flat_actor, step_fraction, accepted, num_backtracks, kl = _line_search(
+        search = trust_region.backtracking_line_search(
             flat_actor, safe_step, reward_surrogate, mean_kl, hparams.target_kl, cost_fn, max_cost_increase,
-            require_improvement, hparams.line_search_decay, config.line_search_steps,
+            require_improvement, backtrack_ratio=hparams.line_search_decay, max_backtracks=config.line_search_steps,
         )
+        new_flat_actor, step_fraction, accepted = search.params, search.step_fraction, search.accepted
+        num_backtracks, kl = search.num_backtracks, search.kl
         new_actor = unflatten(new_flat_actor)
 
         # --- Critics: Adam regression on the GAE returns. ---

@@ -43,7 +43,7 @@ from flax import struct
 from jaxsafe.envs.core import SafeEnv, spaces, wrap_for_training
 from jaxsafe.rl import constraints
 from jaxsafe.rl.gae import batched_gae
-from jaxsafe.rl.networks import ACTIVATIONS, Critic, make_actor
+from jaxsafe.rl.networks import ACTIVATIONS, POLICIES, Critic, make_actor
 from jaxsafe.types import TrainResult, Transition
 
 MULTIPLIERS = ("none", "lagrangian", "pid", "fixed")
@@ -69,6 +69,8 @@ class PPOConfig:
       multiplier: ``none`` (PPO), ``lagrangian``, ``pid`` or ``fixed``.
       max_grad_norm: global gradient-norm clip.
       anneal_lr: linearly decay the learning rate to zero over the run.
+      policy: the actor family, ``gaussian`` (the standard actor) or ``flipping`` (two candidate actions and a
+        state-dependent coin, :class:`jaxsafe.rl.networks.FlippingActor`; Box action spaces only).
     """
 
     num_envs: int = 16
@@ -81,6 +83,7 @@ class PPOConfig:
     multiplier: str = "lagrangian"
     max_grad_norm: float = 0.5
     anneal_lr: bool = False
+    policy: str = "gaussian"
 
     def __post_init__(self):
         for field in ("num_envs", "num_steps", "num_epochs", "num_minibatches"):
@@ -90,6 +93,7 @@ class PPOConfig:
         _check(all(h >= 1 for h in self.hidden), "hidden", "a tuple of positive widths", self.hidden)
         _check(self.activation in ACTIVATIONS, "activation", f"one of {sorted(ACTIVATIONS)}", self.activation)
         _check(self.multiplier in MULTIPLIERS, "multiplier", f"one of {list(MULTIPLIERS)}", self.multiplier)
+        _check(self.policy in POLICIES, "policy", f"one of {list(POLICIES)}", self.policy)
         _check(self.max_grad_norm > 0, "max_grad_norm", "> 0", self.max_grad_norm)
         _check(
             self.batch_size % self.num_minibatches == 0,
@@ -335,7 +339,7 @@ def make_train_parts(config: PPOConfig, env: SafeEnv, env_params: Any) -> TrainP
     """The learner as ``init`` and ``update`` (see the module docstring)."""
     vec_env = wrap_for_training(env, config.num_envs)
     action_space = env.action_space(env_params)
-    actor = make_actor(action_space, config.hidden, config.activation)
+    actor = make_actor(action_space, config.hidden, config.activation, config.policy)
     critic = Critic(config.hidden, config.activation)
     collect = make_collect_rollout(vec_env, env_params, actor, critic, action_space, config.num_steps)
     handler = constraints.make_handler("fixed" if config.multiplier == "none" else config.multiplier)
@@ -455,7 +459,7 @@ def make_train(config: PPOConfig, env: SafeEnv, env_params: Any) -> Callable[[ja
 def make_act(config: PPOConfig, env: SafeEnv, env_params: Any):
     """``act(params, obs, key, deterministic) -> action`` for one observation (vmap for batches)."""
     action_space = env.action_space(env_params)
-    actor = make_actor(action_space, config.hidden, config.activation)
+    actor = make_actor(action_space, config.hidden, config.activation, config.policy)
     continuous = isinstance(action_space, spaces.Box)
 
     def act(params: ActorCriticParams, obs, key, deterministic: bool = False):

@@ -47,6 +47,7 @@ vmappable; the tests check each case against an independent QP solver.
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -369,7 +370,7 @@ def backtracking_line_search(
     cost_fn: Callable[[PyTree], jax.Array] | None = None,
     max_cost_increase=None,
     require_improvement=True,
-    backtrack_ratio: float = 0.8,
+    backtrack_ratio=0.8,
     max_backtracks: int = 15,
 ) -> LineSearchResult:
     """Try ``params + ratio^k * full_step`` for ``k = 0, 1, ...`` and accept the first candidate that passes.
@@ -381,12 +382,15 @@ def backtracking_line_search(
     reward), as OmniSafe does; for TRPO leave ``cost_fn`` out.
 
     ``params`` and ``full_step`` are pytrees of the same structure (e.g. ``unflatten(step.step)``). Runs in a
-    ``lax.while_loop`` that stops at the first acceptance; jittable (``require_improvement`` and
-    ``max_cost_increase`` may be traced). Returns a :class:`LineSearchResult`; on rejection the old params.
+    ``lax.while_loop`` that stops at the first acceptance; jittable and vmappable (``max_kl``, ``backtrack_ratio``,
+    ``require_improvement`` and ``max_cost_increase`` may be traced, e.g. swept hyperparameters; concrete values are
+    validated here, traced ones by the caller's hparams validation). ``max_backtracks`` is static. Returns a
+    :class:`LineSearchResult`; on rejection the old params.
     """
-    if not isinstance(max_backtracks, int) or max_backtracks < 1:
+    if isinstance(max_backtracks, bool) or not isinstance(max_backtracks, numbers.Integral) or max_backtracks < 1:
         raise ValueError(f"max_backtracks must be a positive int, got {max_backtracks!r}")
-    if not 0.0 < float(backtrack_ratio) < 1.0:
+    max_backtracks = int(max_backtracks)
+    if not isinstance(backtrack_ratio, jax.core.Tracer) and not 0.0 < float(backtrack_ratio) < 1.0:
         raise ValueError(f"backtrack_ratio must be in (0, 1), got {backtrack_ratio!r}")
     if (cost_fn is None) != (max_cost_increase is None):
         raise ValueError("cost_fn and max_cost_increase must be given together")
@@ -414,7 +418,7 @@ def backtracking_line_search(
 
     def body(carry):
         k = carry[0]
-        fraction = jnp.asarray(backtrack_ratio, jnp.float32) ** k
+        fraction = jnp.asarray(backtrack_ratio, jnp.float32) ** k.astype(jnp.float32)
         passes, surrogate, kl, cost = evaluate(fraction)
         return (jnp.where(passes, k, k + 1), passes, fraction, surrogate, kl, cost)
 

@@ -396,3 +396,30 @@ def test_line_search_rejects_everything_and_returns_old_params():
     assert not bool(nan_surrogate.accepted)
     with pytest.raises(ValueError, match="together"):
         _run_line_search(max_kl=1.0, cost_fn=lambda p: p["theta"])
+
+
+def test_line_search_takes_a_traced_backtrack_ratio():
+    """The decay ratio may be a swept hyperparameter: vmapped ratios give each lane its own enumeration."""
+    params, step = {"theta": jnp.zeros(())}, {"theta": jnp.asarray(4.0)}
+    surrogate = lambda p: -jnp.square(p["theta"] - 1.0)
+    kl = lambda p: jnp.square(p["theta"])
+    cost = lambda p: p["theta"]
+    ratios = jnp.array([0.5, 0.8, 0.9], jnp.float32)
+
+    def search(ratio, max_cost_increase):
+        return tr.backtracking_line_search(params, step, surrogate, kl, max_kl=100.0, cost_fn=cost,
+                                           max_cost_increase=max_cost_increase, backtrack_ratio=ratio)
+
+    result = jax.jit(jax.vmap(search, in_axes=(0, None)))(ratios, jnp.float32(0.7))
+    for lane, ratio in enumerate([0.5, 0.8, 0.9]):
+        k = _expected_backtracks(lambda f: -(4 * f - 1) ** 2 >= -1.0 and 4 * f <= 0.7, ratio=ratio)
+        if k is None:  # 0.9: 15 backtracks do not bring the cost increase under 0.7
+            assert not bool(result.accepted[lane]) and int(result.num_backtracks[lane]) == 15
+            assert float(result.step_fraction[lane]) == 0.0
+        else:
+            assert bool(result.accepted[lane]) and int(result.num_backtracks[lane]) == k, (ratio, k)
+            np.testing.assert_allclose(result.step_fraction[lane], ratio**k, rtol=1e-5)
+    with pytest.raises(ValueError, match="backtrack_ratio"):
+        _run_line_search(max_kl=1.0, backtrack_ratio=1.0)
+    with pytest.raises(ValueError, match="max_backtracks"):
+        _run_line_search(max_kl=1.0, max_backtracks=0)
