@@ -46,7 +46,6 @@ from jaxsafe.rl import cpo, flipping, ppo  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 FIGURE = ROOT / "docs" / "figures" / "flipping.png"
-MAKE_TRAIN = {"ppo_lag": ppo.make_train, "cpo": cpo.make_train}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -146,7 +145,7 @@ def navigation(args) -> dict:
             algo = get_algorithm(name)
             config = algo.make_config(num_envs=args.num_envs, num_steps=args.num_steps, total_steps=args.total_steps)
             grid = sweep.make_grid(config.default_hparams(), seeds=[args.seed], cost_limit=args.limits)
-            train = MAKE_TRAIN[name](config, env, env_params)
+            train = ppo.train_from_parts(algo.make_train_parts(config, env, env_params))
             t0 = time.time()
             result = jax.block_until_ready(sweep.run_grid(train, grid))
             train_seconds = time.time() - t0

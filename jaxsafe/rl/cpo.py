@@ -50,7 +50,7 @@ from jaxsafe.rl import constraints, trust_region
 from jaxsafe.rl.networks import ACTIVATIONS, POLICIES, Critic, make_actor
 from jaxsafe.rl.ppo import _HPARAM_RULES as PPO_HPARAM_RULES
 from jaxsafe.rl.ppo import (ActorCriticParams, TrainParts, _check, compute_advantages, make_act,
-                            make_collect_rollout, validate_hparams)
+                            make_collect_rollout, train_from_parts, validate_hparams)
 from jaxsafe.types import TrainResult
 
 __all__ = ["METHODS", "CPOConfig", "CPOHParams", "CPOState", "make_train_parts", "make_train", "make_act"]
@@ -341,14 +341,7 @@ def make_train_parts(config: CPOConfig, env: SafeEnv, env_params: Any) -> TrainP
 
 def make_train(config: CPOConfig, env: SafeEnv, env_params: Any) -> Callable[[jax.Array, CPOHParams], TrainResult]:
     """A pure ``train(key, hparams) -> TrainResult(params, metrics)``; jit it, vmap it, shard it."""
-    parts = make_train_parts(config, env, env_params)
-
-    def train(key, hparams):
-        state = parts.init(key, hparams)
-        state, metrics = jax.lax.scan(lambda s, _: parts.update(s, hparams), state, None, length=parts.num_updates)
-        return TrainResult(state.params, metrics)
-
-    return train
+    return train_from_parts(make_train_parts(config, env, env_params))
 
 
 #: ``act(params, obs, key, deterministic) -> action``; CPO's actor and params layout are PPO's.

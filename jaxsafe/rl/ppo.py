@@ -444,9 +444,11 @@ def make_train_parts(config: PPOConfig, env: SafeEnv, env_params: Any) -> TrainP
     return TrainParts(init, update, config.num_updates, config.batch_size)
 
 
-def make_train(config: PPOConfig, env: SafeEnv, env_params: Any) -> Callable[[jax.Array, PPOHParams], TrainResult]:
-    """A pure ``train(key, hparams) -> TrainResult(params, metrics)``; jit it, vmap it, shard it."""
-    parts = make_train_parts(config, env, env_params)
+def train_from_parts(parts: TrainParts) -> Callable[[jax.Array, Any], TrainResult]:
+    """``train(key, hparams) -> TrainResult(params, metrics)``: ``init`` then ``num_updates`` scanned updates.
+
+    The one-program form of any learner's :class:`TrainParts` (the runner instead scans chunks of updates).
+    """
 
     def train(key, hparams):
         state = parts.init(key, hparams)
@@ -454,6 +456,11 @@ def make_train(config: PPOConfig, env: SafeEnv, env_params: Any) -> Callable[[ja
         return TrainResult(state.params, metrics)
 
     return train
+
+
+def make_train(config: PPOConfig, env: SafeEnv, env_params: Any) -> Callable[[jax.Array, PPOHParams], TrainResult]:
+    """A pure ``train(key, hparams) -> TrainResult(params, metrics)``; jit it, vmap it, shard it."""
+    return train_from_parts(make_train_parts(config, env, env_params))
 
 
 def make_act(config: PPOConfig, env: SafeEnv, env_params: Any):
