@@ -1,6 +1,7 @@
 """Flipping-based policies (Shen et al., NeurIPS 2024): deterministic families, LP mixing, both flip modes.
 
-Three parts, each writing into ``benchmarks/results/flipping.json`` / ``.md`` and ``docs/figures/flipping.png``:
+Three parts, each writing into ``benchmarks/results/flipping.json`` / ``.md`` and ``docs/figures/flipping.png``
+(with ``--out DIR``: all three into ``DIR``):
 
 * ``point2d`` -- the paper's appendix-K example (:mod:`jaxsafe.envs.point2d`, dt 0.1, T = 100 steps): a family of
   deterministic policies by inflated-radius planning (``beta`` from 1.0 to 3.0 in steps of 0.05, the paper's
@@ -413,11 +414,12 @@ def main(argv=None):
 
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
+    figure_path = FIGURE if out_dir.resolve() == RESULTS.resolve() else out_dir / "flipping.png"
     json_path = out_dir / "flipping.json"
     results = json.loads(json_path.read_text()) if json_path.exists() else {}
     if args.report:
         (out_dir / "flipping.md").write_text(markdown(results))
-        figure(results, FIGURE)
+        figure(results, figure_path)
         print(markdown(results))
         return
     results["machine"] = (f"{jax.device_count()}x {jax.devices()[0].platform}, jax {jax.__version__}, "
@@ -431,7 +433,7 @@ def main(argv=None):
             results.setdefault("seconds", {})[part] = time.time() - t0
             json_path.write_text(json.dumps(results, indent=1))
             (out_dir / "flipping.md").write_text(markdown(results))
-            figure(results, FIGURE)
+            figure(results, figure_path)
             print(f"[{part}] done in {time.time() - t0:.0f}s", flush=True)
     print(markdown(results))
 
