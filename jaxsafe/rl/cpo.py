@@ -18,8 +18,9 @@ One update (OmniSafe's order):
 
    * ``method="cpo"``: ``b`` is the gradient of the cost surrogate ``mean(ratio * A_c)`` and the constraint value
      is ``c = (J_c - cost_limit) / L``, with ``J_c`` the measured mean episode cost of the episodes the rollout
-     finished and ``L`` their mean length (OmniSafe's rescaling: the surrogate's change estimates the change of the
-     *per-step* cost, so the episode-cost excess is divided by the episode length). The step is
+     finished and ``L`` their mean length (the surrogate's change estimates the change of the *per-step* cost, so
+     the episode-cost excess is divided by the episode length, as Safety Starter Agents' CPO does; OmniSafe's CPO
+     uses the unscaled excess). The step is
      :func:`jaxsafe.rl.trust_region.cpo_step`, then a backtracking line search that requires the KL within
      ``target_kl``, the cost surrogate not to rise by more than ``max(-c, 0)``, and (cases 2-4) the reward
      surrogate not to fall.
