@@ -56,15 +56,14 @@ class Point2DState(NamedTuple):
 
 
 def _check_params(params: Point2DParams) -> None:
-    checks = [("dt", params.dt, "> 0"), ("sigma", params.sigma, ">= 0"), ("max_action", params.max_action, "> 0"),
-              ("hazard_radius", params.hazard_radius, "> 0"), ("max_steps", params.max_steps, ">= 1")]
-    for field, value, allowed in checks:
-        try:
-            v = float(value)
-        except (TypeError, jax.errors.ConcretizationTypeError):
-            continue  # traced: checked by the caller's concrete values
-        ok = v > 0 if allowed == "> 0" else v >= (1 if field == "max_steps" else 0)
-        if not ok:
+    rules = [("dt", lambda v: v > 0, "> 0"), ("sigma", lambda v: v >= 0, ">= 0"),
+             ("max_action", lambda v: v > 0, "> 0"), ("hazard_radius", lambda v: v > 0, "> 0"),
+             ("max_steps", lambda v: v >= 1, ">= 1")]
+    for field, ok, allowed in rules:
+        value = getattr(params, field)
+        if isinstance(value, jax.core.Tracer):
+            continue  # traced (vmapped params): checked where the concrete values are built
+        if not ok(float(value)):
             raise ValueError(f"ChancePoint2D: {field} must be {allowed}, got {value!r}")
 
 

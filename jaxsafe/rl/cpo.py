@@ -50,7 +50,7 @@ from jaxsafe.envs.core import SafeEnv, wrap_for_training
 from jaxsafe.rl import constraints, trust_region
 from jaxsafe.rl.networks import ACTIVATIONS, POLICIES, Critic, make_actor
 from jaxsafe.rl.ppo import _HPARAM_RULES as PPO_HPARAM_RULES
-from jaxsafe.rl.ppo import (ActorCriticParams, TrainParts, _check, compute_advantages, make_act,
+from jaxsafe.rl.ppo import (ActorCriticParams, RolloutBudget, TrainParts, _check, compute_advantages, make_act,
                             make_collect_rollout, train_from_parts, validate_hparams)
 from jaxsafe.types import TrainResult
 
@@ -61,7 +61,7 @@ TRPO_MULTIPLIERS = ("lagrangian", "pid")
 
 
 @dataclasses.dataclass(frozen=True)
-class CPOConfig:
+class CPOConfig(RolloutBudget):
     """Static configuration (hashable; validated on construction).
 
     Attributes:
@@ -111,18 +111,6 @@ class CPOConfig:
                f"<= the batch num_envs * num_steps = {self.batch_size}", self.fisher_fraction_denominator)
         _check(isinstance(self.total_steps, (int, np.integer)) and self.total_steps >= self.batch_size,
                "total_steps", f"an integer >= one batch (num_envs * num_steps = {self.batch_size})", self.total_steps)
-
-    @property
-    def batch_size(self) -> int:
-        return self.num_envs * self.num_steps
-
-    @property
-    def num_updates(self) -> int:
-        return self.total_steps // self.batch_size
-
-    @property
-    def steps_per_update(self) -> int:
-        return self.batch_size
 
     def default_hparams(self) -> "CPOHParams":
         return CPOHParams().as_arrays()

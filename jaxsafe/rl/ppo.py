@@ -54,8 +54,24 @@ def _check(condition: bool, field: str, allowed: str, value: Any) -> None:
         raise ValueError(f"{field} must be {allowed}, got {value!r}")
 
 
+class RolloutBudget:
+    """Loop counts shared by every on-policy config with ``num_envs``, ``num_steps`` and ``total_steps`` fields."""
+
+    @property
+    def batch_size(self) -> int:
+        return self.num_envs * self.num_steps
+
+    @property
+    def num_updates(self) -> int:
+        return self.total_steps // self.batch_size
+
+    @property
+    def steps_per_update(self) -> int:
+        return self.batch_size
+
+
 @dataclasses.dataclass(frozen=True)
-class PPOConfig:
+class PPOConfig(RolloutBudget):
     """Static configuration: shapes and loop counts (hashable; validated on construction).
 
     Attributes:
@@ -109,20 +125,8 @@ class PPOConfig:
         )
 
     @property
-    def batch_size(self) -> int:
-        return self.num_envs * self.num_steps
-
-    @property
     def minibatch_size(self) -> int:
         return self.batch_size // self.num_minibatches
-
-    @property
-    def num_updates(self) -> int:
-        return self.total_steps // self.batch_size
-
-    @property
-    def steps_per_update(self) -> int:
-        return self.batch_size
 
     def default_hparams(self) -> "PPOHParams":
         return PPOHParams().as_arrays()
