@@ -20,7 +20,10 @@ One update (OmniSafe's order):
      is ``c = (J_c - cost_limit) / L``, with ``J_c`` the measured mean episode cost of the episodes the rollout
      finished and ``L`` their mean length (the surrogate's change estimates the change of the *per-step* cost, so
      the episode-cost excess is divided by the episode length, as Safety Starter Agents' CPO does; OmniSafe's CPO
-     uses the unscaled excess). The step is
+     uses the unscaled excess). With ``margin_lr > 0`` the limit is tightened by Safety Starter Agents' learned
+     margin ``m <- max(0, m + margin_lr (J_c - cost_limit))`` (episode-cost units, updated before the step, so
+     ``c = (J_c - cost_limit + m) / L``): an integral term that keeps pushing while the linearised model
+     underestimates how much the cost rises after a step. ``margin_lr = 0`` (the default) is plain CPO. The step is
      :func:`jaxsafe.rl.trust_region.cpo_step`, then a backtracking line search that requires the KL within
      ``target_kl``, the cost surrogate not to rise by more than ``max(-c, 0)``, and (cases 2-4) the reward
      surrogate not to fall.
@@ -124,6 +127,7 @@ _HPARAM_RULES: dict[str, tuple[Callable[[np.ndarray], np.ndarray], str]] = {
     "critic_learning_rate": (lambda v: v > 0, "> 0"),
     "damping": (lambda v: v >= 0, ">= 0"),
     "line_search_decay": (lambda v: (v > 0) & (v < 1), "in (0, 1)"),
+    "margin_lr": (lambda v: v >= 0, ">= 0 (0 = no learned margin)"),
     **{field: PPO_HPARAM_RULES[field] for field in _SHARED_FIELDS},
 }
 
@@ -133,7 +137,8 @@ class CPOHParams:
 
     Defaults follow OmniSafe's CPO / TRPOLag configs (``target_kl`` 0.01, damping 0.1, critic lr 1e-3, line-search
     decay 0.8, Lagrangian multiplier lr 0.035). ``cost_limit`` is in episode-cost units. ``line_search_decay`` is
-    traced (it may be swept). The ``multiplier_*``/``pid_*`` fields are read only by ``trpo_lag``.
+    traced (it may be swept). The ``multiplier_*``/``pid_*`` fields are read only by ``trpo_lag``, ``margin_lr``
+    only by ``cpo`` (Safety Starter Agents' ``learn_margin`` uses 0.05; the default 0 is plain CPO).
     """
 
     target_kl: Any = 0.01
@@ -145,6 +150,7 @@ class CPOHParams:
     critic_learning_rate: Any = 1e-3
     damping: Any = 0.1
     line_search_decay: Any = 0.8
+    margin_lr: Any = 0.0
     multiplier_lr: Any = 0.035
     initial_multiplier: Any = 0.0
     pid_kp: Any = 0.1
@@ -184,6 +190,7 @@ def make_train_parts(config: CPOConfig, env: SafeEnv, env_params: Any) -> TrainP
     critic = Critic(config.hidden, config.activation)
     collect = make_collect_rollout(vec_env, env_params, actor, critic, action_space, config.num_steps)
     handler = constraints.make_handler(config.multiplier)
+    margin_handler = constraints.lagrangian()
     critic_optimizer = optax.scale_by_adam()
     obs_shape = env.observation_space(env_params).shape
     minibatch_size = config.batch_size // config.critic_minibatches
@@ -199,7 +206,7 @@ def make_train_parts(config: CPOConfig, env: SafeEnv, env_params: Any) -> TrainP
         )
         env_state, timestep = vec_env.reset(env_key, env_params)
         constraint_state = handler.init(hparams)
-        if is_cpo:
+        if is_cpo:  # CPO's state is its learned margin, which starts at 0
             constraint_state = jax.tree.map(jnp.zeros_like, constraint_state)
         return CPOState(params, critic_optimizer.init((params.critic, params.cost_critic)), constraint_state,
                         env_state, timestep.obs, key, jnp.zeros((), jnp.int32))
@@ -220,8 +227,10 @@ def make_train_parts(config: CPOConfig, env: SafeEnv, env_params: Any) -> TrainP
         advantages = _standardise(advantages)
         cost_advantages = cost_advantages - cost_advantages.mean()
 
-        if is_cpo:
-            constraint_state = state.constraint
+        if is_cpo:  # the learned margin is projected ascent on the excess: the Lagrangian rule with margin_lr
+            constraint_state = margin_handler.update(state.constraint, measured_cost, hparams.cost_limit,
+                                                     hparams.replace(multiplier_lr=hparams.margin_lr))
+            margin = constraint_state.multiplier
             multiplier = jnp.zeros((), jnp.float32)
         else:
             constraint_state = handler.update(state.constraint, measured_cost, hparams.cost_limit, hparams)
@@ -257,7 +266,7 @@ def make_train_parts(config: CPOConfig, env: SafeEnv, env_params: Any) -> TrainP
         fvp = trust_region.make_fisher_vector_product(fisher_kl, flat_actor, hparams.damping)
         if is_cpo:
             episode_length = jnp.where(jnp.isnan(stats.episode_length), 1.0, jnp.maximum(stats.episode_length, 1.0))
-            constraint_value = (measured_cost - hparams.cost_limit) / episode_length
+            constraint_value = (measured_cost - hparams.cost_limit + margin) / episode_length
             cost_grad = jax.grad(cost_surrogate)(flat_actor)
             step = trust_region.cpo_step(reward_grad, cost_grad, constraint_value, fvp, hparams.target_kl,
                                          config.cg_iters)
@@ -309,6 +318,7 @@ def make_train_parts(config: CPOConfig, env: SafeEnv, env_params: Any) -> TrainP
             episode_length=stats.episode_length,
             episodes_finished=stats.episodes_finished,
             multiplier=multiplier,
+            margin=constraint_state.multiplier if is_cpo else jnp.zeros((), jnp.float32),
             constraint_value=constraint_value,
             case=step.case,
             cost_multiplier=step.cost_multiplier,
