@@ -124,7 +124,8 @@ def test_bad_config_names_field(kwargs, field):
 
 @pytest.mark.parametrize("field,value", [("target_kl", 0.0), ("cost_limit", -1.0), ("gamma", 1.5),
                                          ("critic_learning_rate", -1e-3), ("damping", -0.1),
-                                         ("line_search_decay", 1.0), ("multiplier_lr", float("nan"))])
+                                         ("line_search_decay", 1.0), ("multiplier_lr", float("nan")),
+                                         ("margin_lr", -0.05)])
 def test_bad_hparams_name_field(field, value):
     with pytest.raises(ValueError, match=f"hparams.{field}"):
         cpo.CPOConfig().default_hparams().replace(**{field: value}).validate()
