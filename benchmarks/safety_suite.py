@@ -12,6 +12,7 @@ Usage::
     python benchmarks/safety_suite.py              # full: 7 navigation tasks + HalfCheetah, Hopper; 3 seeds
     python benchmarks/safety_suite.py --quick      # every task at a reduced budget (~30 min on 2 CPU cores)
     python benchmarks/safety_suite.py --quick --tasks SafePointGoal1 --algos ppo,cpo
+    python benchmarks/safety_suite.py --quick --algos cpo --cpo-margin-lr 1.0   # CPO with a learned margin
 
 Budgets (environment steps per seed; ``--total-steps``, ``--num-envs``, ``--num-steps`` override them for every
 task):
@@ -80,11 +81,14 @@ def task_budget(task: str, mode: str, args) -> tuple[int, int, int]:
 
 
 def run_pair(task: str, algorithm: str, seeds: int, total_steps: int, num_envs: int, num_steps: int,
-             lanes: str = "vmap") -> dict:
+             lanes: str = "vmap", cpo_margin_lr: float = 0.0) -> dict:
     env, env_params = envs.make(task)
     algo = get_algorithm(algorithm)
     config = algo.make_config(num_envs=num_envs, num_steps=num_steps, total_steps=total_steps)
-    hparams = config.default_hparams().replace(cost_limit=np.float32(COST_LIMIT)).as_arrays().validate()
+    hparams = config.default_hparams().replace(cost_limit=np.float32(COST_LIMIT))
+    if algorithm == "cpo":  # Safety Starter Agents' learned margin; 0 = plain CPO (OmniSafe's)
+        hparams = hparams.replace(margin_lr=np.float32(cpo_margin_lr))
+    hparams = hparams.as_arrays().validate()
     grid = sweep.make_grid(hparams, seeds=seeds)
     parts = algo.make_train_parts(config, env, env_params)
     train = train_from_parts(parts)
@@ -106,6 +110,7 @@ def run_pair(task: str, algorithm: str, seeds: int, total_steps: int, num_envs: 
         final_cost = tail_mean(metrics["episode_cost"])
         return dict(
             task=task, algorithm=algorithm, seeds=seeds, cost_limit=COST_LIMIT, lanes=lanes,
+            cpo_margin_lr=cpo_margin_lr if algorithm == "cpo" else None,
             env_steps_per_seed=parts.num_updates * parts.steps_per_update,
             num_envs=num_envs, num_steps=num_steps,
             final_return=final_return.tolist(), final_cost=final_cost.tolist(),
@@ -198,13 +203,14 @@ def run_pair_isolated(task, algorithm, args, total_steps, num_envs, num_steps):
     thunk scheduler off) fixes; the table records which lanes each pair used.
     """
     if args.pair_timeout <= 0:
-        return run_pair(task, algorithm, args.seeds, total_steps, num_envs, num_steps, args.lanes)
+        return run_pair(task, algorithm, args.seeds, total_steps, num_envs, num_steps, args.lanes, args.cpo_margin_lr)
     for attempt in range(args.retries + 1):
         lanes = args.lanes if attempt == 0 else "map"
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "row.json"
             command = [sys.executable, __file__, "--_one", task, algorithm, str(path), "--seeds", str(args.seeds),
-                       "--total-steps", str(total_steps), "--num-envs", str(num_envs), "--num-steps", str(num_steps), "--lanes", lanes]
+                       "--total-steps", str(total_steps), "--num-envs", str(num_envs), "--num-steps", str(num_steps), "--lanes", lanes,
+                       "--cpo-margin-lr", repr(args.cpo_margin_lr)]
             try:
                 subprocess.run(command, timeout=args.pair_timeout, check=True)
                 return json.loads(path.read_text())  # NaN round-trips through Python's json
@@ -232,11 +238,16 @@ def main(argv=None):
     parser.add_argument("--retries", type=int, default=1)
     parser.add_argument("--lanes", choices=("vmap", "map"), default="vmap",
                         help="seeds as one vmapped program (default) or lax.map inside one program")
+    parser.add_argument("--cpo-margin-lr", type=float, default=0.0,
+                        help="CPO's learned-margin rate (CPOHParams.margin_lr; default 0: plain CPO, as OmniSafe)")
     parser.add_argument("--_one", nargs=3, metavar=("TASK", "ALGO", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if not (np.isfinite(args.cpo_margin_lr) and args.cpo_margin_lr >= 0):
+        parser.error(f"--cpo-margin-lr must be a finite number >= 0, got {args.cpo_margin_lr}")
     if args._one:
         task, algorithm, path = args._one
-        row = run_pair(task, algorithm, args.seeds, args.total_steps, args.num_envs, args.num_steps, args.lanes)
+        row = run_pair(task, algorithm, args.seeds, args.total_steps, args.num_envs, args.num_steps, args.lanes,
+                       args.cpo_margin_lr)
         Path(path).write_text(json.dumps(row))
         return
 
@@ -246,7 +257,8 @@ def main(argv=None):
         get_algorithm(algorithm)
     mode = "quick" if args.quick else "full"
     report = dict(
-        mode=mode + (f", tasks={','.join(tasks)}" if args.tasks else ""),
+        mode=mode + (f", tasks={','.join(tasks)}" if args.tasks else "")
+        + (f", CPO learned margin lr {args.cpo_margin_lr:g}" if args.cpo_margin_lr > 0 else ""),
         seeds=args.seeds, cost_limit=COST_LIMIT,
         budgets={task: dict(zip(("total_steps", "num_envs", "num_steps"), task_budget(task, mode, args)))
                  for task in tasks},
