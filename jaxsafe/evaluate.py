@@ -31,9 +31,9 @@ def rollout_episodes(env, env_params, act, key, num_episodes: int, num_steps: in
     """Run ``num_episodes`` independent episodes of at most ``num_steps`` steps (vmapped; jit the caller).
 
     ``act(obs, step_key, episode_key) -> action``; the ``episode_key`` is the same at every step of an episode
-    (what :func:`jaxsafe.rl.flipping.mixture_policy` uses for once-per-episode flipping). Steps
-    after an episode terminates or is truncated are masked (``valid``). A step is unsafe when its summed cost is positive, or, when the environment
-    reports it (:class:`jaxsafe.rl.flipping.ChanceConstraintCost`), from ``info["unsafe"]``.
+    (what :func:`jaxsafe.rl.flipping.mixture_policy` uses for once-per-episode flipping). Steps after an episode
+    terminates or is truncated are masked (``valid``). A step is unsafe when its summed cost is positive, or, when
+    the environment reports it (:class:`jaxsafe.rl.flipping.ChanceConstraintCost`), from ``info["unsafe"]``.
     """
 
     def one(key):

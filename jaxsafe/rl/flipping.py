@@ -17,8 +17,8 @@ upper concave hull. This module provides the pieces:
 * **Acting.** :func:`mixture_policy` flips between two policies either once per episode (``mode="episode"``, the
   mode for which the LP's convex combination of (return, cost) is guaranteed) or at every step (``mode="step"``,
   the paper's Algorithm 2, which in general does *not* reproduce the convex combination).
-* **Evaluation.** :func:`~jaxsafe.evaluate.rollout_episodes` (re-exported here) runs ``N`` independent fixed-length episodes of any policy as one
-  vmapped program and returns per-episode return and cost and the per-step unsafe indicators, from which
+* **Evaluation.** :func:`~jaxsafe.evaluate.rollout_episodes` (re-exported here) runs ``N`` independent
+  fixed-length episodes of any policy as one vmapped program and returns per-episode return and cost and the per-step unsafe indicators, from which
   :func:`summarize_rollouts` computes (expected return, expected cost, violation probability).
 
 The state-dependent flipping policy (two action candidates and a coin from one network, Section 4.2) is
@@ -348,6 +348,7 @@ def mix_run(run, budgets, episodes: int = 64, max_steps: int = 1000, modes=FLIP_
         r = rollout_episodes(env, env_params, policy, key, episodes, max_steps)
         return r.returns.mean(), r.costs.mean(), window_violation_probability(r.unsafe, window, r.valid)
 
+    evaluate_mixture = jax.jit(evaluate, static_argnums=4)  # compiled once per mode, reused for every budget
     key_policies, key_mixtures = jax.random.split(jax.random.PRNGKey(seed))
     J, C, V = jax.jit(jax.vmap(lambda p, k: evaluate(p, p, 1.0, k, "episode")))(
         run.params, jax.random.split(key_policies, run.grid.size))
@@ -359,8 +360,7 @@ def mix_run(run, budgets, episodes: int = 64, max_steps: int = 1000, modes=FLIP_
         mix = mix_for_budget(C, J, budget)
         d_index, d_value = best_deterministic(C, J, budget)
         for mode in modes:
-            j, c, v = jax.jit(evaluate, static_argnums=4)(lane(mix.low), lane(mix.high), mix.weight_low, key_mixtures,
-                                                          mode)
+            j, c, v = evaluate_mixture(lane(mix.low), lane(mix.high), mix.weight_low, key_mixtures, mode)
             rows.append(dict(kind="mixture", budget=float(budget), mode=mode, low_lane=mix.low, high_lane=mix.high,
                              weight_low=mix.weight_low, feasible=mix.feasible, lp_return=mix.value,
                              best_deterministic_lane=d_index, best_deterministic_return=d_value,
