@@ -42,6 +42,7 @@ def safe_cartpole() -> GymnaxSafeEnv:
         _cartpole_cost,
         name="SafeCartPole",
         default_params=SafeCartPoleParams(),
+        param_rules={"cost_x_limit": (lambda v: v >= 0, "a finite distance >= 0 (m)")},
         info_fn=lambda state, params: {"cart_position": jnp.asarray(state.x, jnp.float32)},
     )
 
@@ -52,5 +53,6 @@ def safe_pendulum() -> GymnaxSafeEnv:
         _pendulum_cost,
         name="SafePendulum",
         default_params=SafePendulumParams(),
+        param_rules={"cost_speed_limit": (lambda v: v >= 0, "a finite angular speed >= 0 (rad/s)")},
         info_fn=lambda state, params: {"angular_speed": jnp.abs(jnp.asarray(state.theta_dot, jnp.float32))},
     )

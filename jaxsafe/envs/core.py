@@ -35,6 +35,7 @@ __all__ = [
     "Wrapper",
     "wrap_for_training",
     "check_action",
+    "check_fields",
     "spaces",
 ]
 
@@ -69,8 +70,31 @@ class SafeEnv:
     def action_space(self, params: Any) -> spaces.Space:
         raise NotImplementedError
 
+    #: ``{field: (predicate, allowed)}`` for :meth:`check_params` (predicates get a float64 array).
+    param_rules: dict[str, tuple[Callable[[np.ndarray], np.ndarray], str]] = {}
+
+    def check_params(self, params: Any) -> None:
+        """Raise ``ValueError`` naming the first out-of-range field of ``params`` (``param_rules``; concrete values
+        only, traced ones pass). :func:`jaxsafe.envs.make` calls it, so bad overrides fail before any compilation;
+        environments that also call it in ``reset`` catch params built by hand."""
+        check_fields(params, self.param_rules, f"{self.name}: params")
+
     def __repr__(self) -> str:
         return f"{self.name}()"
+
+
+def check_fields(obj: Any, rules: dict[str, tuple[Callable[[np.ndarray], np.ndarray], str]], prefix: str) -> None:
+    """Raise ``ValueError("{prefix}.{field} must be {allowed}, got ...")`` for the first field of ``obj`` that is
+    not finite or fails its predicate (``rules = {field: (predicate, allowed)}``, the predicate applied to the value
+    as a float64 array). Traced values and fields ``obj`` lacks are skipped: the one range check shared by
+    environment params and learner hparams."""
+    for field, (predicate, allowed) in rules.items():
+        value = getattr(obj, field, None)
+        if value is None or isinstance(value, jax.core.Tracer):
+            continue
+        array = np.asarray(value, dtype=np.float64)
+        if not np.all(np.isfinite(array)) or not np.all(predicate(array)):
+            raise ValueError(f"{prefix}.{field} must be {allowed}, got {array.tolist()}")
 
 
 def check_action(env: SafeEnv, action: Any, params: Any = None, batch_shape: tuple[int, ...] = ()) -> None:
@@ -113,6 +137,8 @@ class GymnaxSafeEnv(SafeEnv):
       name: the registered name.
       n_costs: length of the cost vector.
       default_params: the params to use by default (e.g. gymnax params extended with cost fields).
+      param_rules: extra ``{field: (predicate, allowed)}`` range rules for :meth:`~SafeEnv.check_params` (gymnax's
+        ``max_steps_in_episode >= 1`` is always checked).
     """
 
     def __init__(
@@ -124,6 +150,7 @@ class GymnaxSafeEnv(SafeEnv):
         default_params: Any = None,
         n_costs: int = 1,
         info_fn: Callable[[Any, Any], dict] | None = None,
+        param_rules: dict | None = None,
     ):
         self._env = env
         self._cost_fn = cost_fn
@@ -131,6 +158,7 @@ class GymnaxSafeEnv(SafeEnv):
         self._name = name
         self._default_params = env.default_params if default_params is None else default_params
         self.n_costs = n_costs
+        self.param_rules = {"max_steps_in_episode": (lambda v: v >= 1, "an integer >= 1"), **(param_rules or {})}
 
     @property
     def name(self) -> str:
@@ -197,6 +225,9 @@ class Wrapper(SafeEnv):
 
     def action_space(self, params):
         return self.env.action_space(params)
+
+    def check_params(self, params):
+        self.env.check_params(params)
 
     @property
     def unwrapped(self) -> SafeEnv:

@@ -133,6 +133,10 @@ class GridState(NamedTuple):
 class GridWorld(SafeEnv):
     """A constrained gridworld built from a layout (see the module docstring)."""
 
+    param_rules = {"slip_prob": (lambda v: (v >= 0) & (v <= 1), "a probability in [0, 1]"),
+                   "hazard_cost": (lambda v: v >= 0, "a finite cost >= 0"),
+                   "max_steps": (lambda v: v >= 1, "an integer >= 1")}
+
     def __init__(self, layout: str = "routes"):
         text = LAYOUTS.get(layout, layout)
         if layout not in LAYOUTS and "\n" not in layout:

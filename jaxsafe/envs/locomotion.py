@@ -183,13 +183,14 @@ class BraxSafeEnv(SafeEnv):
     def action_space(self, params):
         return spaces.Box(-1.0, 1.0, (self._brax_env.action_size,), jnp.float32)
 
-    def _check_params(self, params):
-        if not isinstance(params.max_steps, jax.core.Tracer) and not np.all(np.asarray(params.max_steps) >= 1):
-            raise ValueError(f"{self.name}: params.max_steps must be an integer >= 1, got {params.max_steps!r}")
+    param_rules = {"max_steps": (lambda v: v >= 1, "an integer >= 1")}
+
+    def check_params(self, params):
+        super().check_params(params)
         self._validate_params(params)
 
     def reset(self, key, params):
-        self._check_params(params)
+        self.check_params(params)
         brax_state = self._brax_env.reset(key)
         timestep = TimeStep(
             obs=brax_state.obs.astype(jnp.float32),
@@ -203,7 +204,7 @@ class BraxSafeEnv(SafeEnv):
 
     def step(self, key, state: BraxState, action, params):
         # brax's step is deterministic given the state; the key is unused (kept for the contract).
-        self._check_params(params)
+        self.check_params(params)
         check_action(self, action, params)
         brax_state = self._brax_env.step(state.brax_state, action)
         time = state.time + 1

@@ -201,31 +201,12 @@ _NONNEGATIVE_FIELDS = (
 )
 
 
-def _validate_params(name: str, params: NavigationParams) -> None:
-    """Raise ``ValueError`` naming the field when a concrete (non-traced) param is out of range."""
-
-    def concrete(value):
-        return not isinstance(value, jax.core.Tracer)
-
-    def check(field, ok, allowed):
-        value = getattr(params, field, None)
-        if value is None or not concrete(value):
-            return
-        array = np.asarray(value)
-        if not np.all(ok(array)):
-            raise ValueError(f"{name}: params.{field} must be {allowed}, got {value!r}")
-
-    check("max_steps", lambda v: v >= 1, "an integer >= 1")
-    for field in _POSITIVE_FIELDS:
-        check(field, lambda v: np.isfinite(v) & (v > 0), "a finite number > 0")
-    for field in _NONNEGATIVE_FIELDS:
-        check(field, lambda v: np.isfinite(v) & (v >= 0), "a finite number >= 0")
-    dt, damping = getattr(params, "dt"), []
-    for field in ("linear_damping", "angular_damping", "lateral_damping"):
-        damping.append(getattr(params, field))
-    if concrete(dt) and all(concrete(d) for d in damping):
-        if np.any(np.asarray(dt) * np.max(np.stack([np.asarray(d) for d in damping]), axis=0) >= 1.0):
-            raise ValueError(f"{name}: params.dt * damping must be < 1 for stable integration, got dt={dt!r}")
+#: Range rules of every navigation task's params (a task checks the fields its params have).
+PARAM_RULES = {
+    "max_steps": (lambda v: v >= 1, "an integer >= 1"),
+    **{field: (lambda v: v > 0, "a finite number > 0") for field in _POSITIVE_FIELDS},
+    **{field: (lambda v: v >= 0, "a finite number >= 0") for field in _NONNEGATIVE_FIELDS},
+}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -501,8 +482,19 @@ class _NavigationEnv(SafeEnv):
     def action_space(self, params):
         return spaces.Box(-1.0, 1.0, (2,), jnp.float32)
 
+    param_rules = PARAM_RULES
+
+    def check_params(self, params):
+        """The field ranges of :data:`PARAM_RULES`, and ``dt * damping < 1`` (explicit integration is stable)."""
+        super().check_params(params)
+        damping = [params.linear_damping, params.angular_damping, params.lateral_damping]
+        if not any(isinstance(v, jax.core.Tracer) for v in [params.dt, *damping]):
+            if np.any(np.asarray(params.dt) * np.max(np.stack([np.asarray(d) for d in damping]), axis=0) >= 1.0):
+                raise ValueError(f"{self.name}: params.dt * damping must be < 1 for stable integration, "
+                                 f"got dt={params.dt!r}")
+
     def _check(self, params, action=None):
-        _validate_params(self.name, params)
+        self.check_params(params)
         if action is not None:
             check_action(self, action, params)
 

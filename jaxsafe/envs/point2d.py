@@ -55,18 +55,6 @@ class Point2DState(NamedTuple):
     time: jax.Array
 
 
-def _check_params(params: Point2DParams) -> None:
-    rules = [("dt", lambda v: v > 0, "> 0"), ("sigma", lambda v: v >= 0, ">= 0"),
-             ("max_action", lambda v: v > 0, "> 0"), ("hazard_radius", lambda v: v > 0, "> 0"),
-             ("max_steps", lambda v: v >= 1, ">= 1")]
-    for field, ok, allowed in rules:
-        value = getattr(params, field)
-        if isinstance(value, jax.core.Tracer):
-            continue  # traced (vmapped params): checked where the concrete values are built
-        if not ok(float(value)):
-            raise ValueError(f"ChancePoint2D: {field} must be {allowed}, got {value!r}")
-
-
 class ChancePoint2D(SafeEnv):
     """The appendix-K point robot (see the module docstring). ``info``: ``hazard_distance`` (signed distance from
     the nearest hazard boundary, negative inside), ``unsafe`` (the cost indicator)."""
@@ -74,6 +62,10 @@ class ChancePoint2D(SafeEnv):
     @property
     def name(self) -> str:
         return "ChancePoint2D"
+
+    param_rules = {"dt": (lambda v: v > 0, "> 0"), "sigma": (lambda v: v >= 0, ">= 0"),
+                   "max_action": (lambda v: v > 0, "> 0"), "hazard_radius": (lambda v: v > 0, "> 0"),
+                   "max_steps": (lambda v: v >= 1, ">= 1")}
 
     @property
     def default_params(self) -> Point2DParams:
@@ -87,7 +79,7 @@ class ChancePoint2D(SafeEnv):
         return (jnp.linalg.norm(position[None] - centres, axis=-1) - params.hazard_radius).min()
 
     def reset(self, key, params):
-        _check_params(params)
+        self.check_params(params)
         position = jnp.zeros((2,), jnp.float32)
         time = jnp.zeros((), jnp.int32)
         zero = jnp.zeros((), jnp.float32)

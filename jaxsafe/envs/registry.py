@@ -41,7 +41,8 @@ def make(name: str, **overrides) -> tuple[SafeEnv, Any]:
     """Build a registered environment and its params.
 
     Raises:
-      ValueError: unknown name (lists the registered names) or unknown override (lists the allowed fields).
+      ValueError: unknown name (lists the registered names), unknown override (lists the allowed fields), or an
+        override out of its range (``env.check_params``: names the field and what is allowed).
     """
     if name not in _REGISTRY:
         raise ValueError(f"unknown environment {name!r}; registered environments: {', '.join(list_envs())}")
@@ -60,4 +61,5 @@ def make(name: str, **overrides) -> tuple[SafeEnv, Any]:
         )
     if param_overrides:
         params = params.replace(**param_overrides)
+        env.check_params(params)
     return env, params

@@ -40,7 +40,7 @@ import numpy as np
 import optax
 from flax import struct
 
-from jaxsafe.envs.core import SafeEnv, spaces, wrap_for_training
+from jaxsafe.envs.core import SafeEnv, check_fields, spaces, wrap_for_training
 from jaxsafe.rl import constraints
 from jaxsafe.rl.gae import batched_gae
 from jaxsafe.rl.networks import ACTIVATIONS, POLICIES, Critic, make_actor
@@ -185,13 +185,7 @@ class PPOHParams:
 
 def validate_hparams(hparams: Any, rules: dict[str, tuple[Callable, str]]) -> None:
     """Check every field of a hparams dataclass against ``rules`` ({field: (predicate, allowed)})."""
-    for field, (predicate, allowed) in rules.items():
-        value = getattr(hparams, field)
-        if isinstance(value, jax.core.Tracer):
-            continue
-        array = np.asarray(value, dtype=np.float64)
-        if not np.all(np.isfinite(array)) or not np.all(predicate(array)):
-            raise ValueError(f"hparams.{field} must be {allowed}, got {array.tolist()}")
+    check_fields(hparams, rules, "hparams")
 
 
 class ActorCriticParams(NamedTuple):

@@ -112,6 +112,23 @@ def test_registry_errors_list_valid_names():
     assert {"SafeCartPole", "SafePendulum", "SafeGridWorld"} <= set(envs.list_envs())
 
 
+@pytest.mark.parametrize("name, override, message", [
+    ("SafeCartPole", dict(cost_x_limit=-0.1), r"SafeCartPole: params.cost_x_limit must be a finite distance >= 0"),
+    ("SafeCartPole", dict(max_steps_in_episode=0), r"params.max_steps_in_episode must be an integer >= 1"),
+    ("SafePendulum", dict(cost_speed_limit=float("nan")), r"params.cost_speed_limit must be"),
+    ("SafeGridWorld", dict(slip_prob=1.5), r"SafeGridWorld: params.slip_prob must be a probability in \[0, 1\]"),
+    ("SafeGridWorld", dict(max_steps=0), r"params.max_steps must be an integer >= 1"),
+    ("ChancePoint2D", dict(sigma=-1.0), r"ChancePoint2D: params.sigma must be >= 0, got -1.0"),
+])
+def test_registry_rejects_out_of_range_params_before_compiling(name, override, message):
+    with pytest.raises(ValueError, match=message):
+        envs.make(name, **override)
+    env, params = envs.make(name)
+    with pytest.raises(ValueError, match=message):  # the same check on params built by hand
+        env.check_params(params.replace(**override))
+    env.check_params(params)  # the defaults pass
+
+
 def test_check_action():
     env, params = envs.make("SafePendulum")
     check_action(env, jnp.zeros((1,)), params)

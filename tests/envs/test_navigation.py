@@ -366,9 +366,11 @@ def test_unknown_task_robot_or_level_raises(kwargs, match):
     ],
 )
 def test_out_of_range_params_raise_naming_the_field(name, override, field):
-    env, params = registry.make(name, **override)
-    with pytest.raises(ValueError, match=field):
-        env.reset(jax.random.key(0), params)
+    with pytest.raises(ValueError, match=field):  # at make, before anything compiles
+        registry.make(name, **override)
+    env, params = registry.make(name)
+    with pytest.raises(ValueError, match=field):  # and at reset, for params built by hand
+        env.reset(jax.random.key(0), params.replace(**override))
 
 
 @pytest.mark.parametrize(
