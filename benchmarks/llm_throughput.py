@@ -45,189 +45,189 @@ MODELS = {
 
 
 def _median_seconds(fn, repeats):
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
 
 
 def _inputs(vocab_size):
-  import numpy as np
+    import numpy as np
 
-  rng = np.random.default_rng(0)
-  prompts = rng.integers(3, vocab_size, (GEN["batch"], GEN["prompt_length"])).astype(np.int32)
-  sequences = rng.integers(3, vocab_size, (2 * DPO["pairs"], DPO["seq_length"])).astype(np.int32)
-  return prompts, sequences
+    rng = np.random.default_rng(0)
+    prompts = rng.integers(3, vocab_size, (GEN["batch"], GEN["prompt_length"])).astype(np.int32)
+    sequences = rng.integers(3, vocab_size, (2 * DPO["pairs"], DPO["seq_length"])).astype(np.int32)
+    return prompts, sequences
 
 
 # ----------------------------------------------------------------------------- JAX side
 
 
 def run_jax(name, spec, checkpoint_dir):
-  import jax
-  import jax.numpy as jnp
-  import optax
+    import jax
+    import jax.numpy as jnp
+    import optax
 
-  from jaxsafe.llm import convert, generate, losses, model, train
+    from jaxsafe.llm import convert, generate, losses, model, train
 
-  config = model.preset(spec["preset"], **spec["overrides"])
-  graphdef, params = model.init_params(config, jax.random.key(0))
-  convert.save_hf_checkpoint(config, params, checkpoint_dir)
-  prompts, sequences = _inputs(config.vocab_size)
-  prompts, sequences = jnp.asarray(prompts), jnp.asarray(sequences)
-  sampling = generate.SamplingConfig(GEN["new_tokens"], temperature=0.0)
-  prompt_mask = jnp.ones(prompts.shape, bool)
+    config = model.preset(spec["preset"], **spec["overrides"])
+    graphdef, params = model.init_params(config, jax.random.key(0))
+    convert.save_hf_checkpoint(config, params, checkpoint_dir)
+    prompts, sequences = _inputs(config.vocab_size)
+    prompts, sequences = jnp.asarray(prompts), jnp.asarray(sequences)
+    sampling = generate.SamplingConfig(GEN["new_tokens"], temperature=0.0)
+    prompt_mask = jnp.ones(prompts.shape, bool)
 
-  def run_generation():
-    jax.block_until_ready(generate.generate(graphdef, params, prompts, prompt_mask, jax.random.key(0),
-                                            sampling).sequences)
+    def run_generation():
+        jax.block_until_ready(generate.generate(graphdef, params, prompts, prompt_mask, jax.random.key(0),
+                                                sampling).sequences)
 
-  start = time.perf_counter()
-  run_generation()
-  generation_compile = time.perf_counter() - start
-  generation_seconds = _median_seconds(run_generation, spec["repeats"])
+    start = time.perf_counter()
+    run_generation()
+    generation_compile = time.perf_counter() - start
+    generation_seconds = _median_seconds(run_generation, spec["repeats"])
 
-  half = DPO["pairs"]
-  response_mask = jnp.zeros(sequences.shape, bool).at[:, DPO["prompt_length"]:].set(True)
-  ones = jnp.ones(sequences.shape, bool)
-  batch = losses.PreferenceBatch(sequences[:half], ones[:half], response_mask[:half], sequences[half:],
-                                 ones[half:], response_mask[half:])
-  optimizer = optax.adamw(1e-5)
-  step = train.make_train_step(train.dpo_loss_fn(graphdef, params), optimizer)
-  state = {"params": params, "opt_state": optimizer.init(params)}
-  hparams = losses.DPOHparams(jnp.float32(0.1))
+    half = DPO["pairs"]
+    response_mask = jnp.zeros(sequences.shape, bool).at[:, DPO["prompt_length"]:].set(True)
+    ones = jnp.ones(sequences.shape, bool)
+    batch = losses.PreferenceBatch(sequences[:half], ones[:half], response_mask[:half], sequences[half:],
+                                   ones[half:], response_mask[half:])
+    optimizer = optax.adamw(1e-5)
+    step = train.make_train_step(train.dpo_loss_fn(graphdef, params), optimizer)
+    state = {"params": params, "opt_state": optimizer.init(params)}
+    hparams = losses.DPOHparams(jnp.float32(0.1))
 
-  def run_step():
-    state["params"], state["opt_state"], metrics = step(state["params"], state["opt_state"], batch, hparams)
-    jax.block_until_ready(metrics["loss"])
+    def run_step():
+        state["params"], state["opt_state"], metrics = step(state["params"], state["opt_state"], batch, hparams)
+        jax.block_until_ready(metrics["loss"])
 
-  start = time.perf_counter()
-  run_step()
-  dpo_compile = time.perf_counter() - start
-  dpo_seconds = _median_seconds(run_step, spec["repeats"])
-  return dict(n_params=model.count_params(params),
-              generation_tokens_per_s=GEN["batch"] * GEN["new_tokens"] / generation_seconds,
-              dpo_tokens_per_s=2 * DPO["pairs"] * DPO["seq_length"] / dpo_seconds,
-              generation_compile_s=generation_compile, dpo_compile_s=dpo_compile,
-              generation_s=generation_seconds, dpo_step_s=dpo_seconds)
+    start = time.perf_counter()
+    run_step()
+    dpo_compile = time.perf_counter() - start
+    dpo_seconds = _median_seconds(run_step, spec["repeats"])
+    return dict(n_params=model.count_params(params),
+                generation_tokens_per_s=GEN["batch"] * GEN["new_tokens"] / generation_seconds,
+                dpo_tokens_per_s=2 * DPO["pairs"] * DPO["seq_length"] / dpo_seconds,
+                generation_compile_s=generation_compile, dpo_compile_s=dpo_compile,
+                generation_s=generation_seconds, dpo_step_s=dpo_seconds)
 
 
 # ----------------------------------------------------------------------------- torch side
 
 
 def run_torch(checkpoint_dir, repeats):
-  import numpy as np
-  import torch
-  import transformers
+    import numpy as np
+    import torch
+    import transformers
 
-  model = transformers.LlamaForCausalLM.from_pretrained(checkpoint_dir, dtype=torch.float32,
-                                                        attn_implementation="sdpa")
-  reference = transformers.LlamaForCausalLM.from_pretrained(checkpoint_dir, dtype=torch.float32,
-                                                            attn_implementation="sdpa")
-  reference.eval()
-  prompts, sequences = (torch.from_numpy(a.astype(np.int64)) for a in _inputs(model.config.vocab_size))
+    model = transformers.LlamaForCausalLM.from_pretrained(checkpoint_dir, dtype=torch.float32,
+                                                          attn_implementation="sdpa")
+    reference = transformers.LlamaForCausalLM.from_pretrained(checkpoint_dir, dtype=torch.float32,
+                                                              attn_implementation="sdpa")
+    reference.eval()
+    prompts, sequences = (torch.from_numpy(a.astype(np.int64)) for a in _inputs(model.config.vocab_size))
 
-  def run_generation():
-    with torch.no_grad():
-      model.generate(prompts, attention_mask=torch.ones_like(prompts), max_new_tokens=GEN["new_tokens"],
-                     min_new_tokens=GEN["new_tokens"], do_sample=False, eos_token_id=None, pad_token_id=0)
+    def run_generation():
+        with torch.no_grad():
+            model.generate(prompts, attention_mask=torch.ones_like(prompts), max_new_tokens=GEN["new_tokens"],
+                           min_new_tokens=GEN["new_tokens"], do_sample=False, eos_token_id=None, pad_token_id=0)
 
-  model.eval()
-  run_generation()
-  generation_seconds = _median_seconds(run_generation, repeats)
+    model.eval()
+    run_generation()
+    generation_seconds = _median_seconds(run_generation, repeats)
 
-  model.train()
-  optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
-  response_mask = torch.zeros(sequences.shape, dtype=torch.bool)
-  response_mask[:, DPO["prompt_length"]:] = True
-  half = DPO["pairs"]
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    response_mask = torch.zeros(sequences.shape, dtype=torch.bool)
+    response_mask[:, DPO["prompt_length"]:] = True
+    half = DPO["pairs"]
 
-  def sequence_logps(net, tokens):
-    log_probs = torch.log_softmax(net(tokens).logits[:, :-1].float(), dim=-1)
-    picked = torch.gather(log_probs, 2, tokens[:, 1:, None])[..., 0]
-    return (picked * response_mask[:, 1:]).sum(-1)
+    def sequence_logps(net, tokens):
+        log_probs = torch.log_softmax(net(tokens).logits[:, :-1].float(), dim=-1)
+        picked = torch.gather(log_probs, 2, tokens[:, 1:, None])[..., 0]
+        return (picked * response_mask[:, 1:]).sum(-1)
 
-  def run_step():
-    with torch.no_grad():
-      ref = sequence_logps(reference, sequences)
-    policy = sequence_logps(model, sequences)
-    margin = 0.1 * ((policy[:half] - ref[:half]) - (policy[half:] - ref[half:]))
-    loss = -torch.nn.functional.logsigmoid(margin).mean()
-    optimizer.zero_grad()
-    loss.backward()
-    optimizer.step()
+    def run_step():
+        with torch.no_grad():
+            ref = sequence_logps(reference, sequences)
+        policy = sequence_logps(model, sequences)
+        margin = 0.1 * ((policy[:half] - ref[:half]) - (policy[half:] - ref[half:]))
+        loss = -torch.nn.functional.logsigmoid(margin).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
 
-  run_step()
-  dpo_seconds = _median_seconds(run_step, repeats)
-  return dict(generation_tokens_per_s=GEN["batch"] * GEN["new_tokens"] / generation_seconds,
-              dpo_tokens_per_s=2 * DPO["pairs"] * DPO["seq_length"] / dpo_seconds,
-              generation_s=generation_seconds, dpo_step_s=dpo_seconds, torch=torch.__version__,
-              transformers=transformers.__version__, torch_threads=torch.get_num_threads())
+    run_step()
+    dpo_seconds = _median_seconds(run_step, repeats)
+    return dict(generation_tokens_per_s=GEN["batch"] * GEN["new_tokens"] / generation_seconds,
+                dpo_tokens_per_s=2 * DPO["pairs"] * DPO["seq_length"] / dpo_seconds,
+                generation_s=generation_seconds, dpo_step_s=dpo_seconds, torch=torch.__version__,
+                transformers=transformers.__version__, torch_threads=torch.get_num_threads())
 
 
 # ----------------------------------------------------------------------------- report
 
 
 def write_report(results, environment):
-  RESULTS.mkdir(parents=True, exist_ok=True)
-  payload = {"generation": GEN, "dpo": DPO, "environment": environment, "results": results}
-  (RESULTS / "llm_throughput.json").write_text(json.dumps(payload, indent=2) + "\n")
-  lines = [
-      "# LLM throughput: jaxsafe vs transformers + torch (CPU, same weights)",
-      "",
-      f"Generation: greedy, batch {GEN['batch']}, prompt {GEN['prompt_length']}, {GEN['new_tokens']} new tokens. "
-      f"DPO step: {DPO['pairs']} pairs x {DPO['seq_length']} tokens (policy fwd+bwd, reference fwd, AdamW).",
-      f"Machine: {environment['machine']}; {environment['cpus']} CPUs (shared with other jobs, so absolute "
-      "numbers are noisy; the ratio is the measurement). Generated by `benchmarks/llm_throughput.py`.",
-      "",
-      "| model | params | workload | jaxsafe tokens/s | torch tokens/s | jaxsafe / torch | jaxsafe compile s |",
-      "|---|---:|---|---:|---:|---:|---:|",
-  ]
-  for name, row in results.items():
-    jx, pt = row["jax"], row["torch"]
-    for workload, key, compile_key in (("generation", "generation_tokens_per_s", "generation_compile_s"),
-                                       ("DPO step", "dpo_tokens_per_s", "dpo_compile_s")):
-      lines.append(f"| {name} | {jx['n_params']:,} | {workload} | {jx[key]:.1f} | {pt[key]:.1f} | "
-                   f"{jx[key] / pt[key]:.2f} | {jx[compile_key]:.1f} |")
-  (RESULTS / "llm_throughput.md").write_text("\n".join(lines) + "\n")
-  print("\n".join(lines))
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    payload = {"generation": GEN, "dpo": DPO, "environment": environment, "results": results}
+    (RESULTS / "llm_throughput.json").write_text(json.dumps(payload, indent=2) + "\n")
+    lines = [
+        "# LLM throughput: jaxsafe vs transformers + torch (CPU, same weights)",
+        "",
+        f"Generation: greedy, batch {GEN['batch']}, prompt {GEN['prompt_length']}, {GEN['new_tokens']} new tokens. "
+        f"DPO step: {DPO['pairs']} pairs x {DPO['seq_length']} tokens (policy fwd+bwd, reference fwd, AdamW).",
+        f"Machine: {environment['machine']}; {environment['cpus']} CPUs (shared with other jobs, so absolute "
+        "numbers are noisy; the ratio is the measurement). Generated by `benchmarks/llm_throughput.py`.",
+        "",
+        "| model | params | workload | jaxsafe tokens/s | torch tokens/s | jaxsafe / torch | jaxsafe compile s |",
+        "|---|---:|---|---:|---:|---:|---:|",
+    ]
+    for name, row in results.items():
+        jx, pt = row["jax"], row["torch"]
+        for workload, key, compile_key in (("generation", "generation_tokens_per_s", "generation_compile_s"),
+                                           ("DPO step", "dpo_tokens_per_s", "dpo_compile_s")):
+            lines.append(f"| {name} | {jx['n_params']:,} | {workload} | {jx[key]:.1f} | {pt[key]:.1f} | "
+                         f"{jx[key] / pt[key]:.2f} | {jx[compile_key]:.1f} |")
+    (RESULTS / "llm_throughput.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--torch-python", default=str(ROOT / ".venv-hf" / "bin" / "python"))
-  parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
-  parser.add_argument("--torch-worker", help=argparse.SUPPRESS)  # internal: checkpoint dir for the torch side
-  parser.add_argument("--repeats", type=int, default=3, help=argparse.SUPPRESS)
-  args = parser.parse_args()
-  if args.torch_worker:
-    print(json.dumps(run_torch(args.torch_worker, args.repeats)))
-    return
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--torch-python", default=str(ROOT / ".venv-hf" / "bin" / "python"))
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--torch-worker", help=argparse.SUPPRESS)  # internal: checkpoint dir for the torch side
+    parser.add_argument("--repeats", type=int, default=3, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.torch_worker:
+        print(json.dumps(run_torch(args.torch_worker, args.repeats)))
+        return
 
-  import jax
+    import jax
 
-  results = {}
-  with tempfile.TemporaryDirectory() as tmp:
-    for name in args.models:
-      spec = MODELS[name]
-      checkpoint_dir = os.path.join(tmp, name)
-      print(f"[{name}] jaxsafe ...", flush=True)
-      jax_result = run_jax(name, spec, checkpoint_dir)
-      print(f"[{name}] torch ...", flush=True)
-      worker = subprocess.run([args.torch_python, __file__, "--torch-worker", checkpoint_dir, "--repeats",
-                               str(spec["repeats"])], capture_output=True, text=True, check=False)
-      if worker.returncode != 0:
-        sys.exit(f"torch worker failed:\n{worker.stderr[-3000:]}")
-      torch_result = json.loads(worker.stdout.strip().splitlines()[-1])
-      results[name] = {"jax": jax_result, "torch": torch_result}
-  environment = {"machine": f"{platform.machine()} {platform.processor() or ''}".strip(), "cpus": os.cpu_count(),
-                 "jax": jax.__version__, "python": platform.python_version(),
-                 "torch": results[args.models[0]]["torch"]["torch"],
-                 "transformers": results[args.models[0]]["torch"]["transformers"]}
-  write_report(results, environment)
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.models:
+            spec = MODELS[name]
+            checkpoint_dir = os.path.join(tmp, name)
+            print(f"[{name}] jaxsafe ...", flush=True)
+            jax_result = run_jax(name, spec, checkpoint_dir)
+            print(f"[{name}] torch ...", flush=True)
+            worker = subprocess.run([args.torch_python, __file__, "--torch-worker", checkpoint_dir, "--repeats",
+                                     str(spec["repeats"])], capture_output=True, text=True, check=False)
+            if worker.returncode != 0:
+                sys.exit(f"torch worker failed:\n{worker.stderr[-3000:]}")
+            torch_result = json.loads(worker.stdout.strip().splitlines()[-1])
+            results[name] = {"jax": jax_result, "torch": torch_result}
+    environment = {"machine": f"{platform.machine()} {platform.processor() or ''}".strip(), "cpus": os.cpu_count(),
+                   "jax": jax.__version__, "python": platform.python_version(),
+                   "torch": results[args.models[0]]["torch"]["torch"],
+                   "transformers": results[args.models[0]]["torch"]["transformers"]}
+    write_report(results, environment)
 
 
 if __name__ == "__main__":
-  main()
+    main()

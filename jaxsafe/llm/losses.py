@@ -33,202 +33,202 @@ from jaxsafe.llm import model as model_lib
 
 
 class PreferenceLoss(NamedTuple):
-  """loss []: batch mean; per_example [B]; chosen_rewards / rejected_rewards [B]: implicit
-  rewards ``beta * (pi - ref)``; accuracy []: fraction with chosen reward > rejected."""
+    """loss []: batch mean; per_example [B]; chosen_rewards / rejected_rewards [B]: implicit
+    rewards ``beta * (pi - ref)``; accuracy []: fraction with chosen reward > rejected."""
 
-  loss: jax.Array
-  per_example: jax.Array
-  chosen_rewards: jax.Array
-  rejected_rewards: jax.Array
-  accuracy: jax.Array
+    loss: jax.Array
+    per_example: jax.Array
+    chosen_rewards: jax.Array
+    rejected_rewards: jax.Array
+    accuracy: jax.Array
 
 
 class PreferenceBatch(NamedTuple):
-  """Chosen / rejected sequences, each [B, T] (same T for both; see :func:`pad_to_length`)."""
+    """Chosen / rejected sequences, each [B, T] (same T for both; see :func:`pad_to_length`)."""
 
-  chosen_tokens: jax.Array
-  chosen_attention_mask: jax.Array
-  chosen_response_mask: jax.Array
-  rejected_tokens: jax.Array
-  rejected_attention_mask: jax.Array
-  rejected_response_mask: jax.Array
+    chosen_tokens: jax.Array
+    chosen_attention_mask: jax.Array
+    chosen_response_mask: jax.Array
+    rejected_tokens: jax.Array
+    rejected_attention_mask: jax.Array
+    rejected_response_mask: jax.Array
 
 
 class DPOHparams(NamedTuple):
-  """Traced (vmappable) DPO hyperparameters: beta > 0, label_smoothing in [0, 0.5)."""
+    """Traced (vmappable) DPO hyperparameters: beta > 0, label_smoothing in [0, 0.5)."""
 
-  beta: jax.Array
-  label_smoothing: jax.Array = jnp.float32(0.0)
+    beta: jax.Array
+    label_smoothing: jax.Array = jnp.float32(0.0)
 
 
 def masked_log_softmax(logits: jax.Array, vocab_mask: jax.Array | None = None) -> jax.Array:
-  """log-softmax over the last axis, restricted to ``vocab_mask [V]`` (others -inf)."""
-  if vocab_mask is not None:
-    logits = jnp.where(vocab_mask, logits, -jnp.inf)
-  return jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    """log-softmax over the last axis, restricted to ``vocab_mask [V]`` (others -inf)."""
+    if vocab_mask is not None:
+        logits = jnp.where(vocab_mask, logits, -jnp.inf)
+    return jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
 
 
 def token_logprobs(logits: jax.Array, tokens: jax.Array, vocab_mask: jax.Array | None = None) -> jax.Array:
-  """``out [B, T]``: ``out[:, t] = log p(tokens[:, t] | tokens[:, :t])`` and ``out[:, 0] = 0``.
+    """``out [B, T]``: ``out[:, t] = log p(tokens[:, t] | tokens[:, :t])`` and ``out[:, 0] = 0``.
 
-  logits [B, T, V] from a forward pass over ``tokens [B, T]``; vocab_mask [V] optionally
-  restricts the policy to a sub-vocabulary (renormalised).
-  """
-  log_probs = masked_log_softmax(logits[:, :-1], vocab_mask)
-  picked = jnp.take_along_axis(log_probs, tokens[:, 1:, None], axis=-1)[..., 0]
-  return jnp.concatenate([jnp.zeros_like(picked[:, :1]), picked], axis=1)
+    logits [B, T, V] from a forward pass over ``tokens [B, T]``; vocab_mask [V] optionally
+    restricts the policy to a sub-vocabulary (renormalised).
+    """
+    log_probs = masked_log_softmax(logits[:, :-1], vocab_mask)
+    picked = jnp.take_along_axis(log_probs, tokens[:, 1:, None], axis=-1)[..., 0]
+    return jnp.concatenate([jnp.zeros_like(picked[:, :1]), picked], axis=1)
 
 
 def per_token_logprobs(graphdef, params, tokens, attention_mask, vocab_mask=None) -> jax.Array:
-  """Model forward + :func:`token_logprobs`: [B, T] (position 0 and padding are not meaningful)."""
-  logits = model_lib.logits(graphdef, params, tokens, attention_mask=attention_mask)
-  return token_logprobs(logits, tokens, vocab_mask)
+    """Model forward + :func:`token_logprobs`: [B, T] (position 0 and padding are not meaningful)."""
+    logits = model_lib.logits(graphdef, params, tokens, attention_mask=attention_mask)
+    return token_logprobs(logits, tokens, vocab_mask)
 
 
 def sum_response_logprobs(per_token: jax.Array, response_mask: jax.Array, average: bool = False) -> jax.Array:
-  """Sum (or mean) of per-token log-probs [B, T] over ``response_mask`` -> [B]."""
-  response_mask = response_mask.astype(bool)
-  total = jnp.sum(jnp.where(response_mask, per_token, 0.0), axis=-1)
-  if average:
-    total = total / jnp.maximum(response_mask.sum(axis=-1), 1)
-  return total
+    """Sum (or mean) of per-token log-probs [B, T] over ``response_mask`` -> [B]."""
+    response_mask = response_mask.astype(bool)
+    total = jnp.sum(jnp.where(response_mask, per_token, 0.0), axis=-1)
+    if average:
+        total = total / jnp.maximum(response_mask.sum(axis=-1), 1)
+    return total
 
 
 def sequence_logprobs(graphdef, params, tokens, attention_mask, response_mask, *, average: bool = False,
                       vocab_mask=None) -> jax.Array:
-  """log pi(response | prompt) per sequence [B]: response tokens summed, prompt masked.
+    """log pi(response | prompt) per sequence [B]: response tokens summed, prompt masked.
 
-  ``average=True`` divides by the number of response tokens (IPO convention).
-  """
-  per_token = per_token_logprobs(graphdef, params, tokens, attention_mask, vocab_mask)
-  return sum_response_logprobs(per_token, response_mask, average)
+    ``average=True`` divides by the number of response tokens (IPO convention).
+    """
+    per_token = per_token_logprobs(graphdef, params, tokens, attention_mask, vocab_mask)
+    return sum_response_logprobs(per_token, response_mask, average)
 
 
 def _pair_metrics(losses, chosen_rewards, rejected_rewards) -> PreferenceLoss:
-  return PreferenceLoss(loss=jnp.mean(losses), per_example=losses, chosen_rewards=chosen_rewards,
-                        rejected_rewards=rejected_rewards,
-                        accuracy=jnp.mean((chosen_rewards > rejected_rewards).astype(jnp.float32)))
+    return PreferenceLoss(loss=jnp.mean(losses), per_example=losses, chosen_rewards=chosen_rewards,
+                          rejected_rewards=rejected_rewards,
+                          accuracy=jnp.mean((chosen_rewards > rejected_rewards).astype(jnp.float32)))
 
 
 def dpo_loss(policy_chosen, policy_rejected, reference_chosen, reference_rejected, beta,
              label_smoothing=0.0) -> PreferenceLoss:
-  """Sigmoid DPO with label smoothing (conservative DPO). All log-prob inputs [B]."""
-  chosen_logratio = policy_chosen - reference_chosen
-  rejected_logratio = policy_rejected - reference_rejected
-  margin = beta * (chosen_logratio - rejected_logratio)
-  losses = -(1.0 - label_smoothing) * jax.nn.log_sigmoid(margin) - label_smoothing * jax.nn.log_sigmoid(-margin)
-  return _pair_metrics(losses, jax.lax.stop_gradient(beta * chosen_logratio),
-                       jax.lax.stop_gradient(beta * rejected_logratio))
+    """Sigmoid DPO with label smoothing (conservative DPO). All log-prob inputs [B]."""
+    chosen_logratio = policy_chosen - reference_chosen
+    rejected_logratio = policy_rejected - reference_rejected
+    margin = beta * (chosen_logratio - rejected_logratio)
+    losses = -(1.0 - label_smoothing) * jax.nn.log_sigmoid(margin) - label_smoothing * jax.nn.log_sigmoid(-margin)
+    return _pair_metrics(losses, jax.lax.stop_gradient(beta * chosen_logratio),
+                         jax.lax.stop_gradient(beta * rejected_logratio))
 
 
 def ipo_loss(policy_chosen, policy_rejected, reference_chosen, reference_rejected, beta) -> PreferenceLoss:
-  """IPO: squared distance of the log-ratio margin from 1 / (2 beta). Inputs [B]."""
-  chosen_logratio = policy_chosen - reference_chosen
-  rejected_logratio = policy_rejected - reference_rejected
-  losses = (chosen_logratio - rejected_logratio - 1.0 / (2.0 * beta)) ** 2
-  return _pair_metrics(losses, jax.lax.stop_gradient(beta * chosen_logratio),
-                       jax.lax.stop_gradient(beta * rejected_logratio))
+    """IPO: squared distance of the log-ratio margin from 1 / (2 beta). Inputs [B]."""
+    chosen_logratio = policy_chosen - reference_chosen
+    rejected_logratio = policy_rejected - reference_rejected
+    losses = (chosen_logratio - rejected_logratio - 1.0 / (2.0 * beta)) ** 2
+    return _pair_metrics(losses, jax.lax.stop_gradient(beta * chosen_logratio),
+                         jax.lax.stop_gradient(beta * rejected_logratio))
 
 
 class KTOLoss(NamedTuple):
-  """loss []: batch mean; per_example [B]; rewards [B] = beta * (pi - ref); kl []: the reference point z."""
+    """loss []: batch mean; per_example [B]; rewards [B] = beta * (pi - ref); kl []: the reference point z."""
 
-  loss: jax.Array
-  per_example: jax.Array
-  rewards: jax.Array
-  kl: jax.Array
+    loss: jax.Array
+    per_example: jax.Array
+    rewards: jax.Array
+    kl: jax.Array
 
 
 def kto_loss(policy_logps, reference_logps, desirable, policy_kl_logps, reference_kl_logps, beta,
              desirable_weight=1.0, undesirable_weight=1.0) -> KTOLoss:
-  """KTO with TRL semantics.
+    """KTO with TRL semantics.
 
-  policy_logps, reference_logps [B]: log-probs of each example's own completion.
-  desirable [B] bool: the example's label.
-  policy_kl_logps, reference_kl_logps [M]: log-probs of mismatched (prompt, completion)
-    pairs, used for the reference point ``z = max(mean(policy_kl - reference_kl), 0)``,
-    which carries no gradient.
-  """
-  kl = jnp.maximum(jnp.mean(jax.lax.stop_gradient(policy_kl_logps - reference_kl_logps)), 0.0)
-  logratio = policy_logps - reference_logps
-  desirable_losses = desirable_weight * (1.0 - jax.nn.sigmoid(beta * (logratio - kl)))
-  undesirable_losses = undesirable_weight * (1.0 - jax.nn.sigmoid(beta * (kl - logratio)))
-  losses = jnp.where(desirable, desirable_losses, undesirable_losses)
-  return KTOLoss(loss=jnp.mean(losses), per_example=losses, rewards=jax.lax.stop_gradient(beta * logratio), kl=kl)
+    policy_logps, reference_logps [B]: log-probs of each example's own completion.
+    desirable [B] bool: the example's label.
+    policy_kl_logps, reference_kl_logps [M]: log-probs of mismatched (prompt, completion)
+      pairs, used for the reference point ``z = max(mean(policy_kl - reference_kl), 0)``,
+      which carries no gradient.
+    """
+    kl = jnp.maximum(jnp.mean(jax.lax.stop_gradient(policy_kl_logps - reference_kl_logps)), 0.0)
+    logratio = policy_logps - reference_logps
+    desirable_losses = desirable_weight * (1.0 - jax.nn.sigmoid(beta * (logratio - kl)))
+    undesirable_losses = undesirable_weight * (1.0 - jax.nn.sigmoid(beta * (kl - logratio)))
+    losses = jnp.where(desirable, desirable_losses, undesirable_losses)
+    return KTOLoss(loss=jnp.mean(losses), per_example=losses, rewards=jax.lax.stop_gradient(beta * logratio), kl=kl)
 
 
 def bradley_terry_loss(chosen_scores, rejected_scores, labels=1.0) -> jax.Array:
-  """Per-pair BT negative log-likelihood [B]; ``labels`` = P(chosen preferred) in [0, 1]."""
-  margin = chosen_scores - rejected_scores
-  return -labels * jax.nn.log_sigmoid(margin) - (1.0 - labels) * jax.nn.log_sigmoid(-margin)
+    """Per-pair BT negative log-likelihood [B]; ``labels`` = P(chosen preferred) in [0, 1]."""
+    margin = chosen_scores - rejected_scores
+    return -labels * jax.nn.log_sigmoid(margin) - (1.0 - labels) * jax.nn.log_sigmoid(-margin)
 
 
 # ----------------------------------------------------------------------------- batched objectives
 
 
 def pad_to_length(array: jax.Array, length: int, value=0) -> jax.Array:
-  """Right-pad ``array [B, T]`` to [B, length]."""
-  if array.shape[1] > length:
-    raise ValueError(f"length: {length} is shorter than the array ({array.shape[1]})")
-  return jnp.pad(array, ((0, 0), (0, length - array.shape[1])), constant_values=value)
+    """Right-pad ``array [B, T]`` to [B, length]."""
+    if array.shape[1] > length:
+        raise ValueError(f"length: {length} is shorter than the array ({array.shape[1]})")
+    return jnp.pad(array, ((0, 0), (0, length - array.shape[1])), constant_values=value)
 
 
 def concatenated_logprobs(graphdef, params, batch: PreferenceBatch, *, average: bool = False,
                           vocab_mask=None):
-  """``(chosen [B], rejected [B])`` sequence log-probs from ONE forward pass over 2B rows."""
-  tokens = jnp.concatenate([batch.chosen_tokens, batch.rejected_tokens], axis=0)
-  attention_mask = jnp.concatenate([batch.chosen_attention_mask, batch.rejected_attention_mask], axis=0)
-  response_mask = jnp.concatenate([batch.chosen_response_mask, batch.rejected_response_mask], axis=0)
-  logps = sequence_logprobs(graphdef, params, tokens, attention_mask, response_mask, average=average,
-                            vocab_mask=vocab_mask)
-  half = batch.chosen_tokens.shape[0]
-  return logps[:half], logps[half:]
+    """``(chosen [B], rejected [B])`` sequence log-probs from ONE forward pass over 2B rows."""
+    tokens = jnp.concatenate([batch.chosen_tokens, batch.rejected_tokens], axis=0)
+    attention_mask = jnp.concatenate([batch.chosen_attention_mask, batch.rejected_attention_mask], axis=0)
+    response_mask = jnp.concatenate([batch.chosen_response_mask, batch.rejected_response_mask], axis=0)
+    logps = sequence_logprobs(graphdef, params, tokens, attention_mask, response_mask, average=average,
+                              vocab_mask=vocab_mask)
+    half = batch.chosen_tokens.shape[0]
+    return logps[:half], logps[half:]
 
 
 def dpo_objective(graphdef, params, reference_params, batch: PreferenceBatch, hparams: DPOHparams, *,
                   loss_type: str = "sigmoid", vocab_mask=None):
-  """Scalar DPO/IPO loss and metrics: a pure function of ``params`` (vmappable over ``hparams``).
+    """Scalar DPO/IPO loss and metrics: a pure function of ``params`` (vmappable over ``hparams``).
 
-  loss_type: "sigmoid" (DPO with label smoothing) or "ipo" (length-averaged log-probs).
-  ``reference_params`` are frozen (no gradient flows into them).
-  """
-  if loss_type not in ("sigmoid", "ipo"):
-    raise ValueError(f"loss_type: must be 'sigmoid' or 'ipo', got {loss_type!r}")
-  average = loss_type == "ipo"
-  policy_chosen, policy_rejected = concatenated_logprobs(graphdef, params, batch, average=average,
-                                                         vocab_mask=vocab_mask)
-  reference_chosen, reference_rejected = jax.lax.stop_gradient(
-      concatenated_logprobs(graphdef, reference_params, batch, average=average, vocab_mask=vocab_mask))
-  if loss_type == "sigmoid":
-    out = dpo_loss(policy_chosen, policy_rejected, reference_chosen, reference_rejected, hparams.beta,
-                   hparams.label_smoothing)
-  else:
-    out = ipo_loss(policy_chosen, policy_rejected, reference_chosen, reference_rejected, hparams.beta)
-  metrics = {"loss": out.loss, "accuracy": out.accuracy, "chosen_reward": jnp.mean(out.chosen_rewards),
-             "rejected_reward": jnp.mean(out.rejected_rewards),
-             "margin": jnp.mean(out.chosen_rewards - out.rejected_rewards)}
-  return out.loss, metrics
+    loss_type: "sigmoid" (DPO with label smoothing) or "ipo" (length-averaged log-probs).
+    ``reference_params`` are frozen (no gradient flows into them).
+    """
+    if loss_type not in ("sigmoid", "ipo"):
+        raise ValueError(f"loss_type: must be 'sigmoid' or 'ipo', got {loss_type!r}")
+    average = loss_type == "ipo"
+    policy_chosen, policy_rejected = concatenated_logprobs(graphdef, params, batch, average=average,
+                                                           vocab_mask=vocab_mask)
+    reference_chosen, reference_rejected = jax.lax.stop_gradient(
+        concatenated_logprobs(graphdef, reference_params, batch, average=average, vocab_mask=vocab_mask))
+    if loss_type == "sigmoid":
+        out = dpo_loss(policy_chosen, policy_rejected, reference_chosen, reference_rejected, hparams.beta,
+                       hparams.label_smoothing)
+    else:
+        out = ipo_loss(policy_chosen, policy_rejected, reference_chosen, reference_rejected, hparams.beta)
+    metrics = {"loss": out.loss, "accuracy": out.accuracy, "chosen_reward": jnp.mean(out.chosen_rewards),
+               "rejected_reward": jnp.mean(out.rejected_rewards),
+               "margin": jnp.mean(out.chosen_rewards - out.rejected_rewards)}
+    return out.loss, metrics
 
 
 def reward_model_objective(graphdef, params, batch: PreferenceBatch, labels=1.0, output_index: int = 0):
-  """Bradley-Terry loss of a :class:`~jaxsafe.llm.model.ScoreModel` on preference pairs.
+    """Bradley-Terry loss of a :class:`~jaxsafe.llm.model.ScoreModel` on preference pairs.
 
-  Chosen and rejected sequences share one forward pass; the score is read at the last
-  real token. Returns ``(loss [], metrics)``.
-  """
-  tokens = jnp.concatenate([batch.chosen_tokens, batch.rejected_tokens], axis=0)
-  attention_mask = jnp.concatenate([batch.chosen_attention_mask, batch.rejected_attention_mask], axis=0)
-  all_scores = model_lib.scores(graphdef, params, tokens, attention_mask=attention_mask)[:, output_index]
-  half = batch.chosen_tokens.shape[0]
-  chosen_scores, rejected_scores = all_scores[:half], all_scores[half:]
-  losses = bradley_terry_loss(chosen_scores, rejected_scores, labels)
-  loss = jnp.mean(losses)
-  return loss, {"loss": loss, "accuracy": jnp.mean((chosen_scores > rejected_scores).astype(jnp.float32))}
+    Chosen and rejected sequences share one forward pass; the score is read at the last
+    real token. Returns ``(loss [], metrics)``.
+    """
+    tokens = jnp.concatenate([batch.chosen_tokens, batch.rejected_tokens], axis=0)
+    attention_mask = jnp.concatenate([batch.chosen_attention_mask, batch.rejected_attention_mask], axis=0)
+    all_scores = model_lib.scores(graphdef, params, tokens, attention_mask=attention_mask)[:, output_index]
+    half = batch.chosen_tokens.shape[0]
+    chosen_scores, rejected_scores = all_scores[:half], all_scores[half:]
+    losses = bradley_terry_loss(chosen_scores, rejected_scores, labels)
+    loss = jnp.mean(losses)
+    return loss, {"loss": loss, "accuracy": jnp.mean((chosen_scores > rejected_scores).astype(jnp.float32))}
 
 
 def sft_objective(graphdef, params, tokens, attention_mask, loss_mask, vocab_mask=None):
-  """Mean next-token negative log-likelihood over ``loss_mask [B, T]`` tokens; ``(loss, metrics)``."""
-  per_token = per_token_logprobs(graphdef, params, tokens, attention_mask, vocab_mask)
-  loss_mask = loss_mask.astype(bool).at[:, 0].set(False)
-  loss = -jnp.sum(jnp.where(loss_mask, per_token, 0.0)) / jnp.maximum(loss_mask.sum(), 1)
-  return loss, {"loss": loss}
+    """Mean next-token negative log-likelihood over ``loss_mask [B, T]`` tokens; ``(loss, metrics)``."""
+    per_token = per_token_logprobs(graphdef, params, tokens, attention_mask, vocab_mask)
+    loss_mask = loss_mask.astype(bool).at[:, 0].set(False)
+    loss = -jnp.sum(jnp.where(loss_mask, per_token, 0.0)) / jnp.maximum(loss_mask.sum(), 1)
+    return loss, {"loss": loss}

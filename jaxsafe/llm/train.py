@@ -27,96 +27,96 @@ LossFn = Callable[[Any, Any, Any], tuple[jax.Array, dict]]
 
 @functools.lru_cache(maxsize=64)
 def make_train_step(loss_fn: LossFn, optimizer: optax.GradientTransformation, jit: bool = True):
-  """``step(params, opt_state, batch, hparams) -> (params, opt_state, metrics)``.
+    """``step(params, opt_state, batch, hparams) -> (params, opt_state, metrics)``.
 
-  metrics: the loss function's metrics plus ``grad_norm``. Without ``jit`` the step is
-  returned un-jitted (for vmapping or nesting inside a larger jitted program). Memoised
-  on ``(loss_fn, optimizer)``, so reusing both objects reuses the compiled program.
-  """
+    metrics: the loss function's metrics plus ``grad_norm``. Without ``jit`` the step is
+    returned un-jitted (for vmapping or nesting inside a larger jitted program). Memoised
+    on ``(loss_fn, optimizer)``, so reusing both objects reuses the compiled program.
+    """
 
-  def step(params, opt_state, batch, hparams):
-    (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch, hparams)
-    updates, opt_state = optimizer.update(grads, opt_state, params)
-    params = optax.apply_updates(params, updates)
-    return params, opt_state, {**metrics, "grad_norm": optax.tree.norm(grads)}
+    def step(params, opt_state, batch, hparams):
+        (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch, hparams)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        return params, opt_state, {**metrics, "grad_norm": optax.tree.norm(grads)}
 
-  return jax.jit(step) if jit else step
+    return jax.jit(step) if jit else step
 
 
 class TokenCorpus(NamedTuple):
-  """A fixed token corpus: tokens, attention_mask, loss_mask, each [N, T]."""
+    """A fixed token corpus: tokens, attention_mask, loss_mask, each [N, T]."""
 
-  tokens: jax.Array
-  attention_mask: jax.Array
-  loss_mask: jax.Array
+    tokens: jax.Array
+    attention_mask: jax.Array
+    loss_mask: jax.Array
 
 
 def sft_loss_fn(graphdef, vocab_mask=None) -> LossFn:
-  """SFT loss ``(params, TokenCorpus batch, hparams unused) -> (loss, metrics)``."""
+    """SFT loss ``(params, TokenCorpus batch, hparams unused) -> (loss, metrics)``."""
 
-  def loss_fn(params, batch: TokenCorpus, hparams):
-    del hparams
-    return losses.sft_objective(graphdef, params, batch.tokens, batch.attention_mask, batch.loss_mask,
-                                vocab_mask)
+    def loss_fn(params, batch: TokenCorpus, hparams):
+        del hparams
+        return losses.sft_objective(graphdef, params, batch.tokens, batch.attention_mask, batch.loss_mask,
+                                    vocab_mask)
 
-  return loss_fn
+    return loss_fn
 
 
 def dpo_loss_fn(graphdef, reference_params, loss_type: str = "sigmoid", vocab_mask=None) -> LossFn:
-  """DPO/IPO loss ``(params, PreferenceBatch, DPOHparams) -> (loss, metrics)`` against a frozen reference."""
+    """DPO/IPO loss ``(params, PreferenceBatch, DPOHparams) -> (loss, metrics)`` against a frozen reference."""
 
-  def loss_fn(params, batch, hparams):
-    return losses.dpo_objective(graphdef, params, reference_params, batch, hparams, loss_type=loss_type,
-                                vocab_mask=vocab_mask)
+    def loss_fn(params, batch, hparams):
+        return losses.dpo_objective(graphdef, params, reference_params, batch, hparams, loss_type=loss_type,
+                                    vocab_mask=vocab_mask)
 
-  return loss_fn
+    return loss_fn
 
 
 def minibatches(key: jax.Array, n_examples: int, batch_size: int, n_steps: int) -> jax.Array:
-  """Index array [n_steps, batch_size]: shuffled epochs, drawn from ``key``."""
-  if not 1 <= batch_size <= n_examples:
-    raise ValueError(f"batch_size: must be in [1, {n_examples}], got {batch_size}")
-  per_epoch = n_examples // batch_size
-  n_epochs = -(-n_steps // per_epoch)
-  keys = jax.random.split(key, n_epochs)
-  order = jax.vmap(lambda k: jax.random.permutation(k, n_examples)[: per_epoch * batch_size])(keys)
-  return order.reshape(-1, batch_size)[:n_steps]
+    """Index array [n_steps, batch_size]: shuffled epochs, drawn from ``key``."""
+    if not 1 <= batch_size <= n_examples:
+        raise ValueError(f"batch_size: must be in [1, {n_examples}], got {batch_size}")
+    per_epoch = n_examples // batch_size
+    n_epochs = -(-n_steps // per_epoch)
+    keys = jax.random.split(key, n_epochs)
+    order = jax.vmap(lambda k: jax.random.permutation(k, n_examples)[: per_epoch * batch_size])(keys)
+    return order.reshape(-1, batch_size)[:n_steps]
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2))
 def _run_steps(step_fn, n_steps, batch_size, params, opt_state, data, hparams, key):
-  n_examples = jax.tree.leaves(data)[0].shape[0]
-  indices = minibatches(key, n_examples, batch_size, n_steps)
+    n_examples = jax.tree.leaves(data)[0].shape[0]
+    indices = minibatches(key, n_examples, batch_size, n_steps)
 
-  def body(carry, batch_indices):
-    params, opt_state = carry
-    batch = jax.tree.map(lambda x: x[batch_indices], data)
-    params, opt_state, metrics = step_fn(params, opt_state, batch, hparams)
-    return (params, opt_state), metrics
+    def body(carry, batch_indices):
+        params, opt_state = carry
+        batch = jax.tree.map(lambda x: x[batch_indices], data)
+        params, opt_state, metrics = step_fn(params, opt_state, batch, hparams)
+        return (params, opt_state), metrics
 
-  (params, opt_state), metrics = jax.lax.scan(body, (params, opt_state), indices)
-  return params, opt_state, metrics
+    (params, opt_state), metrics = jax.lax.scan(body, (params, opt_state), indices)
+    return params, opt_state, metrics
 
 
 def run_training(loss_fn: LossFn, optimizer: optax.GradientTransformation, params, data, hparams,
                  key: jax.Array, *, n_steps: int, batch_size: int):
-  """``n_steps`` optimiser steps on minibatches of ``data`` (a pytree with leading axis N).
+    """``n_steps`` optimiser steps on minibatches of ``data`` (a pytree with leading axis N).
 
-  The whole loop is one ``lax.scan`` (one compilation). Returns
-  ``(params, metrics with a leading [n_steps] axis)``.
-  """
-  if n_steps < 1:
-    raise ValueError(f"n_steps: must be >= 1, got {n_steps}")
-  step_fn = make_train_step(loss_fn, optimizer, jit=False)
-  params, _, metrics = _run_steps(step_fn, n_steps, batch_size, params, optimizer.init(params), data, hparams,
-                                  key)
-  return params, metrics
+    The whole loop is one ``lax.scan`` (one compilation). Returns
+    ``(params, metrics with a leading [n_steps] axis)``.
+    """
+    if n_steps < 1:
+        raise ValueError(f"n_steps: must be >= 1, got {n_steps}")
+    step_fn = make_train_step(loss_fn, optimizer, jit=False)
+    params, _, metrics = _run_steps(step_fn, n_steps, batch_size, params, optimizer.init(params), data, hparams,
+                                    key)
+    return params, metrics
 
 
 def train_sft(graphdef, params, corpus: TokenCorpus, key: jax.Array, *, n_steps: int = 200,
               batch_size: int = 64, learning_rate: float = 3e-3, weight_decay: float = 0.0,
               vocab_mask=None):
-  """Supervised fine-tuning with AdamW on a fixed corpus. Returns ``(params, metrics)``."""
-  optimizer = optax.adamw(learning_rate, weight_decay=weight_decay)
-  return run_training(sft_loss_fn(graphdef, vocab_mask), optimizer, params, corpus, None, key,
-                      n_steps=n_steps, batch_size=batch_size)
+    """Supervised fine-tuning with AdamW on a fixed corpus. Returns ``(params, metrics)``."""
+    optimizer = optax.adamw(learning_rate, weight_decay=weight_decay)
+    return run_training(sft_loss_fn(graphdef, vocab_mask), optimizer, params, corpus, None, key,
+                        n_steps=n_steps, batch_size=batch_size)

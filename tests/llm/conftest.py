@@ -8,13 +8,13 @@ from jaxsafe.llm import model as model_lib
 
 @pytest.fixture(scope="session")
 def tiny_config():
-  return model_lib.preset("tiny", vocab_size=32, max_seq_len=32)
+    return model_lib.preset("tiny", vocab_size=32, max_seq_len=32)
 
 
 @pytest.fixture(scope="session")
 def tiny_model(tiny_config):
-  """(graphdef, params) of a random tiny llama (GQA 4/2, tied embeddings)."""
-  return model_lib.init_params(tiny_config, jax.random.key(0))
+    """(graphdef, params) of a random tiny llama (GQA 4/2, tied embeddings)."""
+    return model_lib.init_params(tiny_config, jax.random.key(0))
 
 
 # Jitted views of the functional API (graphdef is static), shared by all tests.
