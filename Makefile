@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/jaxsafe demo --out runs/demo
+	$(BIN)/jaxsafe demo --out runs/demo-$$(date +%Y%m%d-%H%M%S)
 
 # Two workers (one per core); each test file runs whole on one worker so module fixtures compile once.
 test: $(STAMP)

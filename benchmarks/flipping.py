@@ -41,6 +41,7 @@ import numpy as np  # noqa: E402
 
 from jaxsafe import envs, sweep  # noqa: E402
 from jaxsafe.algorithms import get_algorithm  # noqa: E402
+from jaxsafe.learner import train_from_parts  # noqa: E402
 from jaxsafe.envs.point2d import ChancePoint2D, plan_inflated, tracking_policy  # noqa: E402
 from jaxsafe.rl import cpo, flipping, ppo  # noqa: E402
 
@@ -146,11 +147,11 @@ def navigation(args) -> dict:
             algo = get_algorithm(name)
             config = algo.make_config(num_envs=args.num_envs, num_steps=args.num_steps, total_steps=args.total_steps)
             grid = sweep.make_grid(config.default_hparams(), seeds=[args.seed], cost_limit=args.limits)
-            train = ppo.train_from_parts(algo.make_train_parts(config, env, env_params))
+            train = train_from_parts(algo.make_train_parts(config, (env, env_params)))
             t0 = time.time()
             result = jax.block_until_ready(sweep.run_grid(train, grid))
             train_seconds = time.time() - t0
-            act = algo.make_act(config, env, env_params)
+            act = algo.make_act(config, (env, env_params))
             n = args.nav_episodes
 
             def evaluate(params_low, params_high, w, key, mode="episode"):

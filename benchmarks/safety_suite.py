@@ -51,7 +51,7 @@ import numpy as np  # noqa: E402
 
 from jaxsafe import envs, sweep  # noqa: E402
 from jaxsafe.algorithms import get_algorithm  # noqa: E402
-from jaxsafe.rl.ppo import train_from_parts  # noqa: E402
+from jaxsafe.learner import train_from_parts  # noqa: E402
 
 NAVIGATION = ["SafePointGoal1", "SafePointGoal2", "SafeCarGoal1", "SafeCarGoal2", "SafePointButton1",
               "SafePointCircle", "SafePointRun"]
@@ -90,7 +90,7 @@ def run_pair(task: str, algorithm: str, seeds: int, total_steps: int, num_envs: 
         hparams = hparams.replace(margin_lr=np.float32(cpo_margin_lr))
     hparams = hparams.as_arrays().validate()
     grid = sweep.make_grid(hparams, seeds=seeds)
-    parts = algo.make_train_parts(config, env, env_params)
+    parts = algo.make_train_parts(config, (env, env_params))
     train = train_from_parts(parts)
     if lanes == "vmap":  # the sweep as jaxsafe.sweep.run_grid compiles it
         program = jax.jit(jax.vmap(train))

@@ -8,13 +8,13 @@ learners are kept under ``OUT/ppo_lag`` and ``OUT/ppo`` and can be resumed or ev
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 
 from jaxsafe import runner
+from jaxsafe.logging import check_new_run_dir
 from jaxsafe.plotting import group_curves, plot_curves
 
 COST_LIMITS = (10.0, 30.0, 60.0)
@@ -42,8 +42,7 @@ def final_stats(rows: list[dict], swept: tuple[str, ...], fraction: float = 0.25
 
 def main(out_dir: str | Path = "runs/demo", quick: bool = False, progress: bool = True) -> dict:
     out_dir = Path(out_dir)
-    if out_dir.exists():
-        shutil.rmtree(out_dir)  # the demo directory is the demo's own; nothing else is written there
+    check_new_run_dir(out_dir)  # never into (or over) an existing directory: a second demo needs a new --out
     overrides = {**OVERRIDES, **(QUICK_OVERRIDES if quick else {})}
     chunks = 4 if quick else 20
     lag_spec = runner.make_spec("ppo_lag", "SafeCartPole", seeds=SEEDS, grid={"cost_limit": list(COST_LIMITS)},

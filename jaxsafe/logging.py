@@ -42,14 +42,32 @@ def to_jsonable(value: Any) -> Any:
     return value
 
 
+def check_new_run_dir(path: str | os.PathLike) -> None:
+    """Raise :class:`RunDirExists` unless ``path`` is free for a new run (absent, or an empty directory)."""
+    path = Path(path)
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        what = "a jaxsafe run" if (path / "config.json").is_file() else "files"
+        raise RunDirExists(f"{path} already exists and holds {what}; a new run never writes into an existing "
+                           f"directory: choose a new --out, or continue a run with --resume")
+
+
 def _atomic_write(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
 
 
+class RunDirExists(FileExistsError):
+    """A new run was pointed at a directory that already holds something; nothing was written."""
+
+
 class RunDir:
-    """A run directory (created on construction unless ``must_exist``)."""
+    """A run directory, with one policy for every command and learner.
+
+    ``RunDir(path)`` starts a **new** run: ``path`` must not exist or be an empty directory, otherwise
+    :class:`RunDirExists` is raised before anything is written (a new run never writes into, appends to or deletes
+    an existing directory). ``RunDir(path, must_exist=True)`` opens an existing run to resume or read it.
+    """
 
     def __init__(self, path: str | os.PathLike, must_exist: bool = False):
         self.path = Path(path)
@@ -59,6 +77,7 @@ class RunDir:
             if not self.config_path.is_file():
                 raise FileNotFoundError(f"{self.path} is not a jaxsafe run directory: {self.config_path} is missing")
         else:
+            check_new_run_dir(self.path)
             self.path.mkdir(parents=True, exist_ok=True)
 
     config_path = property(lambda self: self.path / "config.json")

@@ -1,4 +1,5 @@
-"""Figures (matplotlib, Agg backend): learning curves of return and cost, mean and band over seeds."""
+"""Every figure jaxsafe draws (matplotlib, Agg backend): learning curves with bands over seeds, mean/std curves of
+any metric, and two-objective planes with their exact fronts. CLIs, runners and benchmarks all draw through here."""
 
 from __future__ import annotations
 
@@ -73,6 +74,7 @@ def plot_curves(rows: list[dict], swept: Sequence[str], path: str | Path, cost_l
     axes[1].set_ylabel("episode cost")
     for ax in axes:
         ax.set_xlabel("env steps")
+        _readable_axes(ax)
         ax.grid(alpha=0.3)
     axes[1].legend(fontsize=8)
     if title:
@@ -80,5 +82,63 @@ def plot_curves(rows: list[dict], swept: Sequence[str], path: str | Path, cost_l
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _readable_axes(ax) -> None:
+    """At most six x ticks with engineering-style labels (1M, 200k), so long step counts never overlap."""
+    from matplotlib.ticker import EngFormatter, MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=6))
+    ax.xaxis.set_major_formatter(EngFormatter(sep=""))
+
+
+def plot_mean_band(curves: dict[str, np.ndarray], path: str | Path, xlabel: str, ylabel: str, title: str = "",
+                   steps: np.ndarray | None = None) -> Path:
+    """Mean line and a +-1 std band over seeds for each ``curves[label] [seeds, T]`` (e.g. estimators' leader
+    values over leader iterations). ``steps [T]`` gives the x values (default ``0..T-1``)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for label, values in curves.items():
+        values = np.asarray(values, float)
+        x = np.arange(values.shape[1]) if steps is None else np.asarray(steps)
+        mean, std = np.nanmean(values, 0), np.nanstd(values, 0)
+        ax.plot(x, mean, label=label)
+        ax.fill_between(x, mean - std, mean + std, alpha=0.2)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    _readable_axes(ax)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_plane(path: str | Path, front: dict, groups: dict, threshold: float | None = None, title: str = "",
+               xlabel: str = "harmlessness: exact E[g]", ylabel: str = "helpfulness: exact E[r]") -> Path:
+    """A two-objective plane: the exact front ``front["expected_safety"], front["expected_reward"]`` as a line,
+    ``groups[label] = (rewards, safeties)`` as markers, and an optional vertical threshold."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 5))
+    ax.plot(front["expected_safety"], front["expected_reward"], "k-", lw=1.5, label="exact optimum (β fixed)")
+    markers = iter("os^vD<>pXh*P")
+    for label, (rewards, safeties) in groups.items():
+        ax.plot(safeties, rewards, next(markers, "o"), ls="", ms=7, alpha=0.85, label=label)
+    if threshold is not None:
+        ax.axvline(threshold, color="grey", ls=":", lw=1, label=f"threshold E[g] = {threshold:g}")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=130)
     plt.close(fig)
     return path

@@ -115,7 +115,7 @@ def _build(spec: RunSpec):
     hparams = config.default_hparams().replace(**spec.hparams).as_arrays().validate()
     grid = make_grid(hparams, seeds=spec.seeds, **spec.grid)
     grid.hparams.validate()
-    parts = algo.make_train_parts(config, env, env_params)
+    parts = algo.make_train_parts(config, (env, env_params))
     return algo, env, env_params, config, grid, parts
 
 
@@ -215,12 +215,10 @@ def run_training(
       stop_after_chunks: stop (as if killed) after this many chunks of *this call*; for tests and time-boxed jobs.
 
     Raises:
-      FileExistsError: a new run into a directory that already holds a run (nothing is overwritten).
+      RunDirExists: a new run into a directory that is not empty (nothing is written).
       TrainingDiverged: a non-finite loss; the newest checkpoint is the last good state.
     """
     run_dir = RunDir(out_dir, must_exist=resume)
-    if not resume and run_dir.config_path.exists():
-        raise FileExistsError(f"{run_dir.path} already holds a run; pass --resume to continue it or choose a new --out")
     algo, env, env_params, config, grid, parts = _build(spec)
     lengths = chunk_lengths(parts.num_updates, spec.num_chunks)
 
@@ -320,7 +318,7 @@ def load_run(out_dir: str | Path) -> LoadedRun:
     algo, env, env_params, config, grid, parts = _build(spec)
     template = jax.vmap(parts.init)(grid.keys, grid.hparams)
     step, state = checkpoint.restore(run_dir.checkpoint_dir, template)
-    return LoadedRun(spec, env, env_params, config, grid, algo.make_act(config, env, env_params), state.params, step)
+    return LoadedRun(spec, env, env_params, config, grid, algo.make_act(config, (env, env_params)), state.params, step)
 
 
 def evaluate_run(out_dir: str | Path, episodes: int = 16, max_steps: int = 1000, deterministic: bool = False,

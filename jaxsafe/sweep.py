@@ -22,6 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from jaxsafe.learner import field_names
+
 
 class Grid(NamedTuple):
     """A flattened grid of ``size`` lanes.
@@ -43,14 +45,6 @@ class Grid(NamedTuple):
         return len(self.points)
 
 
-def _field_names(hparams) -> list[str]:
-    if dataclasses.is_dataclass(hparams):
-        return [f.name for f in dataclasses.fields(hparams)]
-    if hasattr(hparams, "_fields"):
-        return list(hparams._fields)
-    raise TypeError(f"hparams must be a dataclass or NamedTuple, got {type(hparams).__name__}")
-
-
 def _replace(hparams, **values):
     return hparams.replace(**values) if hasattr(hparams, "replace") else hparams._replace(**values)
 
@@ -62,12 +56,12 @@ def make_grid(base_hparams: Any, seeds: int | Sequence[int] = 1, base_seed: int 
       base_hparams: default values for every field not swept.
       seeds: a number of seeds (``0..seeds-1``) or an explicit list of seed integers.
       base_seed: added to every seed before ``jax.random.PRNGKey``.
-      **fields: hparams field name -> list of values.
+      **fields: hparams field name -> list of scalar values (on a vector field a value fills every entry).
 
     Raises:
       ValueError: an unknown field (lists the valid ones), an empty value list, or no seeds.
     """
-    names = _field_names(base_hparams)
+    names = field_names(base_hparams)
     unknown = sorted(set(fields) - set(names))
     if unknown:
         raise ValueError(f"unknown hparams field(s) {unknown}; valid fields: {names}")
@@ -86,7 +80,11 @@ def make_grid(base_hparams: Any, seeds: int | Sequence[int] = 1, base_seed: int 
     keys = jnp.stack([jax.random.PRNGKey(base_seed + p["seed"]) for p in points])
     base = jax.tree.map(lambda v: jnp.asarray(v, jnp.float32), base_hparams)
     stacked = jax.tree.map(lambda v: jnp.broadcast_to(v, (len(points),) + jnp.shape(v)), base)
-    stacked = _replace(stacked, **{name: jnp.asarray([p[name] for p in points], jnp.float32) for name in swept})
+    # A swept value is a scalar; on a vector field (one entry per cost or constraint) it fills every entry.
+    stacked = _replace(stacked, **{
+        name: jnp.broadcast_to(jnp.asarray([p[name] for p in points], jnp.float32).reshape(
+            (len(points),) + (1,) * jnp.ndim(getattr(base, name))), jnp.shape(getattr(stacked, name)))
+        for name in swept})
     return Grid(keys=keys, hparams=stacked, points=points, swept=swept)
 
 

@@ -19,7 +19,8 @@ import jax
 import jax.numpy as jnp
 
 from jaxsafe.bilevel import exact
-from jaxsafe.bilevel.bchg import MDPGradientTerms, TabularBatch, returns_to_go
+from jaxsafe.bilevel.bchg import MDPGradientTerms, TabularBatch
+from jaxsafe.rl.gae import returns_to_go
 
 Array = jax.Array
 

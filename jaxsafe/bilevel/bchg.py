@@ -34,6 +34,8 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from jaxsafe.rl.gae import returns_to_go
+
 Array = jax.Array
 
 
@@ -112,25 +114,6 @@ def leader_discounts(batch: TabularBatch, leader_gamma: Array) -> Array:
 # ---------------------------------------------------------------------------------------------------------------
 # Returns and tabular averages
 # ---------------------------------------------------------------------------------------------------------------
-
-
-def returns_to_go(step_values: Array, done: Array, discount: Array) -> Array:
-    """Discounted sums within episodes, ``G_t = v_t + discount (1 - done_t) G_t+1``, by a reverse scan.
-
-    Args:
-      step_values: ``[N, ...]`` per-step quantities; done: ``[N]`` bool episode ends; discount: scalar.
-    Returns:
-      ``[N, ...]``. The last (unfinished) episode of a batch is cut at the batch end.
-    """
-    assert done.shape == step_values.shape[:1], (done.shape, step_values.shape)
-
-    def step(next_return, inputs):
-        value, episode_end = inputs
-        current = value + discount * jnp.where(episode_end, 0.0, 1.0) * next_return
-        return current, current
-
-    _, returns = jax.lax.scan(step, jnp.zeros_like(step_values[0]), (step_values, done), reverse=True)
-    return returns
 
 
 def forward_return_jacobian(step_values_fn: Callable[[Array], Array], params: Array, done: Array,

@@ -24,6 +24,7 @@ import numpy as np
 from gymnax.environments import spaces
 
 from jaxsafe.types import TimeStep
+from jaxsafe.validation import check_fields
 
 __all__ = [
     "SafeEnv",
@@ -35,7 +36,6 @@ __all__ = [
     "Wrapper",
     "wrap_for_training",
     "check_action",
-    "check_fields",
     "spaces",
 ]
 
@@ -81,20 +81,6 @@ class SafeEnv:
 
     def __repr__(self) -> str:
         return f"{self.name}()"
-
-
-def check_fields(obj: Any, rules: dict[str, tuple[Callable[[np.ndarray], np.ndarray], str]], prefix: str) -> None:
-    """Raise ``ValueError("{prefix}.{field} must be {allowed}, got ...")`` for the first field of ``obj`` that is
-    not finite or fails its predicate (``rules = {field: (predicate, allowed)}``, the predicate applied to the value
-    as a float64 array). Traced values and fields ``obj`` lacks are skipped: the one range check shared by
-    environment params and learner hparams."""
-    for field, (predicate, allowed) in rules.items():
-        value = getattr(obj, field, None)
-        if value is None or isinstance(value, jax.core.Tracer):
-            continue
-        array = np.asarray(value, dtype=np.float64)
-        if not np.all(np.isfinite(array)) or not np.all(predicate(array)):
-            raise ValueError(f"{prefix}.{field} must be {allowed}, got {array.tolist()}")
 
 
 def check_action(env: SafeEnv, action: Any, params: Any = None, batch_shape: tuple[int, ...] = ()) -> None:

@@ -16,7 +16,7 @@ Pipeline (kept small but complete):
    (group-mean baseline per prompt, whitened, divided by ``1 + lambda``). The policy takes
    ``ppo_epochs`` full-batch steps on the token-level clipped surrogate. The multiplier
    is updated from the measured mean learned cost against ``cost_limit`` by a
-   :mod:`jaxsafe.rl.constraints` handler (Lagrangian or PID).
+   :mod:`jaxsafe.constraints` handler (Lagrangian or PID).
 
 Responses are *sampled* (not enumerated), as an RLHF pipeline would; the exact oracle is
 only used by callers to evaluate the result.
@@ -40,14 +40,14 @@ from jaxsafe.llm import generate as generate_lib
 from jaxsafe.llm import losses
 from jaxsafe.llm import model as model_lib
 from jaxsafe.llm import train as train_lib
-from jaxsafe.rl import constraints
+from jaxsafe import constraints
 
 
 # ----------------------------------------------------------------------------- config / hparams
 
 
 class SafeRLHFHparams(NamedTuple):
-    """Swept (traced) hyperparameters; attribute names follow :mod:`jaxsafe.rl.constraints`.
+    """Swept (traced) hyperparameters; attribute names follow :mod:`jaxsafe.constraints`.
 
     kl_coefficient []: weight of the sequence KL penalty to the SFT reference (>= 0).
     cost_limit []: limit on the expected learned cost (Safe-RLHF uses 0, the sign boundary).
@@ -79,7 +79,7 @@ class SafeRLHFConfig:
     clip_epsilon: PPO ratio clip in (0, 1).
     learning_rate: policy Adam step size, > 0.
     score_steps, score_batch_size, score_learning_rate: reward / cost model training, >= 1 / > 0.
-    multiplier: multiplier updater name in :data:`jaxsafe.rl.constraints.HANDLERS`.
+    multiplier: multiplier updater name in :data:`jaxsafe.constraints.HANDLERS`.
     default_*: values of :meth:`default_hparams`.
     """
 

@@ -27,7 +27,7 @@ One update (OmniSafe's order):
      :func:`jaxsafe.rl.trust_region.cpo_step`, then a backtracking line search that requires the KL within
      ``target_kl``, the cost surrogate not to rise by more than ``max(-c, 0)``, and (cases 2-4) the reward
      surrogate not to fall.
-   * ``method="trpo_lag"``: the multiplier handler of :mod:`jaxsafe.rl.constraints` (``multiplier``:
+   * ``method="trpo_lag"``: the multiplier handler of :mod:`jaxsafe.constraints` (``multiplier``:
      ``lagrangian`` or ``pid``) is updated from ``J_c`` first; the advantage is ``(A_r - m A_c) / (1 + m)`` as in
      PPO-Lag, and the step is TRPO's natural-gradient step plus the KL / improvement line search.
 
@@ -50,11 +50,13 @@ import optax
 from flax import struct
 
 from jaxsafe.envs.core import SafeEnv, wrap_for_training
-from jaxsafe.rl import constraints, trust_region
+from jaxsafe import constraints
+from jaxsafe.rl import trust_region
 from jaxsafe.rl.networks import ACTIVATIONS, POLICIES, Critic, make_actor
 from jaxsafe.rl.ppo import _HPARAM_RULES as PPO_HPARAM_RULES
-from jaxsafe.rl.ppo import (ActorCriticParams, RolloutBudget, TrainParts, _check, compute_advantages, make_act,
-                            make_collect_rollout, train_from_parts, validate_hparams)
+from jaxsafe.learner import TrainParts, train_from_parts
+from jaxsafe.rl.ppo import (ActorCriticParams, RolloutBudget, _check, compute_advantages, make_act,
+                            make_collect_rollout, validate_hparams)
 from jaxsafe.types import TrainResult
 
 __all__ = ["METHODS", "CPOConfig", "CPOHParams", "CPOState", "make_train_parts", "make_train", "make_act"]

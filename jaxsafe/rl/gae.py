@@ -1,4 +1,7 @@
-"""Generalised advantage estimation, written for one unbatched trajectory (vmap over environments).
+"""Reverse scans over trajectories: generalised advantage estimation and returns-to-go (one of each).
+
+``gae`` is written for one unbatched trajectory (vmap over environments); ``returns_to_go`` works on a flat
+batch of concatenated episodes (the bi-level samplers, offline datasets).
 
 Episode boundaries inside a rollout are handled explicitly: ``next_values[t]`` is the critic at the true successor
 of step ``t`` (for an episode that ended at ``t``, the pre-reset final observation), ``terminated[t]`` removes the
@@ -53,3 +56,22 @@ def gae(
 
 #: ``gae`` over a ``[T, num_envs]`` rollout (time-major, as the learners collect it).
 batched_gae = jax.vmap(gae, in_axes=(1, 1, 1, 1, 1, None, None), out_axes=1)
+
+
+def returns_to_go(step_values: jax.Array, done: jax.Array, discount: jax.Array) -> jax.Array:
+    """Discounted sums within episodes, ``G_t = v_t + discount (1 - done_t) G_t+1``, by a reverse scan.
+
+    Args:
+      step_values: ``[N, ...]`` per-step quantities; done: ``[N]`` bool episode ends; discount: scalar.
+    Returns:
+      ``[N, ...]``. The last (unfinished) episode of a batch is cut at the batch end.
+    """
+    assert done.shape == step_values.shape[:1], (done.shape, step_values.shape)
+
+    def step(next_return, inputs):
+        value, episode_end = inputs
+        current = value + discount * jnp.where(episode_end, 0.0, 1.0) * next_return
+        return current, current
+
+    _, returns = jax.lax.scan(step, jnp.zeros_like(step_values[0]), (step_values, done), reverse=True)
+    return returns

@@ -11,7 +11,7 @@ Usage (the shape every jaxsafe learner has)::
 ``config`` fixes shapes and loop counts (static, hashable, validated on construction); ``hparams`` holds everything
 a user sweeps and may be traced. ``multiplier`` selects the constraint handler: ``"none"`` is unconstrained PPO,
 ``"lagrangian"`` (PPO-Lag), ``"pid"`` (CPPO-PID) and ``"fixed"`` (constant penalty) come from
-:mod:`jaxsafe.rl.constraints`.
+:mod:`jaxsafe.constraints`.
 
 One update: collect ``num_steps`` steps from ``num_envs`` auto-resetting environments; update the Lagrange multiplier
 from the mean cost of the episodes that finished (OmniSafe's order); compute reward and cost advantages with GAE
@@ -40,8 +40,10 @@ import numpy as np
 import optax
 from flax import struct
 
-from jaxsafe.envs.core import SafeEnv, check_fields, spaces, wrap_for_training
-from jaxsafe.rl import constraints
+from jaxsafe.envs.core import SafeEnv, spaces, wrap_for_training
+from jaxsafe.learner import TrainParts, train_from_parts
+from jaxsafe.validation import check_fields
+from jaxsafe import constraints
 from jaxsafe.rl.gae import batched_gae
 from jaxsafe.rl.networks import ACTIVATIONS, POLICIES, Critic, make_actor
 from jaxsafe.types import TrainResult, Transition
@@ -204,13 +206,6 @@ class PPOState(NamedTuple):
     obs: Any
     key: jax.Array
     update_step: jax.Array
-
-
-class TrainParts(NamedTuple):
-    init: Callable[[jax.Array, PPOHParams], PPOState]
-    update: Callable[[PPOState, PPOHParams], tuple[PPOState, dict]]
-    num_updates: int
-    steps_per_update: int
 
 
 def _finished_mean(finished, count, valid, fallback_count, per_step, fallback):
@@ -440,20 +435,6 @@ def make_train_parts(config: PPOConfig, env: SafeEnv, env_params: Any) -> TrainP
         return new_state, metrics
 
     return TrainParts(init, update, config.num_updates, config.batch_size)
-
-
-def train_from_parts(parts: TrainParts) -> Callable[[jax.Array, Any], TrainResult]:
-    """``train(key, hparams) -> TrainResult(params, metrics)``: ``init`` then ``num_updates`` scanned updates.
-
-    The one-program form of any learner's :class:`TrainParts` (the runner instead scans chunks of updates).
-    """
-
-    def train(key, hparams):
-        state = parts.init(key, hparams)
-        state, metrics = jax.lax.scan(lambda s, _: parts.update(s, hparams), state, None, length=parts.num_updates)
-        return TrainResult(state.params, metrics)
-
-    return train
 
 
 def make_train(config: PPOConfig, env: SafeEnv, env_params: Any) -> Callable[[jax.Array, PPOHParams], TrainResult]:

@@ -10,6 +10,7 @@ from jax import enable_x64
 
 from jaxsafe.bilevel import baselines, bchg, exact, followers, problems
 from jaxsafe.bilevel.followers import MDPValueParams
+from jaxsafe.rl.gae import returns_to_go
 
 TEMPERATURE, FOLLOWER_GAMMA, LEADER_GAMMA = 0.5, 0.8, 0.8
 
@@ -143,7 +144,7 @@ def test_game_bchg_converges_to_exact(toy_game):
 def test_returns_to_go_and_every_visit_average():
     values = jnp.array([1.0, 2.0, 3.0, 4.0])
     done = jnp.array([False, True, False, False])
-    np.testing.assert_allclose(bchg.returns_to_go(values, done, 0.5), [2.0, 2.0, 5.0, 4.0])
+    np.testing.assert_allclose(returns_to_go(values, done, 0.5), [2.0, 2.0, 5.0, 4.0])
     averaged, counts = bchg.every_visit_average(jnp.array([[1.0], [3.0], [5.0]]), jnp.array([0, 0, 2]), 3)
     np.testing.assert_allclose(averaged[:, 0], [2.0, 2.0, 5.0])
     np.testing.assert_allclose(counts, [2.0, 0.0, 1.0])

@@ -2,7 +2,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxsafe.rl import constraints
+from jaxsafe import constraints
 from jaxsafe.rl.ppo import PPOHParams
 
 

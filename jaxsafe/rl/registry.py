@@ -1,0 +1,34 @@
+"""The online safe-RL learners in the algorithm registry (see :mod:`jaxsafe.algorithms`).
+
+Their problem space is the environment registry: a problem is the ``(env, env_params)`` pair ``envs.make`` returns.
+"""
+
+from __future__ import annotations
+
+from jaxsafe import envs
+from jaxsafe.algorithms import Algorithm, ProblemSpace, register_algorithm
+from jaxsafe.rl import cpo, ppo
+
+ENVIRONMENTS = ProblemSpace("environment", envs.make, envs.describe_envs)
+
+
+def _entry(name, description, module, config_cls, defaults):
+    return Algorithm(
+        name=name, description=description, config_cls=config_cls, config_defaults=defaults,
+        make_train_parts=lambda config, problem: module.make_train_parts(config, *problem),
+        problems=ENVIRONMENTS,
+        make_act=lambda config, problem: module.make_act(config, *problem),
+    )
+
+
+for _algorithm in (
+    _entry("ppo", "unconstrained PPO (ignores cost)", ppo, ppo.PPOConfig, {"multiplier": "none"}),
+    _entry("ppo_lag", "PPO-Lagrangian (gradient ascent on the multiplier)", ppo, ppo.PPOConfig,
+           {"multiplier": "lagrangian"}),
+    _entry("ppo_pid", "PPO with a PID-Lagrangian multiplier (CPPO-PID)", ppo, ppo.PPOConfig, {"multiplier": "pid"}),
+    _entry("cpo", "Constrained Policy Optimization (trust-region step with a cost constraint)", cpo, cpo.CPOConfig,
+           {"method": "cpo"}),
+    _entry("trpo_lag", "TRPO-Lagrangian (natural-gradient step on the Lagrangian advantage)", cpo, cpo.CPOConfig,
+           {"method": "trpo_lag"}),
+):
+    register_algorithm(_algorithm)
