@@ -13,11 +13,13 @@ ENVIRONMENTS = ProblemSpace("environment", envs.make, envs.describe_envs)
 
 
 def _entry(name, description, module, config_cls, defaults):
+    unconstrained = defaults.get("multiplier") == "none"
     return Algorithm(
         name=name, description=description, config_cls=config_cls, config_defaults=defaults,
         make_train_parts=lambda config, problem: module.make_train_parts(config, *problem),
         problems=ENVIRONMENTS,
         make_act=lambda config, problem: module.make_act(config, *problem),
+        cost_limit_field=None if unconstrained else "cost_limit",
     )
 
 
