@@ -3,13 +3,17 @@
 ::
 
     jaxsafe list
-    jaxsafe train ALGO --env NAME [--seeds N] [--steps N] [--set field=value ...] [--out DIR] [--resume]
-    jaxsafe sweep ALGO --env NAME --grid field=v1,v2 [--grid ...] [--seeds N] [--steps N] [--out DIR]
+    jaxsafe train ALGO --problem NAME [--seeds N] [--steps N] [--set field=value ...] [--out DIR] [--resume]
+    jaxsafe sweep ALGO --problem NAME --grid field=v1,v2 [--grid ...] [--seeds N] [--steps N] [--out DIR]
     jaxsafe eval RUN_DIR [--episodes N] [--deterministic]
+    jaxsafe flip RUN_DIR --budget B1,B2
     jaxsafe demo [--out DIR] [--quick]
     jaxsafe bilevel ...          (bi-level RL / BC-HG; see `jaxsafe bilevel --help`)
     jaxsafe align ...            (constrained alignment; see `jaxsafe align --help`)
 
+``train`` and ``sweep`` serve every registered algorithm (``jaxsafe list``): the RL learners on environments
+(``--env`` is a synonym of ``--problem``), the bi-level estimators on bi-level problems, the alignment methods on
+alignment tasks. A new run never writes into an existing directory; ``--resume --out DIR`` continues one.
 Every bad input is reported before anything compiles, as one line ``jaxsafe: error: ...`` and exit status 2.
 """
 
@@ -20,6 +24,8 @@ import json
 import sys
 import time
 from pathlib import Path
+
+import numpy as np
 
 
 def _key_values(items: list[str], flag: str) -> dict[str, str]:
@@ -44,20 +50,28 @@ def _grid(items: list[str]) -> dict[str, list[float]]:
     return grid
 
 
-def _default_out(command: str, algorithm: str, env: str) -> Path:
-    return Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{command}-{algorithm}-{env}"
+def _default_out(command: str, algorithm: str, problem: str) -> Path:
+    return Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{command}-{algorithm}-{problem}"
 
 
-def _print_summary(summary: dict) -> None:
-    print(f"\n{'setting':<28} {'return (mean ± std)':>22} {'cost (mean ± std)':>22}")
+def _format(value) -> str:
+    if isinstance(value, dict):
+        return f"{value['mean']:.3g} ± {value['std']:.2g}" if np.ndim(value["mean"]) == 0 else \
+            "[" + ", ".join(f"{m:.3g}" for m in np.ravel(value["mean"])) + "]"
+    return str(value)
+
+
+def _print_summary(summary: dict, metrics: tuple[str, ...]) -> None:
+    metrics = [m for m in metrics if any(m in p for p in summary["points"])]
+    print("\n" + f"{'setting':<28}" + "".join(f" {m + ' (mean ± std)':>28}" for m in metrics))
     for point in summary["points"]:
         setting = ", ".join(f"{k}={v:g}" for k, v in point["setting"].items()) or "-"
-        ret, cost = point["episode_return"], point["episode_cost"]
-        print(f"{setting:<28} {ret['mean']:>13.2f} ± {ret['std']:<6.2f} {cost['mean']:>13.2f} ± {cost['std']:<6.2f}")
+        print(f"{setting:<28}" + "".join(f" {_format(point[m]):>28}" for m in metrics))
 
 
 def _train(args, grid: dict) -> int:
     from jaxsafe import runner
+    from jaxsafe.algorithms import get_algorithm
 
     if args.resume:
         if args.out is None:
@@ -67,12 +81,13 @@ def _train(args, grid: dict) -> int:
         overrides = _key_values(args.set, "--set")
         if args.steps is not None:
             overrides["total_steps"] = str(args.steps)
-        env_overrides = {k: _maybe_number(v) for k, v in _key_values(args.env_set, "--env-set").items()}
-        spec = runner.make_spec(args.algorithm, args.env, seeds=args.seeds, grid=grid, overrides=overrides,
-                                env_overrides=env_overrides, num_chunks=args.chunks)
-        out = Path(args.out) if args.out else _default_out(args.command, args.algorithm, args.env)
+        problem_overrides = {k: _maybe_number(v) for k, v in _key_values(args.problem_set, "--problem-set").items()}
+        spec = runner.make_spec(args.algorithm, args.problem, seeds=args.seeds, grid=grid, overrides=overrides,
+                                problem_overrides=problem_overrides, num_chunks=args.chunks)
+        out = Path(args.out) if args.out else _default_out(args.command, args.algorithm, args.problem)
         result = runner.run_training(spec, out, progress=not args.quiet)
-    _print_summary(result.summary)
+    algo = get_algorithm(result.summary["algorithm"])
+    _print_summary(result.summary, tuple(dict.fromkeys((*algo.curve_metrics, "multiplier"))))
     print(f"\nrun directory: {result.run_dir.path}")
     return 0
 
@@ -88,15 +103,19 @@ def _maybe_number(text: str):
 
 
 def cmd_list(args) -> int:
-    from jaxsafe.algorithms import describe_algorithms
-    from jaxsafe.envs import describe_envs
+    from jaxsafe.algorithms import get_algorithm, list_algorithms
 
-    print("environments:")
-    for name, text in describe_envs().items():
-        print(f"  {name:<28} {text}")
-    print("algorithms:")
-    for name, text in describe_algorithms().items():
-        print(f"  {name:<28} {text}")
+    spaces = {}
+    for name in list_algorithms():
+        algo = get_algorithm(name)
+        spaces.setdefault(algo.problems.kind, (algo.problems, []))[1].append(algo)
+    for kind, (space, algos) in spaces.items():
+        print(f"algorithms on a {kind}:")
+        for algo in algos:
+            print(f"  {algo.name:<28} {algo.description}")
+        print(f"{kind}s (--problem):")
+        for name, text in space.describe().items():
+            print(f"  {name:<28} {text}")
     return 0
 
 
@@ -136,7 +155,8 @@ def cmd_flip(args) -> int:
 def cmd_demo(args) -> int:
     from jaxsafe import demo
 
-    demo.main(out_dir=args.out, quick=args.quick, progress=not args.quiet)
+    out = args.out or Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-demo"
+    demo.main(out_dir=out, quick=args.quick, progress=not args.quiet)
     return 0
 
 
@@ -150,14 +170,15 @@ def build_parser() -> argparse.ArgumentParser:
                                  ("sweep", cmd_sweep, "train a grid of hparams x seeds as one program")):
         p = sub.add_parser(name, help=helptext)
         p.add_argument("algorithm", nargs="?", default=None, help="see `jaxsafe list`")
-        p.add_argument("--env", help="environment name (see `jaxsafe list`)")
+        p.add_argument("--problem", "--env", dest="problem",
+                       help="what to train on: an environment, bi-level problem or alignment task (`jaxsafe list`)")
         p.add_argument("--seeds", type=int, default=1, help="number of seeds (default 1)")
         p.add_argument("--steps", type=int, default=None, help="total env steps per run")
         p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                        help="config or hparams field, e.g. --set cost_limit=10 --set num_envs=32")
-        p.add_argument("--env-set", action="append", default=[], metavar="FIELD=VALUE",
-                       help="environment override, e.g. --env-set cost_x_limit=0.5")
-        p.add_argument("--out", default=None, help="run directory (default runs/<time>-<command>-<algo>-<env>)")
+        p.add_argument("--problem-set", "--env-set", dest="problem_set", action="append", default=[],
+                       metavar="FIELD=VALUE", help="problem (environment) override, e.g. --env-set cost_x_limit=0.5")
+        p.add_argument("--out", default=None, help="a new run directory (default runs/<time>-<command>-<algo>-<problem>)")
         p.add_argument("--chunks", type=int, default=20, help="checkpoints/log rows per run (default 20)")
         p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
         p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -184,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_flip)
 
     p = sub.add_parser("demo", help="PPO-Lagrangian vs PPO on SafeCartPole: a table and a figure")
-    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--out", default=None, help="a new directory (default runs/<time>-demo)")
     p.add_argument("--quick", action="store_true", help="a smaller budget (for tests)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_demo)
@@ -207,8 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command in ("train", "sweep") and not args.resume:
-        if args.algorithm is None or args.env is None:
-            parser.error(f"{args.command} needs ALGO and --env NAME (see `jaxsafe list`)")
+        if args.algorithm is None or args.problem is None:
+            parser.error(f"{args.command} needs ALGO and --problem NAME (see `jaxsafe list`)")
     try:
         return args.func(args)
     except (ValueError, FileExistsError, FileNotFoundError) as err:

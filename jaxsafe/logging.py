@@ -2,8 +2,9 @@
 
 A run directory holds::
 
-    config.json     what was run: algorithm, environment, config, hparams, grid, seeds
-    metrics.jsonl   one JSON object per logged chunk and grid point ("run", "seed", swept hparams, metrics)
+    config.json     what was run: algorithm, problem (environment, bi-level problem, task), config, hparams, grid, seeds
+    metrics.jsonl   one JSON object per logged chunk and grid point ("run", "chunk", "update", "steps", "seed",
+                    swept hparams, metrics)
     summary.json    final mean and spread per grid point
     checkpoints/    orbax checkpoints (see jaxsafe.checkpoint)
     curves.png      learning curves (see jaxsafe.plotting)
@@ -108,9 +109,10 @@ class RunDir:
             return []
         return [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line.strip()]
 
-    def truncate_metrics(self, max_env_steps: float) -> None:
-        """Drop rows logged after ``max_env_steps`` (used on resume so metrics match the restored checkpoint)."""
-        rows = [r for r in self.read_metrics() if r.get("env_steps", 0) <= max_env_steps]
+    def truncate_metrics(self, max_steps: float) -> None:
+        """Drop rows logged after ``max_steps`` progress steps per lane (used on resume so the metrics match the
+        restored checkpoint). Rows of runs written before rows carried ``steps`` are read by ``env_steps``."""
+        rows = [r for r in self.read_metrics() if r.get("steps", r.get("env_steps", 0)) <= max_steps]
         _atomic_write(self.metrics_path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
 
     def write_summary(self, summary: dict) -> None:
@@ -132,24 +134,25 @@ def summarize(values: np.ndarray, axis: int = 0) -> dict:
 
 
 class Progress:
-    """A tqdm progress bar over env steps with the latest metrics in its postfix (silent when disabled)."""
+    """A tqdm progress bar over progress steps (env steps, samples, examples) summed over every lane of a grid,
+    with the throughput over all lanes and the latest metrics in its postfix (silent when disabled)."""
 
-    def __init__(self, total_steps: int, desc: str = "train", enabled: bool = True):
+    def __init__(self, total_steps: int, desc: str = "train", enabled: bool = True, unit: str = "env steps"):
         self.enabled = enabled
         self._bar = None
-        self._start = time.perf_counter()
         if enabled:
             from tqdm.auto import tqdm
 
-            self._bar = tqdm(total=int(total_steps), desc=desc, unit="step", unit_scale=True, dynamic_ncols=True)
+            self._unit = unit
+            self._bar = tqdm(total=int(total_steps), desc=desc, unit=" " + unit, unit_scale=True, dynamic_ncols=True)
 
-    def update(self, env_steps: int, **postfix) -> None:
+    def update(self, steps: int, **postfix) -> None:
+        """Move the bar to ``steps`` (summed over lanes) and show ``postfix`` metrics; tqdm shows the rate."""
         if self._bar is None:
             return
-        self._bar.update(int(env_steps) - self._bar.n)
-        elapsed = max(time.perf_counter() - self._start, 1e-9)
-        fields = {"SPS": f"{self._bar.n / elapsed:,.0f}"}
-        fields.update({k: f"{float(v):.3g}" for k, v in postfix.items() if v is not None})
+        self._bar.update(int(steps) - self._bar.n)
+        short = {"episode_return": "ret", "episode_cost": "cost", "multiplier": "mult"}
+        fields = {short.get(k, k): f"{float(v):.3g}" for k, v in postfix.items() if v is not None}
         self._bar.set_postfix(fields, refresh=True)
 
     def close(self) -> None:

@@ -22,8 +22,13 @@ def _label(setting: tuple) -> str:
     return ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in setting) or "run"
 
 
+def _progress(row: dict) -> float:
+    return row.get("steps", row.get("env_steps"))
+
+
 def group_curves(rows: list[dict], swept: Sequence[str], metric: str):
-    """``{setting: (env_steps [C], values [seeds, C])}`` from metrics rows (one row per lane and chunk)."""
+    """``{setting: (steps [C], values [seeds, C, ...])}`` from metrics rows (one row per lane and chunk); a vector
+    metric (one entry per cost) keeps its trailing axis."""
     by_lane: dict[int, list[dict]] = {}
     for row in rows:
         by_lane.setdefault(row["run"], []).append(row)
@@ -34,49 +39,63 @@ def group_curves(rows: list[dict], swept: Sequence[str], metric: str):
     out = {}
     for setting, lanes in groups.items():
         length = min(len(l) for l in lanes)
-        steps = np.asarray([r["env_steps"] for r in lanes[0][:length]], float)
-        values = np.asarray([[np.nan if r.get(metric) is None else r[metric] for r in l[:length]] for l in lanes])
+        steps = np.asarray([_progress(r) for r in lanes[0][:length]], float)
+        values = np.asarray([[np.asarray(np.nan if r.get(metric) is None else r[metric], float)
+                              for r in l[:length]] for l in lanes])
         out[setting] = (steps, values)
     return out
 
 
+_LABELS = {"episode_return": "episode return", "episode_cost": "episode cost"}
+
+
 def plot_curves(rows: list[dict], swept: Sequence[str], path: str | Path, cost_limits: dict | None = None,
-                title: str = "", extra_runs: dict[str, list[dict]] | None = None) -> Path:
-    """Return and cost against env steps (mean line, min-max band over seeds), cost limits as dashed lines.
+                title: str = "", extra_runs: dict[str, list[dict]] | None = None,
+                metrics: Sequence[str] = ("episode_return", "episode_cost"), xlabel: str = "env steps") -> Path:
+    """One panel per metric against progress steps (mean line, min-max band over seeds); cost limits as dashed
+    lines on the ``episode_cost`` panel; a vector metric draws one line per entry.
 
     ``extra_runs`` adds other runs' rows under a label (e.g. unconstrained PPO next to PPO-Lagrangian).
     """
     plt = _pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    metrics = tuple(metrics)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5.5 * len(metrics), 4), squeeze=False)
+    axes = axes[0]
     runs = {"": (rows, swept)}
     for label, extra in (extra_runs or {}).items():
         runs[label] = (extra, ())
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     color_index = 0
+    limit_field = next(iter(cost_limits or {}), "cost_limit")
     for prefix, (run_rows, run_swept) in runs.items():
-        for metric, ax in (("episode_return", axes[0]), ("episode_cost", axes[1])):
+        for metric, ax in zip(metrics, axes):
             curves = group_curves(run_rows, run_swept, metric)
             for offset, (setting, (steps, values)) in enumerate(sorted(curves.items())):
                 color = colors[(color_index + offset) % len(colors)]
                 label = prefix or _label(setting)
-                with np.errstate(all="ignore"):
-                    mean = np.nanmean(values, axis=0)
-                    ax.fill_between(steps, np.nanmin(values, axis=0), np.nanmax(values, axis=0), color=color,
-                                    alpha=0.2, linewidth=0)
-                ax.plot(steps, mean, color=color, label=label)
-                if metric == "episode_cost" and not prefix and "cost_limit" in dict(setting):
-                    ax.axhline(dict(setting)["cost_limit"], color=color, linestyle="--", linewidth=1)
-        color_index += len(group_curves(run_rows, run_swept, "episode_return"))
-    for limit in (cost_limits or {}).get("cost_limit", []):
-        if "cost_limit" not in swept and limit is not None:
-            axes[1].axhline(limit, color="black", linestyle="--", linewidth=1, label=f"cost limit {limit:g}")
-    axes[0].set_ylabel("episode return")
-    axes[1].set_ylabel("episode cost")
-    for ax in axes:
-        ax.set_xlabel("env steps")
+                components = [values] if values.ndim == 2 else [values[..., i] for i in range(values.shape[-1])]
+                for index, component in enumerate(components):
+                    suffix = f" [{index}]" if len(components) > 1 else ""
+                    with np.errstate(all="ignore"):
+                        mean = np.nanmean(component, axis=0)
+                        ax.fill_between(steps, np.nanmin(component, axis=0), np.nanmax(component, axis=0),
+                                        color=color, alpha=0.2, linewidth=0)
+                    ax.plot(steps, mean, color=color, label=label + suffix,
+                            linestyle=("-", ":", "-.", "--")[index % 4])
+                if metric == "episode_cost" and not prefix and limit_field in dict(setting):
+                    ax.axhline(dict(setting)[limit_field], color=color, linestyle="--", linewidth=1)
+        color_index += len(group_curves(run_rows, run_swept, metrics[0]))
+    if "episode_cost" in metrics:
+        cost_ax = axes[metrics.index("episode_cost")]
+        for limit in (cost_limits or {}).get(limit_field, []):
+            if limit_field not in swept and limit is not None:
+                cost_ax.axhline(limit, color="black", linestyle="--", linewidth=1, label=f"cost limit {limit:g}")
+    for metric, ax in zip(metrics, axes):
+        ax.set_ylabel(_LABELS.get(metric, metric.replace("_", " ")))
+        ax.set_xlabel(xlabel)
         _readable_axes(ax)
         ax.grid(alpha=0.3)
-    axes[1].legend(fontsize=8)
+    axes[-1].legend(fontsize=8)
     if title:
         fig.suptitle(title)
     fig.tight_layout()

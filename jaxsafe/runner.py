@@ -1,15 +1,18 @@
-"""Long runs: a Python loop over jitted chunks of a learner, with checkpoints, progress, metrics and resume.
+"""Long runs of any registered learner: a Python loop over jitted chunks, with checkpoints, progress and resume.
 
-``run_training`` trains a whole grid (seeds x swept hparams) as one vmapped, sharded program, ``num_chunks`` chunks
-at a time. Between chunks it checks for non-finite losses, saves an orbax checkpoint of every lane's learner state,
-appends one metrics row per lane to ``metrics.jsonl`` and updates the progress bar. ``resume_training`` rebuilds
-the run from its ``config.json``, restores the newest checkpoint and continues; the result is bit-identical to a run
-that was never interrupted, because the same compiled chunks are applied to the same states.
+``run_training`` trains a whole grid (seeds x swept hparams) of one algorithm (:mod:`jaxsafe.algorithms`: PPO and
+CPO on environments, the bi-level estimators on bi-level problems, SACPO on alignment tasks, ...) as one vmapped,
+sharded program, ``num_chunks`` chunks at a time. Between chunks it checks for non-finite losses, saves an orbax
+checkpoint of every lane's learner state, appends one metrics row per lane to ``metrics.jsonl`` and updates the
+progress bar. ``resume_training`` rebuilds the run from its ``config.json``, restores the newest checkpoint and
+continues; the result is bit-identical to a run that was never interrupted, because the same compiled chunks are
+applied to the same states.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -18,14 +21,12 @@ import jax
 import numpy as np
 
 import jaxsafe
-from jaxsafe import checkpoint, envs
-from jaxsafe.algorithms import get_algorithm
+from jaxsafe import checkpoint
+from jaxsafe.algorithms import Algorithm, get_algorithm
 from jaxsafe.evaluate import rollout_episodes
 from jaxsafe.logging import Progress, RunDir, summarize
+from jaxsafe.policy import from_act
 from jaxsafe.sweep import Grid, make_grid, shard_grid
-
-#: Metrics averaged over a chunk's updates (NaN-aware) rather than taken at its last update.
-_CHUNK_MEANS = ("episode_return", "episode_cost", "step_cost")
 
 
 class TrainingDiverged(RuntimeError):
@@ -42,11 +43,16 @@ class RunResult(NamedTuple):
 
 @dataclasses.dataclass(frozen=True)
 class RunSpec:
-    """Everything that defines a run; stored as ``config.json`` and enough to rebuild it on resume."""
+    """Everything that defines a run; stored as ``config.json`` and enough to rebuild it on resume.
+
+    ``problem`` names what the algorithm trains on (an environment, a bi-level problem, an alignment task) and
+    ``problem_overrides`` its options. Run directories written before the registry knew other problems stored
+    these as ``env`` / ``env_overrides``; they are read the same way.
+    """
 
     algorithm: str
-    env: str
-    env_overrides: dict
+    problem: str
+    problem_overrides: dict
     config: dict
     hparams: dict
     grid: dict
@@ -58,6 +64,10 @@ class RunSpec:
 
     @classmethod
     def from_json(cls, data: dict) -> "RunSpec":
+        data = dict(data)
+        for old, new in (("env", "problem"), ("env_overrides", "problem_overrides")):
+            if new not in data and old in data:
+                data[new] = data[old]
         try:
             return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls)})
         except KeyError as err:
@@ -71,6 +81,8 @@ def _parse_value(field: str, text: str, default: Any) -> Any:
                 raise ValueError
             return text.lower() in ("true", "1")
         if isinstance(default, tuple):
+            if default and isinstance(default[0], str):
+                return tuple(v.strip() for v in text.split(",") if v.strip())
             return tuple(int(v) for v in text.replace("x", ",").split(",") if v)
         if isinstance(default, (int, np.integer)):
             return int(float(text)) if float(text).is_integer() else int(text)
@@ -81,6 +93,26 @@ def _parse_value(field: str, text: str, default: Any) -> Any:
         raise ValueError(f"--set {field}={text}: expected a {type(default).__name__}") from None
 
 
+def _parse_hparam(field: str, text: str, default: Any) -> float | list[float]:
+    """A scalar hparam, or a comma-separated vector for a vector field (one value per cost or constraint)."""
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"--set {field}={text}: expected a number (or comma-separated numbers)") from None
+    if np.ndim(default) == 0:
+        if len(values) != 1:
+            raise ValueError(f"--set {field}={text}: {field} is a scalar")
+        return values[0]
+    return values
+
+
+def _hparam_value(field: str, value: Any, default: Any) -> float | list[float]:
+    if isinstance(value, str):
+        return _parse_hparam(field, value, default)
+    array = np.asarray(value, np.float64)
+    return float(array) if array.ndim == 0 else array.tolist()
+
+
 def split_overrides(algorithm: str, overrides: dict[str, Any]) -> tuple[dict, dict]:
     """Split ``{field: value}`` into (config overrides, hparams overrides); strings are parsed by field type.
 
@@ -88,15 +120,17 @@ def split_overrides(algorithm: str, overrides: dict[str, Any]) -> tuple[dict, di
       ValueError: a field that is neither (lists both sets of valid names).
     """
     algo = get_algorithm(algorithm)
-    config_defaults = {f.name: f.default for f in dataclasses.fields(algo.config_cls)}
-    hparam_defaults = {f.name: f.default for f in dataclasses.fields(algo.make_config().default_hparams())}
+    config_defaults = {f.name: f.default for f in dataclasses.fields(algo.config_cls)
+                       if f.default is not dataclasses.MISSING}
+    hparam_defaults = {f.name: getattr(algo.make_config().default_hparams(), f.name)
+                       for f in dataclasses.fields(algo.make_config().default_hparams())}
     config_overrides, hparam_overrides = {}, {}
     for field, value in overrides.items():
         if field in config_defaults:
             default = config_defaults[field]
             config_overrides[field] = _parse_value(field, value, default) if isinstance(value, str) else value
         elif field in hparam_defaults:
-            hparam_overrides[field] = _parse_value(field, value, 0.0) if isinstance(value, str) else float(value)
+            hparam_overrides[field] = _hparam_value(field, value, hparam_defaults[field])
         else:
             raise ValueError(
                 f"unknown field {field!r} for {algorithm}; config fields: {sorted(config_defaults)}; "
@@ -105,53 +139,89 @@ def split_overrides(algorithm: str, overrides: dict[str, Any]) -> tuple[dict, di
     return config_overrides, hparam_overrides
 
 
-def _build(spec: RunSpec):
+_PROBLEMS: dict[str, Any] = {}
+
+
+def make_problem(algo: Algorithm, name: str, overrides: dict | None = None) -> Any:
+    """``algo.problems.make(name, **overrides)``, memoised for this process (building a task can cost seconds)."""
+    key = json.dumps([algo.problems.kind, name, overrides or {}], sort_keys=True, default=str)
+    if key not in _PROBLEMS:
+        if len(_PROBLEMS) >= 4:
+            _PROBLEMS.pop(next(iter(_PROBLEMS)))
+        _PROBLEMS[key] = algo.problems.make(name, **(overrides or {}))
+    return _PROBLEMS[key]
+
+
+def _config_fields(algo: Algorithm, stored: dict) -> dict:
+    """Config fields from JSON: lists back to the tuples the config class declares."""
+    defaults = {f.name: f.default for f in dataclasses.fields(algo.config_cls)}
+    return {k: tuple(v) if isinstance(v, list) and isinstance(defaults.get(k), tuple) else v
+            for k, v in stored.items()}
+
+
+class Built(NamedTuple):
+    algo: Algorithm
+    problem: Any
+    config: Any
+    grid: Grid
+    parts: Any
+
+
+def _build(spec: RunSpec) -> Built:
     algo = get_algorithm(spec.algorithm)
-    env, env_params = envs.make(spec.env, **spec.env_overrides)
-    config_fields = {**spec.config}
-    if "hidden" in config_fields:
-        config_fields["hidden"] = tuple(config_fields["hidden"])
-    config = algo.make_config(**config_fields)
-    hparams = config.default_hparams().replace(**spec.hparams).as_arrays().validate()
+    problem = make_problem(algo, spec.problem, spec.problem_overrides)
+    config = algo.make_config(**_config_fields(algo, spec.config))
+    hparams = algo.hparams_for(config, problem).replace(**spec.hparams).as_arrays().validate()
     grid = make_grid(hparams, seeds=spec.seeds, **spec.grid)
     grid.hparams.validate()
-    parts = algo.make_train_parts(config, (env, env_params))
-    return algo, env, env_params, config, grid, parts
+    parts = algo.make_train_parts(config, problem)
+    return Built(algo, problem, config, grid, parts)
 
 
 def make_spec(
     algorithm: str,
-    env: str,
+    problem: str,
     *,
     seeds: int | list[int] = 1,
     grid: dict | None = None,
     overrides: dict | None = None,
-    env_overrides: dict | None = None,
+    problem_overrides: dict | None = None,
     num_chunks: int = 10,
+    env_overrides: dict | None = None,
 ) -> RunSpec:
-    """Validate a run description (no compilation) and return its :class:`RunSpec`."""
+    """Validate a run description (no compilation) and return its :class:`RunSpec`.
+
+    ``problem`` is an environment name for the RL learners (``env_overrides`` is the old name of
+    ``problem_overrides``).
+    """
+    if env_overrides is not None:
+        if problem_overrides is not None:
+            raise ValueError("give problem_overrides or env_overrides, not both")
+        problem_overrides = env_overrides
     config_overrides, hparam_overrides = split_overrides(algorithm, overrides or {})
     algo = get_algorithm(algorithm)
     config = algo.make_config(**config_overrides)  # validates static fields
-    hparams = config.default_hparams().replace(**hparam_overrides)
+    built_problem = make_problem(algo, problem, problem_overrides)  # validates the problem name and overrides
+    hparams = algo.hparams_for(config, built_problem).replace(**hparam_overrides)
     hparams.as_arrays().validate()
     grid = dict(grid or {})
     make_grid(hparams, seeds=1, **grid).hparams.validate()  # validates swept fields and values
-    envs.make(env, **(env_overrides or {}))  # validates the environment name and overrides
     if not isinstance(num_chunks, int) or num_chunks < 1:
         raise ValueError(f"num_chunks must be a positive integer, got {num_chunks!r}")
     seed_list = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
     if not seed_list:
         raise ValueError("seeds must be a positive count or a non-empty list")
+    num_updates = algo.make_train_parts(config, built_problem).num_updates
     return RunSpec(
         algorithm=algorithm,
-        env=env,
-        env_overrides=dict(env_overrides or {}),
+        problem=problem,
+        problem_overrides=dict(problem_overrides or {}),
         config=dataclasses.asdict(config),
-        hparams={k: float(v) for k, v in dataclasses.asdict(hparams).items()},
+        hparams={f.name: _hparam_value(f.name, getattr(hparams, f.name), getattr(hparams, f.name))
+                 for f in dataclasses.fields(hparams)},
         grid={k: [float(v) for v in np.atleast_1d(vals)] for k, vals in grid.items()},
         seeds=seed_list,
-        num_chunks=min(num_chunks, config.num_updates),
+        num_chunks=min(num_chunks, num_updates),
     )
 
 
@@ -164,23 +234,37 @@ def chunk_lengths(num_updates: int, num_chunks: int) -> list[int]:
     return lengths
 
 
-def _chunk_rows(grid: Grid, metrics: dict, chunk_index: int) -> list[dict]:
+def _chunk_rows(grid: Grid, metrics: dict, chunk_index: int, first_update: int, steps_per_update: int,
+                chunk_means: tuple[str, ...]) -> list[dict]:
+    """One row per lane for a chunk: ``run``, ``chunk``, ``update`` and ``steps`` (progress at the chunk's end), the
+    lane's grid point, and each metric (``chunk_means`` averaged NaN-aware over the chunk, the rest at its end)."""
     rows = []
     host = {k: np.asarray(v) for k, v in metrics.items()}
+    length = next(iter(host.values())).shape[1] if host else 0
+    update = first_update + length
     for lane, point in enumerate(grid.points):
-        row = {"run": lane, "chunk": chunk_index, **point}
+        row = {"run": lane, "chunk": chunk_index, "update": update, "steps": update * steps_per_update, **point}
         for name, values in host.items():
             series = values[lane]
-            if name in _CHUNK_MEANS:
-                finite = series[np.isfinite(series)]
-                row[name] = float(finite.mean()) if finite.size else None
+            if name in chunk_means:
+                finite = np.where(np.isfinite(series), series, 0.0).sum(0)
+                count = np.isfinite(series).sum(0)
+                with np.errstate(all="ignore"):
+                    mean = np.where(count > 0, finite / np.maximum(count, 1), np.nan)
+                row[name] = float(mean) if mean.ndim == 0 else mean.tolist()
             else:
                 row[name] = series[-1]
         rows.append(row)
     return rows
 
 
-def summarize_rows(grid: Grid, rows: list[dict]) -> dict:
+def _row_value(row: dict, metric: str):
+    value = row.get(metric)
+    return np.nan if value is None else value
+
+
+def summarize_rows(grid: Grid, rows: list[dict], metrics: tuple[str, ...] = ("episode_return", "episode_cost",
+                                                                            "multiplier")) -> dict:
     """Final mean and spread over seeds of each grid point (one entry per distinct swept setting)."""
     final: dict[int, dict] = {}
     for row in rows:
@@ -193,11 +277,32 @@ def summarize_rows(grid: Grid, rows: list[dict]) -> dict:
     points = []
     for setting, lane_rows in groups.items():
         entry = {"setting": dict(setting), "seeds": [r["seed"] for r in lane_rows]}
-        for metric in ("episode_return", "episode_cost", "multiplier", "env_steps"):
-            values = np.asarray([np.nan if r.get(metric) is None else r[metric] for r in lane_rows], float)
+        for metric in (*metrics, "steps"):
+            if not any(metric in r for r in lane_rows):
+                continue
+            values = np.asarray([np.asarray(_row_value(r, metric), float) for r in lane_rows], float)
             entry[metric] = summarize(values)
         points.append(entry)
     return {"points": points}
+
+
+def _first_nonfinite(metrics: dict, state: Any, grid_size: int) -> tuple[int, int] | None:
+    """``(lane, update)`` of the first non-finite update in a chunk, or None.
+
+    Uses the learner's ``nonfinite`` metric when it reports one; otherwise any non-finite parameter at the chunk's
+    end marks its lane (update unknown: reported as the chunk's last)."""
+    if "nonfinite" in metrics:
+        bad = np.argwhere(np.asarray(metrics["nonfinite"]).reshape(grid_size, -1))
+        return None if not bad.size else (int(bad[0][0]), int(bad[0][1]))
+    finite = np.ones(grid_size, bool)
+    for leaf in jax.tree.leaves(state.params):
+        leaf = np.asarray(leaf)[:grid_size]
+        if np.issubdtype(leaf.dtype, np.floating):
+            finite &= np.isfinite(leaf.reshape(grid_size, -1)).all(1)
+    if finite.all():
+        return None
+    length = next(iter(metrics.values())).shape[1] if metrics else 1
+    return int(np.argmin(finite)), length - 1
 
 
 def run_training(
@@ -219,7 +324,7 @@ def run_training(
       TrainingDiverged: a non-finite loss; the newest checkpoint is the last good state.
     """
     run_dir = RunDir(out_dir, must_exist=resume)
-    algo, env, env_params, config, grid, parts = _build(spec)
+    algo, problem, config, grid, parts = _build(spec)
     lengths = chunk_lengths(parts.num_updates, spec.num_chunks)
 
     def run_chunk(state, hparams, length):
@@ -234,58 +339,65 @@ def run_training(
         step, restored = checkpoint.restore(run_dir.checkpoint_dir, jax.tree.map(lambda x: x[: grid.size], state))
         state = shard_grid(restored, grid.size)
         start_chunk = step
-        steps_done = sum(lengths[:step]) * parts.steps_per_update
-        run_dir.truncate_metrics(steps_done)
+        run_dir.truncate_metrics(sum(lengths[:step]) * parts.steps_per_update)
         rows = run_dir.read_metrics()
     else:
         run_dir.write_config(spec.to_json())
 
-    bar = Progress(parts.num_updates * parts.steps_per_update, desc=f"{spec.algorithm} {spec.env}", enabled=progress)
-    bar.update(sum(lengths[:start_chunk]) * parts.steps_per_update)
+    per_lane = parts.steps_per_update
+    bar = Progress(parts.num_updates * per_lane * grid.size, desc=f"{spec.algorithm} {spec.problem}",
+                   unit=algo.step_unit, enabled=progress)
+    bar.update(sum(lengths[:start_chunk]) * per_lane * grid.size)
+    summary_metrics = tuple(dict.fromkeys((*algo.curve_metrics, "multiplier")))
     try:
         for chunk_index in range(start_chunk, len(lengths)):
             if stop_after_chunks is not None and chunk_index - start_chunk >= stop_after_chunks:
                 break
             state, metrics = chunk_fns[lengths[chunk_index]](state, hparams)
             metrics = jax.tree.map(lambda x: np.asarray(x)[: grid.size], metrics)
-            bad = np.argwhere(metrics["nonfinite"])
-            if bad.size:
-                lane, update = bad[0]
-                first_update = sum(lengths[:chunk_index]) + int(update)
+            first_update = sum(lengths[:chunk_index])
+            bad = _first_nonfinite(metrics, state, grid.size)
+            if bad is not None:
+                lane, update = bad
                 raise TrainingDiverged(
-                    f"non-finite loss at update {first_update} (chunk {chunk_index}) of grid lane {int(lane)} "
-                    f"{grid.points[int(lane)]}; the last good checkpoint (chunk {chunk_index}) is kept in "
+                    f"non-finite loss at update {first_update + update} (chunk {chunk_index}) of grid lane {lane} "
+                    f"{grid.points[lane]}; the last good checkpoint (chunk {chunk_index}) is kept in "
                     f"{run_dir.checkpoint_dir}"
                 )
             checkpoint.save(run_dir.checkpoint_dir, chunk_index + 1, jax.tree.map(lambda x: x[: grid.size], state))
-            new_rows = _chunk_rows(grid, metrics, chunk_index)
+            new_rows = _chunk_rows(grid, metrics, chunk_index, first_update, per_lane, algo.chunk_means)
             run_dir.append_metrics(new_rows)
             rows.extend(new_rows)
-            last = {k: np.nanmean([r[k] for r in new_rows if r.get(k) is not None] or [np.nan])
-                    for k in ("episode_return", "episode_cost", "multiplier")}
-            bar.update(int(new_rows[0]["env_steps"]), ret=last["episode_return"], cost=last["episode_cost"],
-                       mult=last["multiplier"])
+            shown = {}
+            for name in summary_metrics[:3]:
+                values = [np.nanmean(r[name]) for r in new_rows if r.get(name) is not None]
+                if values:
+                    shown[name] = float(np.nanmean(values))
+            bar.update(int(new_rows[0]["steps"]) * grid.size, **shown)
     finally:
         bar.close()
 
-    summary = summarize_rows(grid, rows)
-    summary.update(algorithm=spec.algorithm, env=spec.env, swept=list(grid.swept),
+    summary = summarize_rows(grid, rows, summary_metrics)
+    summary.update(algorithm=spec.algorithm, problem=spec.problem, swept=list(grid.swept), step_unit=algo.step_unit,
                    complete=bool(rows) and rows[-1]["chunk"] == len(lengths) - 1)
     run_dir.write_summary(summary)
     if plot and rows:
         from jaxsafe.plotting import plot_curves
 
-        plot_curves(rows, grid.swept, run_dir.figure_path, cost_limits=_cost_limits(spec, grid),
-                    title=f"{spec.algorithm} on {spec.env}")
+        plot_curves(rows, grid.swept, run_dir.figure_path, cost_limits=_cost_limits(algo, spec, grid),
+                    title=f"{spec.algorithm} on {spec.problem}", metrics=algo.curve_metrics,
+                    xlabel=algo.step_unit)
     return RunResult(run_dir, grid, jax.tree.map(lambda x: x[: grid.size], state), rows, summary)
 
 
-def _cost_limits(spec: RunSpec, grid: Grid) -> dict:
-    if spec.algorithm == "ppo":
+def _cost_limits(algo: Algorithm, spec: RunSpec, grid: Grid) -> dict:
+    field = algo.cost_limit_field
+    if field is None:
         return {}
-    if "cost_limit" in grid.swept:
-        return {"cost_limit": sorted(set(p["cost_limit"] for p in grid.points))}
-    return {"cost_limit": [spec.hparams.get("cost_limit")]} if "cost_limit" in spec.hparams else {}
+    if field in grid.swept:
+        return {field: sorted(set(p[field] for p in grid.points))}
+    value = spec.hparams.get(field)
+    return {field: [value]} if isinstance(value, float) else {}
 
 
 def resume_training(out_dir: str | Path, **kwargs) -> RunResult:
@@ -312,13 +424,21 @@ class LoadedRun(NamedTuple):
 
 
 def load_run(out_dir: str | Path) -> LoadedRun:
-    """Rebuild a run directory's learner and restore the newest checkpoint's parameters of every lane."""
+    """Rebuild a run directory's learner and restore the newest checkpoint's parameters of every lane.
+
+    Raises:
+      ValueError: the run's algorithm is not an environment policy (it has no ``make_act``).
+    """
     run_dir = RunDir(out_dir, must_exist=True)
     spec = RunSpec.from_json(run_dir.read_config())
-    algo, env, env_params, config, grid, parts = _build(spec)
+    algo, problem, config, grid, parts = _build(spec)
+    if algo.make_act is None:
+        raise ValueError(f"{run_dir.path} holds a {spec.algorithm} run on a {algo.problems.kind}; evaluation and "
+                         f"flipping need an environment policy (one of the RL learners)")
     template = jax.vmap(parts.init)(grid.keys, grid.hparams)
     step, state = checkpoint.restore(run_dir.checkpoint_dir, template)
-    return LoadedRun(spec, env, env_params, config, grid, algo.make_act(config, (env, env_params)), state.params, step)
+    env, env_params = problem
+    return LoadedRun(spec, env, env_params, config, grid, algo.make_act(config, problem), state.params, step)
 
 
 def evaluate_run(out_dir: str | Path, episodes: int = 16, max_steps: int = 1000, deterministic: bool = False,
@@ -341,6 +461,5 @@ def evaluate_run(out_dir: str | Path, episodes: int = 16, max_steps: int = 1000,
 def rollout_returns(env, env_params, act, params, key, episodes: int, max_steps: int, deterministic: bool):
     """Return and cost of ``episodes`` independent episodes (``[episodes]`` each, by
     :func:`jaxsafe.evaluate.rollout_episodes`); ``finished`` marks those that ended within ``max_steps`` steps."""
-    rollouts = rollout_episodes(env, env_params, lambda obs, k, _: act(params, obs, k, deterministic), key, episodes,
-                                max_steps)
+    rollouts = rollout_episodes(env, env_params, from_act(act, params, deterministic), key, episodes, max_steps)
     return rollouts.returns, rollouts.costs, rollouts.finished

@@ -47,10 +47,10 @@ def test_run_directory_contents(full_run):
 def test_resume_is_bit_identical(full_run, tmp_path):
     out = tmp_path / "killed"
     runner.run_training(tiny_spec(), out, progress=False, stop_after_chunks=1)  # "killed" after one chunk
-    assert checkpoint.latest_step(RunDir(out).checkpoint_dir) == 1
+    assert checkpoint.latest_step(RunDir(out, must_exist=True).checkpoint_dir) == 1
     resumed = runner.resume_training(out, progress=False)
     jax.tree.map(np.testing.assert_array_equal, resumed.state, full_run.state)
-    assert RunDir(out).read_metrics() == full_run.run_dir.read_metrics()
+    assert RunDir(out, must_exist=True).read_metrics() == full_run.run_dir.read_metrics()
 
 
 def test_chunked_run_equals_one_program(full_run):
@@ -97,7 +97,7 @@ def test_nan_stops_and_keeps_last_good_checkpoint(tmp_path):
     spec = tiny_spec(grid={}, seeds=1, overrides={**TINY, "learning_rate": "1e30"})
     with pytest.raises(runner.TrainingDiverged, match="non-finite loss at update"):
         runner.run_training(spec, tmp_path / "nan", progress=False)
-    assert checkpoint.latest_step(RunDir(tmp_path / "nan").checkpoint_dir) is None  # nothing bad was saved
+    assert checkpoint.latest_step(RunDir(tmp_path / "nan", must_exist=True).checkpoint_dir) is None  # nothing bad was saved
 
 
 @pytest.mark.parametrize("overrides,message", [
