@@ -41,23 +41,21 @@ the multiplier is left unchanged).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from flax import struct
 
-from jaxsafe.envs.core import SafeEnv, wrap_for_training
 from jaxsafe import constraints
+from jaxsafe.envs.core import SafeEnv, wrap_for_training
+from jaxsafe.learner import Config, HParams, TrainParts, make_train_from_parts
 from jaxsafe.rl import trust_region
-from jaxsafe.rl.networks import ACTIVATIONS, POLICIES, Critic, make_actor
-from jaxsafe.rl.ppo import _HPARAM_RULES as PPO_HPARAM_RULES
-from jaxsafe.learner import TrainParts, train_from_parts
-from jaxsafe.rl.ppo import (ActorCriticParams, RolloutBudget, _check, compute_advantages, make_act,
-                            make_collect_rollout, validate_hparams)
-from jaxsafe.types import TrainResult
+from jaxsafe.rl.networks import Critic, make_actor
+from jaxsafe.rl.ppo import (ActorCriticParams, PPOHParams, RolloutBudget, check_networks, check_rollout_budget,
+                            compute_advantages, env_problem, make_act, make_collect_rollout)
+from jaxsafe.validation import is_int, non_negative, open_unit_interval, positive, require
 
 __all__ = ["METHODS", "CPOConfig", "CPOHParams", "CPOState", "make_train_parts", "make_train", "make_act"]
 
@@ -66,7 +64,7 @@ TRPO_MULTIPLIERS = ("lagrangian", "pid")
 
 
 @dataclasses.dataclass(frozen=True)
-class CPOConfig(RolloutBudget):
+class CPOConfig(Config, RolloutBudget):
     """Static configuration (hashable; validated on construction).
 
     Attributes:
@@ -99,23 +97,17 @@ class CPOConfig(RolloutBudget):
     policy: str = "gaussian"
 
     def __post_init__(self):
-        for field in ("num_envs", "num_steps", "cg_iters", "line_search_steps", "critic_epochs",
-                      "critic_minibatches", "fisher_fraction_denominator"):
-            value = getattr(self, field)
-            _check(isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= 1, field,
-                   "a positive integer", value)
-        object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
-        _check(all(h >= 1 for h in self.hidden), "hidden", "a tuple of positive widths", self.hidden)
-        _check(self.activation in ACTIVATIONS, "activation", f"one of {sorted(ACTIVATIONS)}", self.activation)
-        _check(self.method in METHODS, "method", f"one of {list(METHODS)}", self.method)
-        _check(self.policy in POLICIES, "policy", f"one of {list(POLICIES)}", self.policy)
-        _check(self.multiplier in TRPO_MULTIPLIERS, "multiplier", f"one of {list(TRPO_MULTIPLIERS)}", self.multiplier)
-        _check(self.batch_size % self.critic_minibatches == 0, "critic_minibatches",
-               f"a divisor of the batch num_envs * num_steps = {self.batch_size}", self.critic_minibatches)
-        _check(self.fisher_fraction_denominator <= self.batch_size, "fisher_fraction_denominator",
-               f"<= the batch num_envs * num_steps = {self.batch_size}", self.fisher_fraction_denominator)
-        _check(isinstance(self.total_steps, (int, np.integer)) and self.total_steps >= self.batch_size,
-               "total_steps", f"an integer >= one batch (num_envs * num_steps = {self.batch_size})", self.total_steps)
+        for field in ("cg_iters", "line_search_steps", "critic_epochs"):
+            require(is_int(getattr(self, field)), f"CPOConfig.{field}", "a positive integer", getattr(self, field))
+        check_rollout_budget(self, "CPOConfig", "critic_minibatches")
+        check_networks(self, "CPOConfig")
+        require(self.method in METHODS, "CPOConfig.method", f"one of {list(METHODS)}", self.method)
+        require(self.multiplier in TRPO_MULTIPLIERS, "CPOConfig.multiplier", f"one of {list(TRPO_MULTIPLIERS)}",
+                self.multiplier)
+        require(is_int(self.fisher_fraction_denominator) and self.fisher_fraction_denominator <= self.batch_size,
+                "CPOConfig.fisher_fraction_denominator",
+                f"an integer in [1, the batch num_envs * num_steps = {self.batch_size}]",
+                self.fisher_fraction_denominator)
 
     def default_hparams(self) -> "CPOHParams":
         return CPOHParams().as_arrays()
@@ -124,17 +116,10 @@ class CPOConfig(RolloutBudget):
 #: The fields CPO shares with PPO use PPO's rules (one definition of "a discount is in [0, 1]").
 _SHARED_FIELDS = ("gamma", "gae_lambda", "cost_gamma", "cost_gae_lambda", "cost_limit", "multiplier_lr",
                   "initial_multiplier", "pid_kp", "pid_ki", "pid_kd")
-_HPARAM_RULES: dict[str, tuple[Callable[[np.ndarray], np.ndarray], str]] = {
-    "target_kl": (lambda v: v > 0, "> 0 (trust-region radius in nats)"),
-    "critic_learning_rate": (lambda v: v > 0, "> 0"),
-    "damping": (lambda v: v >= 0, ">= 0"),
-    "line_search_decay": (lambda v: (v > 0) & (v < 1), "in (0, 1)"),
-    "margin_lr": (lambda v: v >= 0, ">= 0 (0 = no learned margin)"),
-    **{field: PPO_HPARAM_RULES[field] for field in _SHARED_FIELDS},
-}
+
 
 @struct.dataclass
-class CPOHParams:
+class CPOHParams(HParams):
     """Traceable, vmappable hyperparameters (each a scalar, or a ``[G]`` array for a grid).
 
     Defaults follow OmniSafe's CPO / TRPOLag configs (``target_kl`` 0.01, damping 0.1, critic lr 1e-3, line-search
@@ -142,6 +127,15 @@ class CPOHParams:
     traced (it may be swept). The ``multiplier_*``/``pid_*`` fields are read only by ``trpo_lag``, ``margin_lr``
     only by ``cpo`` (Safety Starter Agents' ``learn_margin`` uses 0.05; the default 0 is plain CPO).
     """
+
+    rules = {
+        "target_kl": positive("trust-region radius in nats"),
+        "critic_learning_rate": positive(),
+        "damping": non_negative(),
+        "line_search_decay": open_unit_interval(),
+        "margin_lr": non_negative("0 = no learned margin"),
+        **{field: PPOHParams.rules[field] for field in _SHARED_FIELDS},
+    }
 
     target_kl: Any = 0.01
     gamma: Any = 0.99
@@ -158,14 +152,6 @@ class CPOHParams:
     pid_kp: Any = 0.1
     pid_ki: Any = 0.003
     pid_kd: Any = 0.001
-
-    def as_arrays(self) -> "CPOHParams":
-        return jax.tree.map(lambda v: jnp.asarray(v, jnp.float32), self)
-
-    def validate(self) -> "CPOHParams":
-        """Raise ``ValueError`` naming the first out-of-range field (concrete values only; tracers pass)."""
-        validate_hparams(self, _HPARAM_RULES)
-        return self
 
 
 class CPOState(NamedTuple):
@@ -184,8 +170,10 @@ def _standardise(x):
     return (x - x.mean()) / (x.std() + 1e-8)
 
 
-def make_train_parts(config: CPOConfig, env: SafeEnv, env_params: Any) -> TrainParts:
-    """The learner as ``init(key, hparams) -> state`` and ``update(state, hparams) -> (state, metrics)``."""
+def make_train_parts(config: CPOConfig, env: SafeEnv | tuple, env_params: Any = None) -> TrainParts:
+    """The learner as ``init(key, hparams) -> state`` and ``update(state, hparams) -> (state, metrics)``; ``env``
+    may be the ``(env, env_params)`` pair ``envs.make`` returns."""
+    env, env_params = env_problem(env, env_params)
     vec_env = wrap_for_training(env, config.num_envs)
     action_space = env.action_space(env_params)
     actor = make_actor(action_space, config.hidden, config.activation, config.policy)
@@ -340,9 +328,8 @@ def make_train_parts(config: CPOConfig, env: SafeEnv, env_params: Any) -> TrainP
     return TrainParts(init, update, config.num_updates, config.batch_size)
 
 
-def make_train(config: CPOConfig, env: SafeEnv, env_params: Any) -> Callable[[jax.Array, CPOHParams], TrainResult]:
-    """A pure ``train(key, hparams) -> TrainResult(params, metrics)``; jit it, vmap it, shard it."""
-    return train_from_parts(make_train_parts(config, env, env_params))
+#: ``make_train(config, env, env_params=None) -> train(key, hparams) -> TrainResult(params, metrics)``.
+make_train = make_train_from_parts(make_train_parts)
 
 
 #: ``act(params, obs, key, deterministic) -> action``; CPO's actor and params layout are PPO's.

@@ -32,28 +32,36 @@ hparams)`` the raw reward and cost GAE with their critic targets.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from flax import struct
 
-from jaxsafe.envs.core import SafeEnv, spaces, wrap_for_training
-from jaxsafe.learner import TrainParts, train_from_parts
-from jaxsafe.validation import check_fields
 from jaxsafe import constraints
+from jaxsafe.envs.core import SafeEnv, spaces, wrap_for_training
+from jaxsafe.learner import Config, HParams, TrainParts, make_train_from_parts
 from jaxsafe.rl.gae import batched_gae
 from jaxsafe.rl.networks import ACTIVATIONS, POLICIES, Critic, make_actor
-from jaxsafe.types import TrainResult, Transition
+from jaxsafe.types import Transition
+from jaxsafe.validation import is_int, non_negative, positive, require, unit_interval
+
+__all__ = ["MULTIPLIERS", "PPOConfig", "PPOHParams", "PPOState", "ActorCriticParams", "RolloutBudget",
+           "RolloutStats", "Rollout", "env_problem", "rollout_episode_stats", "make_collect_rollout",
+           "compute_advantages", "make_train_parts", "make_train", "make_act"]
 
 MULTIPLIERS = ("none", "lagrangian", "pid", "fixed")
 
 
-def _check(condition: bool, field: str, allowed: str, value: Any) -> None:
-    if not condition:
-        raise ValueError(f"{field} must be {allowed}, got {value!r}")
+def env_problem(env: Any, env_params: Any = None) -> tuple[SafeEnv, Any]:
+    """``(env, env_params)`` from either form a learner accepts: the pair ``envs.make`` returns, or the two apart
+    (``env_params=None``: the environment's defaults)."""
+    if isinstance(env, tuple):
+        if env_params is not None or len(env) != 2:
+            raise TypeError("pass either the (env, env_params) pair envs.make returns, or env and env_params apart")
+        env, env_params = env
+    return env, (env.default_params if env_params is None else env_params)
 
 
 class RolloutBudget:
@@ -72,8 +80,28 @@ class RolloutBudget:
         return self.batch_size
 
 
+def check_rollout_budget(config, name: str, minibatch_field: str) -> None:
+    """The checks every :class:`RolloutBudget` config shares (``name`` prefixes the field in the message)."""
+    for field in ("num_envs", "num_steps"):
+        require(is_int(getattr(config, field)), f"{name}.{field}", "a positive integer", getattr(config, field))
+    require(is_int(config.total_steps) and config.total_steps >= config.batch_size, f"{name}.total_steps",
+            f"an integer >= one batch (num_envs * num_steps = {config.batch_size})", config.total_steps)
+    minibatches = getattr(config, minibatch_field)
+    require(is_int(minibatches) and config.batch_size % minibatches == 0, f"{name}.{minibatch_field}",
+            f"a positive divisor of the batch num_envs * num_steps = {config.batch_size}", minibatches)
+
+
+def check_networks(config, name: str) -> None:
+    """``hidden``, ``activation`` and ``policy``, shared by the PPO and CPO configs (normalises ``hidden``)."""
+    object.__setattr__(config, "hidden", tuple(int(h) for h in config.hidden))
+    require(all(h >= 1 for h in config.hidden), f"{name}.hidden", "a tuple of positive widths", config.hidden)
+    require(config.activation in ACTIVATIONS, f"{name}.activation", f"one of {sorted(ACTIVATIONS)}",
+            config.activation)
+    require(config.policy in POLICIES, f"{name}.policy", f"one of {list(POLICIES)}", config.policy)
+
+
 @dataclasses.dataclass(frozen=True)
-class PPOConfig(RolloutBudget):
+class PPOConfig(Config, RolloutBudget):
     """Static configuration: shapes and loop counts (hashable; validated on construction).
 
     Attributes:
@@ -104,27 +132,12 @@ class PPOConfig(RolloutBudget):
     policy: str = "gaussian"
 
     def __post_init__(self):
-        for field in ("num_envs", "num_steps", "num_epochs", "num_minibatches"):
-            value = getattr(self, field)
-            _check(isinstance(value, (int, np.integer)) and value >= 1, field, "a positive integer", value)
-        object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
-        _check(all(h >= 1 for h in self.hidden), "hidden", "a tuple of positive widths", self.hidden)
-        _check(self.activation in ACTIVATIONS, "activation", f"one of {sorted(ACTIVATIONS)}", self.activation)
-        _check(self.multiplier in MULTIPLIERS, "multiplier", f"one of {list(MULTIPLIERS)}", self.multiplier)
-        _check(self.policy in POLICIES, "policy", f"one of {list(POLICIES)}", self.policy)
-        _check(self.max_grad_norm > 0, "max_grad_norm", "> 0", self.max_grad_norm)
-        _check(
-            self.batch_size % self.num_minibatches == 0,
-            "num_minibatches",
-            f"a divisor of the batch num_envs * num_steps = {self.batch_size}",
-            self.num_minibatches,
-        )
-        _check(
-            isinstance(self.total_steps, (int, np.integer)) and self.total_steps >= self.batch_size,
-            "total_steps",
-            f"an integer >= one batch (num_envs * num_steps = {self.batch_size})",
-            self.total_steps,
-        )
+        require(is_int(self.num_epochs), "PPOConfig.num_epochs", "a positive integer", self.num_epochs)
+        check_rollout_budget(self, "PPOConfig", "num_minibatches")
+        check_networks(self, "PPOConfig")
+        require(self.multiplier in MULTIPLIERS, "PPOConfig.multiplier", f"one of {list(MULTIPLIERS)}",
+                self.multiplier)
+        require(self.max_grad_norm > 0, "PPOConfig.max_grad_norm", "> 0", self.max_grad_norm)
 
     @property
     def minibatch_size(self) -> int:
@@ -134,32 +147,30 @@ class PPOConfig(RolloutBudget):
         return PPOHParams().as_arrays()
 
 
-#: (field, predicate, allowed) for every hparam; checked on concrete values before anything compiles.
-_HPARAM_RULES: dict[str, tuple[Callable[[np.ndarray], np.ndarray], str]] = {
-    "learning_rate": (lambda v: v > 0, "> 0"),
-    "clip_eps": (lambda v: v > 0, "> 0"),
-    "entropy_coef": (lambda v: v >= 0, ">= 0"),
-    "value_coef": (lambda v: v >= 0, ">= 0"),
-    "gamma": (lambda v: (v >= 0) & (v <= 1), "in [0, 1]"),
-    "gae_lambda": (lambda v: (v >= 0) & (v <= 1), "in [0, 1]"),
-    "cost_gamma": (lambda v: (v >= 0) & (v <= 1), "in [0, 1]"),
-    "cost_gae_lambda": (lambda v: (v >= 0) & (v <= 1), "in [0, 1]"),
-    "cost_limit": (lambda v: v >= 0, ">= 0 (episode-cost units)"),
-    "multiplier_lr": (lambda v: v >= 0, ">= 0"),
-    "initial_multiplier": (lambda v: v >= 0, ">= 0"),
-    "pid_kp": (lambda v: v >= 0, ">= 0"),
-    "pid_ki": (lambda v: v >= 0, ">= 0"),
-    "pid_kd": (lambda v: v >= 0, ">= 0"),
-}
-
-
 @struct.dataclass
-class PPOHParams:
+class PPOHParams(HParams):
     """Traceable, vmappable hyperparameters (each a scalar, or a ``[G]`` array for a grid).
 
     ``cost_limit`` is in episode-cost units (the expected sum of costs over an episode). PID gains default to
     OmniSafe's CPPOPID values.
     """
+
+    rules = {
+        "learning_rate": positive(),
+        "clip_eps": positive(),
+        "entropy_coef": non_negative(),
+        "value_coef": non_negative(),
+        "gamma": unit_interval(),
+        "gae_lambda": unit_interval(),
+        "cost_gamma": unit_interval(),
+        "cost_gae_lambda": unit_interval(),
+        "cost_limit": non_negative("episode-cost units"),
+        "multiplier_lr": non_negative(),
+        "initial_multiplier": non_negative(),
+        "pid_kp": non_negative(),
+        "pid_ki": non_negative(),
+        "pid_kd": non_negative(),
+    }
 
     learning_rate: Any = 3e-4
     clip_eps: Any = 0.2
@@ -175,19 +186,6 @@ class PPOHParams:
     pid_kp: Any = 0.1
     pid_ki: Any = 0.003
     pid_kd: Any = 0.001
-
-    def as_arrays(self) -> "PPOHParams":
-        return jax.tree.map(lambda v: jnp.asarray(v, jnp.float32), self)
-
-    def validate(self) -> "PPOHParams":
-        """Raise ``ValueError`` naming the first out-of-range field (concrete values only; tracers pass)."""
-        validate_hparams(self, _HPARAM_RULES)
-        return self
-
-
-def validate_hparams(hparams: Any, rules: dict[str, tuple[Callable, str]]) -> None:
-    """Check every field of a hparams dataclass against ``rules`` ({field: (predicate, allowed)})."""
-    check_fields(hparams, rules, "hparams")
 
 
 class ActorCriticParams(NamedTuple):
@@ -328,8 +326,10 @@ def _standardise(x):
     return (x - x.mean()) / (x.std() + 1e-8)
 
 
-def make_train_parts(config: PPOConfig, env: SafeEnv, env_params: Any) -> TrainParts:
-    """The learner as ``init`` and ``update`` (see the module docstring)."""
+def make_train_parts(config: PPOConfig, env: SafeEnv | tuple, env_params: Any = None) -> TrainParts:
+    """The learner as ``init`` and ``update`` (see the module docstring); ``env`` may be the ``(env, env_params)``
+    pair ``envs.make`` returns."""
+    env, env_params = env_problem(env, env_params)
     vec_env = wrap_for_training(env, config.num_envs)
     action_space = env.action_space(env_params)
     actor = make_actor(action_space, config.hidden, config.activation, config.policy)
@@ -437,13 +437,14 @@ def make_train_parts(config: PPOConfig, env: SafeEnv, env_params: Any) -> TrainP
     return TrainParts(init, update, config.num_updates, config.batch_size)
 
 
-def make_train(config: PPOConfig, env: SafeEnv, env_params: Any) -> Callable[[jax.Array, PPOHParams], TrainResult]:
-    """A pure ``train(key, hparams) -> TrainResult(params, metrics)``; jit it, vmap it, shard it."""
-    return train_from_parts(make_train_parts(config, env, env_params))
+#: ``make_train(config, env, env_params=None) -> train(key, hparams) -> TrainResult(params, metrics)``.
+make_train = make_train_from_parts(make_train_parts)
 
 
-def make_act(config: PPOConfig, env: SafeEnv, env_params: Any):
-    """``act(params, obs, key, deterministic) -> action`` for one observation (vmap for batches)."""
+def make_act(config: PPOConfig, env: SafeEnv | tuple, env_params: Any = None):
+    """``act(params, obs, key, deterministic) -> action`` for one observation (vmap for batches); ``env`` may be
+    the ``(env, env_params)`` pair."""
+    env, env_params = env_problem(env, env_params)
     action_space = env.action_space(env_params)
     actor = make_actor(action_space, config.hidden, config.activation, config.policy)
     continuous = isinstance(action_space, spaces.Box)

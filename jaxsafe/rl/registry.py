@@ -16,9 +16,9 @@ def _entry(name, description, module, config_cls, defaults):
     unconstrained = defaults.get("multiplier") == "none"
     return Algorithm(
         name=name, description=description, config_cls=config_cls, config_defaults=defaults,
-        make_train_parts=lambda config, problem: module.make_train_parts(config, *problem),
+        make_train_parts=module.make_train_parts,
         problems=ENVIRONMENTS,
-        make_act=lambda config, problem: module.make_act(config, *problem),
+        make_act=module.make_act,
         cost_limit_field=None if unconstrained else "cost_limit",
     )
 

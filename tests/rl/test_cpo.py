@@ -127,7 +127,7 @@ def test_bad_config_names_field(kwargs, field):
                                          ("line_search_decay", 1.0), ("multiplier_lr", float("nan")),
                                          ("margin_lr", -0.05)])
 def test_bad_hparams_name_field(field, value):
-    with pytest.raises(ValueError, match=f"hparams.{field}"):
+    with pytest.raises(ValueError, match=f"CPOHParams.{field}"):
         cpo.CPOConfig().default_hparams().replace(**{field: value}).validate()
 
 

@@ -139,5 +139,5 @@ def test_bad_config_names_field(kwargs, field):
 @pytest.mark.parametrize("field,value", [("learning_rate", -1e-3), ("cost_limit", -1.0), ("gamma", 1.5),
                                          ("clip_eps", 0.0), ("multiplier_lr", float("nan"))])
 def test_bad_hparams_name_field(field, value):
-    with pytest.raises(ValueError, match=f"hparams.{field}"):
+    with pytest.raises(ValueError, match=f"PPOHParams.{field}"):
         ppo.PPOConfig().default_hparams().replace(**{field: value}).validate()
