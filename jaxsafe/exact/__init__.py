@@ -1,5 +1,5 @@
 """Exact solvers: the one HiGHS LP wrapper (:mod:`jaxsafe.exact.lp`)."""
 
-from jaxsafe.exact.lp import LP_METHODS, LPSolution, solve_lp
+from jaxsafe.exact.lp import LP_METHODS, LPError, LPSolution, solve_lp
 
-__all__ = ["LP_METHODS", "LPSolution", "solve_lp"]
+__all__ = ["LP_METHODS", "LPError", "LPSolution", "solve_lp"]

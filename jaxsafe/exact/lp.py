@@ -23,7 +23,7 @@ from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 
-__all__ = ["LPSolution", "solve_lp", "LP_METHODS"]
+__all__ = ["LPError", "LPSolution", "solve_lp", "LP_METHODS"]
 
 #: HiGHS solvers accepted by :func:`solve_lp`: ``"highs"`` lets HiGHS choose, ``"highs-ds"`` is the dual
 #: simplex (returns a basic solution, a vertex: at most ``m`` variables off their bounds for ``m``
@@ -36,6 +36,15 @@ _STATUS_TEXT = {
     3: "is unbounded",
     4: "ran into numerical difficulties",
 }
+
+
+class LPError(ValueError):
+    """An LP that has no optimum (or that HiGHS could not solve); ``status`` is the HiGHS code (2 infeasible,
+    3 unbounded, 1 iteration limit, 4 numerical difficulties)."""
+
+    def __init__(self, message: str, status: int):
+        super().__init__(message)
+        self.status = status
 
 
 class LPSolution(NamedTuple):
@@ -118,8 +127,9 @@ def solve_lp(c, A_ub=None, b_ub=None, A_eq=None, b_eq=None, bounds=(0, None), ma
       :class:`LPSolution` (duals as documented in the module docstring).
 
     Raises:
-      ValueError: on malformed input (naming the argument and the expected shape), or when the LP is
-        infeasible, unbounded or the solver fails (naming ``name`` and the reason).
+      ValueError: on malformed input (naming the argument and the expected shape).
+      LPError: (a ``ValueError``) when the LP is infeasible, unbounded or the solver fails, naming ``name`` and
+        the reason; its ``status`` is the HiGHS code.
     """
     from scipy.optimize import linprog
 
@@ -147,7 +157,7 @@ def solve_lp(c, A_ub=None, b_ub=None, A_eq=None, b_eq=None, bounds=(0, None), ma
     result = linprog(sign * c, A_ub=A_ub, b_ub=b_ub, A_eq=A_eq, b_eq=b_eq, bounds=pairs, method=method)
     if result.status != 0:
         reason = _STATUS_TEXT.get(result.status, f"failed (status {result.status})")
-        raise ValueError(f"the {name} {reason}: {result.message}")
+        raise LPError(f"the {name} {reason}: {result.message}", int(result.status))
 
     def duals(block, rows):
         if rows == 0 or block is None:

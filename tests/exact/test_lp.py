@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from jaxsafe.exact.lp import LP_METHODS, solve_lp
+from jaxsafe.exact.lp import LP_METHODS, LPError, solve_lp
 
 
 @pytest.mark.parametrize("method", LP_METHODS)
@@ -49,13 +49,14 @@ def test_per_variable_bounds_and_single_row():
     assert sol.ineq_duals == pytest.approx([-1.0])
 
 
-@pytest.mark.parametrize("kwargs, reason", [
-    (dict(c=[1.0], A_ub=[[1.0]], b_ub=[-1.0]), "is infeasible"),
-    (dict(c=[1.0], maximize=True), "is unbounded"),
+@pytest.mark.parametrize("kwargs, reason, status", [
+    (dict(c=[1.0], A_ub=[[1.0]], b_ub=[-1.0]), "is infeasible", 2),
+    (dict(c=[1.0], maximize=True), "is unbounded", 3),
 ])
-def test_failures_name_the_problem_and_the_reason(kwargs, reason):
-    with pytest.raises(ValueError, match=f"the toy LP {reason}"):
+def test_failures_name_the_problem_and_the_reason(kwargs, reason, status):
+    with pytest.raises(LPError, match=f"the toy LP {reason}") as caught:
         solve_lp(**kwargs, name="toy LP")
+    assert caught.value.status == status and isinstance(caught.value, ValueError)
 
 
 @pytest.mark.parametrize("kwargs, field", [
