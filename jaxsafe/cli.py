@@ -236,9 +236,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.exit(2, f"jaxsafe: error: {err}\n")
     except Exception as err:
         from jaxsafe.checkpoint import CheckpointError
-        from jaxsafe.runner import TrainingDiverged
+        from jaxsafe.runner import RunWriteError, TrainingDiverged
 
-        if isinstance(err, (CheckpointError, TrainingDiverged)):
+        if isinstance(err, (CheckpointError, TrainingDiverged, RunWriteError)):
             parser.exit(3, f"jaxsafe: error: {err}\n")
         raise
 

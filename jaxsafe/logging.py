@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import math
 import os
-import time
+import warnings
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -92,9 +92,12 @@ class RunDir:
 
     def read_config(self) -> dict:
         try:
-            return json.loads(self.config_path.read_text())
-        except json.JSONDecodeError as err:
+            config = json.loads(self.config_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise ValueError(f"{self.config_path} is corrupt: {err}") from None
+        if not isinstance(config, dict):
+            raise ValueError(f"{self.config_path} is corrupt: expected a JSON object, got {type(config).__name__}")
+        return config
 
     def append_metrics(self, rows: Iterable[dict]) -> None:
         """Append rows (one JSON object per line); each row is flushed and fsynced before returning."""
@@ -105,9 +108,26 @@ class RunDir:
             os.fsync(f.fileno())
 
     def read_metrics(self) -> list[dict]:
+        """Every metrics row. A torn last line (a kill during an append) is dropped with a warning, since resume
+        replays everything after the restored checkpoint anyway; a bad line elsewhere is an error naming the file
+        and the line."""
         if not self.metrics_path.exists():
             return []
-        return [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line.strip()]
+        lines = [line for line in self.metrics_path.read_text().splitlines() if line.strip()]
+        rows = []
+        for number, line in enumerate(lines, start=1):
+            try:
+                row = json.loads(line)
+                if not isinstance(row, dict):
+                    raise json.JSONDecodeError("a metrics row must be a JSON object", line, 0)
+            except json.JSONDecodeError as err:
+                if number == len(lines):
+                    warnings.warn(f"{self.metrics_path}: dropped a torn last line ({err}); it is rewritten on resume",
+                                  stacklevel=2)
+                    break
+                raise ValueError(f"{self.metrics_path} line {number} is not a JSON object: {err}") from None
+            rows.append(row)
+        return rows
 
     def truncate_metrics(self, max_steps: float) -> None:
         """Drop rows logged after ``max_steps`` progress steps per lane (used on resume so the metrics match the
@@ -143,7 +163,6 @@ class Progress:
         if enabled:
             from tqdm.auto import tqdm
 
-            self._unit = unit
             self._bar = tqdm(total=int(total_steps), desc=desc, unit=" " + unit, unit_scale=True, dynamic_ncols=True)
 
     def update(self, steps: int, **postfix) -> None:

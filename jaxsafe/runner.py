@@ -33,6 +33,10 @@ class TrainingDiverged(RuntimeError):
     """A loss became NaN or inf; the run directory keeps the last good checkpoint."""
 
 
+class RunWriteError(RuntimeError):
+    """Writing the run directory failed (a full disk, a file-size limit); the last good checkpoint is kept."""
+
+
 class RunResult(NamedTuple):
     run_dir: RunDir
     grid: Grid
@@ -69,9 +73,18 @@ class RunSpec:
             if new not in data and old in data:
                 data[new] = data[old]
         try:
-            return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls)})
+            spec = cls(**{f.name: data[f.name] for f in dataclasses.fields(cls)})
         except KeyError as err:
             raise ValueError(f"config.json is missing the field {err}") from None
+        types = {"algorithm": str, "problem": str, "problem_overrides": dict, "config": dict, "hparams": dict,
+                 "grid": dict, "seeds": list, "num_chunks": int}
+        for field, kind in types.items():
+            value = getattr(spec, field)
+            if not isinstance(value, kind) or isinstance(value, bool):
+                raise ValueError(f"config.json field {field!r} must be a {kind.__name__}, got {value!r:.80}")
+        if not all(isinstance(s, int) and not isinstance(s, bool) for s in spec.seeds) or spec.num_chunks < 1:
+            raise ValueError("config.json: seeds must be a list of integers and num_chunks a positive integer")
+        return spec
 
 
 def _parse_value(field: str, text: str, default: Any) -> Any:
@@ -170,8 +183,11 @@ class Built(NamedTuple):
 def _build(spec: RunSpec) -> Built:
     algo = get_algorithm(spec.algorithm)
     problem = make_problem(algo, spec.problem, spec.problem_overrides)
-    config = algo.make_config(**_config_fields(algo, spec.config))
-    hparams = algo.hparams_for(config, problem).replace(**spec.hparams).as_arrays().validate()
+    try:
+        config = algo.make_config(**_config_fields(algo, spec.config))
+        hparams = algo.hparams_for(config, problem).replace(**spec.hparams).as_arrays().validate()
+    except TypeError as err:  # a field the config or hparams class does not have
+        raise ValueError(f"the run's config does not fit {spec.algorithm}: {err}") from None
     grid = make_grid(hparams, seeds=spec.seeds, **spec.grid)
     grid.hparams.validate()
     parts = algo.make_train_parts(config, problem)
@@ -322,8 +338,19 @@ def run_training(
     Raises:
       RunDirExists: a new run into a directory that is not empty (nothing is written).
       TrainingDiverged: a non-finite loss; the newest checkpoint is the last good state.
+      CheckpointError, RunWriteError: a write failed (full disk); the last good checkpoint is kept.
     """
     run_dir = RunDir(out_dir, must_exist=resume)
+    try:
+        return _run_training(spec, run_dir, resume, progress, stop_after_chunks, plot)
+    except OSError as err:
+        raise RunWriteError(f"could not write to {run_dir.path}: {err}; the run stopped and its last good "
+                            f"checkpoint (step {checkpoint.latest_step(run_dir.checkpoint_dir)}) is kept: free "
+                            f"space, then continue it with --resume") from None
+
+
+def _run_training(spec: RunSpec, run_dir: RunDir, resume: bool, progress: bool, stop_after_chunks: int | None,
+                  plot: bool) -> RunResult:
     algo, problem, config, grid, parts = _build(spec)
     lengths = chunk_lengths(parts.num_updates, spec.num_chunks)
 
@@ -337,6 +364,8 @@ def run_training(
     start_chunk, rows = 0, []
     if resume:
         step, restored = checkpoint.restore(run_dir.checkpoint_dir, jax.tree.map(lambda x: x[: grid.size], state))
+        for newer in [s for s in checkpoint.all_steps(run_dir.checkpoint_dir) if s > step]:
+            checkpoint.set_aside(run_dir.checkpoint_dir, newer)  # damaged: kept aside, rewritten by this run
         state = shard_grid(restored, grid.size)
         start_chunk = step
         run_dir.truncate_metrics(sum(lengths[:step]) * parts.steps_per_update)

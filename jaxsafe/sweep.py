@@ -4,6 +4,7 @@ A grid is the product of seeds and any hparams fields::
 
     grid = make_grid(config.default_hparams(), seeds=4, cost_limit=[5.0, 10.0, 25.0])
     result = run_grid(train, grid)          # jit(vmap(train)) with the grid axis sharded over jax.devices()
+    result = run_grid(train, grid, max_lanes="auto")   # a grid larger than memory, in batches that fit
     result.metrics["episode_cost"]          # [grid.size, num_updates]
 
 ``grid.points`` describes each lane (``{"seed": 0, "cost_limit": 5.0}``), so results can be labelled, tabulated
@@ -109,18 +110,81 @@ def shard_grid(tree: Any, size: int, devices: Sequence[jax.Device] | None = None
     return jax.device_put(pad_to_multiple(tree, size, num_devices), sharding)
 
 
+def _device_count(devices) -> int:
+    return len(list(jax.devices() if devices is None else devices))
+
+
+def lane_memory_bytes(train: Callable[[jax.Array, Any], Any], grid: Grid,
+                      devices: Sequence[jax.Device] | None = None) -> int:
+    """Bytes one lane of ``jit(vmap(train))`` needs on a device: arguments, outputs and temporaries of the program
+    compiled for one lane per device, from XLA's memory analysis."""
+    count = _device_count(devices)
+    keys, hparams = shard_grid(lane_slice((grid.keys, grid.hparams), 0, count), count, devices)
+    analysis = jax.jit(jax.vmap(train)).lower(keys, hparams).compile().memory_analysis()
+    if analysis is None:
+        raise RuntimeError("this backend reports no memory analysis; pass max_lanes as an integer")
+    return int(analysis.argument_size_in_bytes + analysis.output_size_in_bytes + analysis.temp_size_in_bytes)
+
+
+def available_device_bytes(devices: Sequence[jax.Device] | None = None) -> int:
+    """Free memory of the first device (accelerators report it; on CPU: half the physical memory per device)."""
+    devices = list(jax.devices() if devices is None else devices)
+    stats = devices[0].memory_stats() if hasattr(devices[0], "memory_stats") else None
+    if stats and "bytes_limit" in stats:
+        return int(stats["bytes_limit"] - stats.get("bytes_in_use", 0))
+    import os
+
+    physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return int(physical // 2 // len(devices))
+
+
+def lanes_that_fit(train: Callable[[jax.Array, Any], Any], grid: Grid,
+                   devices: Sequence[jax.Device] | None = None, headroom: float = 0.8) -> int:
+    """How many lanes run at once within ``headroom`` of the free device memory (a multiple of the device count)."""
+    count = _device_count(devices)
+    per_lane = max(lane_memory_bytes(train, grid, devices), 1)
+    per_device = int(headroom * available_device_bytes(devices) // per_lane)
+    return max(per_device, 1) * count
+
+
+def lane_slice(tree: Any, start: int, stop: int) -> Any:
+    """Lanes ``start:stop`` of a grid-batched pytree."""
+    return jax.tree.map(lambda x: x[start:stop], tree)
+
+
 def run_grid(
     train: Callable[[jax.Array, Any], Any],
     grid: Grid,
     devices: Sequence[jax.Device] | None = None,
+    max_lanes: int | str | None = None,
 ) -> Any:
-    """``jit(vmap(train))`` over the whole grid as one program, lanes sharded over ``devices``.
+    """``jit(vmap(train))`` over the whole grid, lanes sharded over ``devices``.
+
+    With ``max_lanes`` (an integer, or ``"auto"`` for :func:`lanes_that_fit`) a grid larger than memory runs in
+    batches of at most that many lanes (rounded down to a multiple of the device count), one compiled program
+    reused for every batch; each lane's result is the same as in one batch, and the result is gathered on the host
+    (numpy arrays). Without it the whole grid is one program and the result stays on the devices.
 
     Returns ``train``'s output with a leading ``[grid.size]`` axis (padding removed).
     """
-    keys, hparams = shard_grid((grid.keys, grid.hparams), grid.size, devices)
-    out = jax.jit(jax.vmap(train))(keys, hparams)
-    return jax.tree.map(lambda x: x[: grid.size], out)
+    if max_lanes == "auto":
+        max_lanes = lanes_that_fit(train, grid, devices)
+    if max_lanes is not None and (not isinstance(max_lanes, (int, np.integer)) or isinstance(max_lanes, bool)
+                                  or max_lanes < 1):
+        raise ValueError(f"max_lanes must be a positive integer or 'auto', got {max_lanes!r}")
+    program = jax.jit(jax.vmap(train))
+    if max_lanes is None or max_lanes >= grid.size:
+        keys, hparams = shard_grid((grid.keys, grid.hparams), grid.size, devices)
+        return jax.tree.map(lambda x: x[: grid.size], program(keys, hparams))
+    count = _device_count(devices)
+    batch = max(count, max_lanes // count * count)
+    outputs = []
+    for start in range(0, grid.size, batch):
+        stop = min(start + batch, grid.size)
+        part = lane_slice((grid.keys, grid.hparams), start, stop)
+        keys, hparams = shard_grid(pad_to_multiple(part, stop - start, batch), batch, devices)
+        outputs.append(jax.tree.map(lambda x, n=stop - start: np.asarray(x[:n]), program(keys, hparams)))
+    return jax.tree.map(lambda *parts: np.concatenate(parts), *outputs)
 
 
 def lane(tree: Any, index: int) -> Any:
