@@ -48,7 +48,7 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from jaxsafe import constraints
+from jaxsafe import constraints, losses
 from jaxsafe.envs.core import SafeEnv, wrap_for_training
 from jaxsafe.learner import Config, HParams, TrainParts, make_train_from_parts
 from jaxsafe.rl import trust_region
@@ -166,10 +166,6 @@ class CPOState(NamedTuple):
     update_step: jax.Array
 
 
-def _standardise(x):
-    return (x - x.mean()) / (x.std() + 1e-8)
-
-
 def make_train_parts(config: CPOConfig, env: SafeEnv | tuple, env_params: Any = None) -> TrainParts:
     """The learner as ``init(key, hparams) -> state`` and ``update(state, hparams) -> (state, metrics)``; ``env``
     may be the ``(env, env_params)`` pair ``envs.make`` returns."""
@@ -179,8 +175,8 @@ def make_train_parts(config: CPOConfig, env: SafeEnv | tuple, env_params: Any = 
     actor = make_actor(action_space, config.hidden, config.activation, config.policy)
     critic = Critic(config.hidden, config.activation)
     collect = make_collect_rollout(vec_env, env_params, actor, critic, action_space, config.num_steps)
-    handler = constraints.make_handler(config.multiplier)
-    margin_handler = constraints.lagrangian()
+    # CPO's constraint state is its learned margin (starts at 0); TRPO-Lagrangian's is its multiplier.
+    handler = constraints.learned_margin() if config.method == "cpo" else constraints.make_handler(config.multiplier)
     critic_optimizer = optax.scale_by_adam()
     obs_shape = env.observation_space(env_params).shape
     minibatch_size = config.batch_size // config.critic_minibatches
@@ -195,37 +191,33 @@ def make_train_parts(config: CPOConfig, env: SafeEnv | tuple, env_params: Any = 
             cost_critic=critic.init(cost_key, dummy),
         )
         env_state, timestep = vec_env.reset(env_key, env_params)
-        constraint_state = handler.init(hparams)
-        if is_cpo:  # CPO's state is its learned margin, which starts at 0
-            constraint_state = jax.tree.map(jnp.zeros_like, constraint_state)
-        return CPOState(params, critic_optimizer.init((params.critic, params.cost_critic)), constraint_state,
+        return CPOState(params, critic_optimizer.init((params.critic, params.cost_critic)), handler.init(hparams),
                         env_state, timestep.obs, key, jnp.zeros((), jnp.int32))
 
     def critic_loss(critic_params, batch):
         obs, value_target, cost_target = batch
         value_params, cost_params = critic_params
-        value_loss = 0.5 * ((critic.apply(value_params, obs) - value_target) ** 2).mean()
-        cost_value_loss = 0.5 * ((critic.apply(cost_params, obs) - cost_target) ** 2).mean()
+        value_loss = losses.value_loss(critic.apply(value_params, obs), value_target)
+        cost_value_loss = losses.value_loss(critic.apply(cost_params, obs), cost_target)
         return value_loss + cost_value_loss, (value_loss, cost_value_loss)
 
     def update(state: CPOState, hparams: CPOHParams):
         rollout = collect(state.params, state.env_state, state.obs, state.key)
         traj, stats, key = rollout.traj, rollout.stats, rollout.key
         episode_cost = stats.episode_cost
-        measured_cost = jnp.where(jnp.isnan(episode_cost), hparams.cost_limit, episode_cost)
+        measured_cost = constraints.measured_or_limit(episode_cost, hparams.cost_limit)
         advantages, value_targets, cost_advantages, cost_targets = compute_advantages(traj, hparams)
-        advantages = _standardise(advantages)
-        cost_advantages = cost_advantages - cost_advantages.mean()
+        advantages = losses.standardise(advantages)
+        cost_advantages = losses.centre(cost_advantages)
 
-        if is_cpo:  # the learned margin is projected ascent on the excess: the Lagrangian rule with margin_lr
-            constraint_state = margin_handler.update(state.constraint, measured_cost, hparams.cost_limit,
-                                                     hparams.replace(multiplier_lr=hparams.margin_lr))
+        # CPO: the learned margin, projected ascent on the excess with margin_lr; TRPO-Lag: the multiplier.
+        constraint_state = handler.update(state.constraint, measured_cost, hparams.cost_limit, hparams)
+        if is_cpo:
             margin = constraint_state.multiplier
             multiplier = jnp.zeros((), jnp.float32)
         else:
-            constraint_state = handler.update(state.constraint, measured_cost, hparams.cost_limit, hparams)
             multiplier = constraint_state.multiplier
-            advantages = (advantages - multiplier * cost_advantages) / (1.0 + multiplier)
+            advantages = losses.mix_advantages(advantages, cost_advantages, multiplier)
 
         flat = jax.tree.map(
             lambda x: x.reshape((config.batch_size,) + x.shape[2:]),

@@ -39,7 +39,7 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
-from jaxsafe import constraints
+from jaxsafe import constraints, losses
 from jaxsafe.envs.core import SafeEnv, spaces, wrap_for_training
 from jaxsafe.learner import Config, HParams, TrainParts, make_train_from_parts
 from jaxsafe.rl.gae import batched_gae
@@ -322,10 +322,6 @@ def compute_advantages(traj: Transition, hparams: Any):
     return advantages, value_targets, cost_advantages, cost_targets
 
 
-def _standardise(x):
-    return (x - x.mean()) / (x.std() + 1e-8)
-
-
 def make_train_parts(config: PPOConfig, env: SafeEnv | tuple, env_params: Any = None) -> TrainParts:
     """The learner as ``init`` and ``update`` (see the module docstring); ``env`` may be the ``(env, env_params)``
     pair ``envs.make`` returns."""
@@ -335,7 +331,7 @@ def make_train_parts(config: PPOConfig, env: SafeEnv | tuple, env_params: Any = 
     actor = make_actor(action_space, config.hidden, config.activation, config.policy)
     critic = Critic(config.hidden, config.activation)
     collect = make_collect_rollout(vec_env, env_params, actor, critic, action_space, config.num_steps)
-    handler = constraints.make_handler("fixed" if config.multiplier == "none" else config.multiplier)
+    handler = constraints.make_handler(config.multiplier)
     optimizer = optax.chain(optax.clip_by_global_norm(config.max_grad_norm), optax.scale_by_adam(eps=1e-5))
     obs_shape = env.observation_space(env_params).shape
 
@@ -348,13 +344,10 @@ def make_train_parts(config: PPOConfig, env: SafeEnv | tuple, env_params: Any = 
             cost_critic=critic.init(cost_key, dummy),
         )
         env_state, timestep = vec_env.reset(env_key, env_params)
-        constraint_state = handler.init(hparams)
-        if config.multiplier == "none":
-            constraint_state = jax.tree.map(jnp.zeros_like, constraint_state)
         return PPOState(
             params=params,
             opt_state=optimizer.init(params),
-            constraint=constraint_state,
+            constraint=handler.init(hparams),
             env_state=env_state,
             obs=timestep.obs,
             key=key,
@@ -364,17 +357,13 @@ def make_train_parts(config: PPOConfig, env: SafeEnv | tuple, env_params: Any = 
     def loss_fn(params, batch, hparams):
         obs, action, old_log_prob, advantage, value_target, cost_target = batch
         dist = actor.apply(params.actor, obs)
-        log_prob = dist.log_prob(action)
-        ratio = jnp.exp(log_prob - old_log_prob)
-        clipped = jnp.clip(ratio, 1.0 - hparams.clip_eps, 1.0 + hparams.clip_eps)
-        actor_loss = -jnp.minimum(ratio * advantage, clipped * advantage).mean()
+        surrogate = losses.clipped_surrogate(dist.log_prob(action), old_log_prob, advantage, hparams.clip_eps)
         entropy = dist.entropy().mean()
-        value_loss = 0.5 * ((critic.apply(params.critic, obs) - value_target) ** 2).mean()
-        cost_value_loss = 0.5 * ((critic.apply(params.cost_critic, obs) - cost_target) ** 2).mean()
-        total = actor_loss - hparams.entropy_coef * entropy + hparams.value_coef * (value_loss + cost_value_loss)
-        approx_kl = ((ratio - 1.0) - jnp.log(ratio)).mean()
-        return total, dict(actor_loss=actor_loss, value_loss=value_loss, cost_value_loss=cost_value_loss,
-                           entropy=entropy, approx_kl=approx_kl, total_loss=total)
+        value_loss = losses.value_loss(critic.apply(params.critic, obs), value_target)
+        cost_value_loss = losses.value_loss(critic.apply(params.cost_critic, obs), cost_target)
+        total = surrogate.loss - hparams.entropy_coef * entropy + hparams.value_coef * (value_loss + cost_value_loss)
+        return total, dict(actor_loss=surrogate.loss, value_loss=value_loss, cost_value_loss=cost_value_loss,
+                           entropy=entropy, approx_kl=surrogate.approx_kl, total_loss=total)
 
     def update(state: PPOState, hparams: PPOHParams):
         rollout = collect(state.params, state.env_state, state.obs, state.key)
@@ -382,17 +371,14 @@ def make_train_parts(config: PPOConfig, env: SafeEnv | tuple, env_params: Any = 
         episode_return, episode_cost = rollout.stats.episode_return, rollout.stats.episode_cost
         episodes_finished = rollout.stats.episodes_finished
         # Multiplier first, from the cost of the episodes this rollout finished (OmniSafe's order).
-        measured_cost = jnp.where(jnp.isnan(episode_cost), hparams.cost_limit, episode_cost)
+        measured_cost = constraints.measured_or_limit(episode_cost, hparams.cost_limit)
         constraint_state = handler.update(state.constraint, measured_cost, hparams.cost_limit, hparams)
-        if config.multiplier == "none":
-            constraint_state = jax.tree.map(jnp.zeros_like, constraint_state)
         multiplier = constraint_state.multiplier
 
         advantages, value_targets, cost_advantages, cost_targets = compute_advantages(traj, hparams)
         # Reward advantages are standardised; cost advantages are only centred (as OmniSafe does), so that a
         # rollout with (almost) no cost does not blow critic noise up to unit scale.
-        cost_advantages = cost_advantages - cost_advantages.mean()
-        mixed = (_standardise(advantages) - multiplier * cost_advantages) / (1.0 + multiplier)
+        mixed = losses.mix_advantages(losses.standardise(advantages), losses.centre(cost_advantages), multiplier)
         flat = jax.tree.map(
             lambda x: x.reshape((config.batch_size,) + x.shape[2:]),
             (traj.obs, traj.action, traj.log_prob, mixed, value_targets, cost_targets),
