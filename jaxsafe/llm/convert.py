@@ -183,9 +183,9 @@ def _tensor_maps(config: LMConfig, prefix: str = "") -> list[_TensorMap]:
         p = prefix
         maps += [_copy(f"{p}wte.weight", ("embed", "embedding")),
                  _copy(f"{p}wpe.weight", ("position_embed", "embedding")),
-                 _copy(f"{p}ln_f.weight", ("final_norm", "scale")), _copy(f"{p}ln_f.bias", ("final_norm", "bias"))]
+                 _copy(f"{p}ln_f.weight", ("core", "final_norm", "scale")), _copy(f"{p}ln_f.bias", ("core", "final_norm", "bias"))]
         for i in range(config.n_layers):
-            h, b = f"{p}h.{i}.", ("blocks", i)
+            h, b = f"{p}h.{i}.", ("core", "blocks", i)
             attn = [b + ("attn", proj) for proj in ("q_proj", "k_proj", "v_proj")]
             maps += [
                 _copy(h + "ln_1.weight", b + ("attn_norm", "scale")), _copy(h + "ln_1.bias", b + ("attn_norm", "bias")),
@@ -204,9 +204,9 @@ def _tensor_maps(config: LMConfig, prefix: str = "") -> list[_TensorMap]:
         return maps
 
     maps += [_copy("model.embed_tokens.weight", ("embed", "embedding")),
-             _copy("model.norm.weight", ("final_norm", "scale"))]
+             _copy("model.norm.weight", ("core", "final_norm", "scale"))]
     for i in range(config.n_layers):
-        h, b = f"model.layers.{i}.", ("blocks", i)
+        h, b = f"model.layers.{i}.", ("core", "blocks", i)
         maps += [_copy(h + "input_layernorm.weight", b + ("attn_norm", "scale")),
                  _copy(h + "post_attention_layernorm.weight", b + ("mlp_norm", "scale"))]
         for proj in ("q_proj", "k_proj", "v_proj", "o_proj"):

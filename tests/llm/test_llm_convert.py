@@ -39,7 +39,7 @@ def test_fixture_covers_the_interesting_cases(loaded):
     assert loaded["qwen2"][0].qkv_bias and loaded["qwen2"][0].tie_embeddings and loaded["qwen2"][0].n_kv_heads == 1
     assert loaded["llama"][0].n_kv_heads == 2 and not loaded["llama"][0].tie_embeddings
     assert loaded["qwen2"][0].rope_theta == 1_000_000.0
-    qwen_bias = np.asarray(loaded["qwen2"][2]["blocks"][0]["attn"]["q_proj"]["bias"][...])
+    qwen_bias = np.asarray(loaded["qwen2"][2]["core"]["blocks"][0]["attn"]["q_proj"]["bias"][...])
     assert np.abs(qwen_bias).max() > 0  # non-trivial biases are exercised
 
 
@@ -78,7 +78,7 @@ def test_sharded_export_round_trip(loaded, tmp_path):
 
 def test_random_model_export_round_trip(tmp_path):
     config = model_lib.preset("tiny-gpt2", vocab_size=32, max_seq_len=16, tie_embeddings=False)
-    _, params = model_lib.init_params(config, jax.random.key(0))
+    _, params = model_lib.init_params(config, jax.random.PRNGKey(0))
     convert.save_hf_checkpoint(config, params, tmp_path)
     config2, _, params2 = convert.load_hf_checkpoint(tmp_path)
     assert config2 == config
@@ -191,6 +191,6 @@ def test_missing_config_and_missing_weights(tmp_path):
 
 def test_export_refuses_configs_hf_cannot_express(tmp_path):
     config = model_lib.preset("tiny", vocab_size=32, qkv_bias=True)  # llama: q/k/v bias without o bias
-    _, params = model_lib.init_params(config, jax.random.key(0))
+    _, params = model_lib.init_params(config, jax.random.PRNGKey(0))
     with pytest.raises(convert.CheckpointError, match="attention_bias"):
         convert.save_hf_checkpoint(config, params, tmp_path)

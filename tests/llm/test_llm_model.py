@@ -51,8 +51,8 @@ def test_family_bias_defaults():
 @pytest.mark.parametrize("preset_name", ["tiny", "tiny-gpt2"])
 def test_cached_decoding_matches_full_forward(preset_name):
     config = model_lib.preset(preset_name, vocab_size=32, max_seq_len=16)
-    graphdef, params = model_lib.init_params(config, jax.random.key(1))
-    tokens = jax.random.randint(jax.random.key(2), (2, 7), 1, 32)
+    graphdef, params = model_lib.init_params(config, jax.random.PRNGKey(1))
+    tokens = jax.random.randint(jax.random.PRNGKey(2), (2, 7), 1, 32)
     mask = jnp.ones((2, 7), bool).at[1, :2].set(False)  # row 1 left-padded
     full = jit_logits(graphdef, params, tokens, attention_mask=mask)
     positions = model_lib.positions_from_mask(mask)
@@ -119,7 +119,7 @@ def test_functional_path_is_vmappable_and_twice_differentiable(tiny_model):
 
 
 def test_score_model_reads_last_real_token(tiny_config, tiny_model):
-    graphdef, params = model_lib.score_model_from_decoder(*tiny_model, jax.random.key(3))
+    graphdef, params = model_lib.score_model_from_decoder(*tiny_model, jax.random.PRNGKey(3))
     tokens = jnp.array([[3, 4, 5, 0, 0], [3, 4, 5, 6, 7]])
     mask = jnp.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
     out = jit_scores(graphdef, params, tokens, attention_mask=mask)
@@ -136,3 +136,19 @@ def test_check_tokens():
     model_lib.check_tokens(np.array([[0, 5]]), 6)
     with pytest.raises(ValueError, match=r"tokens: token ids must be in \[0, 6\)"):
         model_lib.check_tokens(np.array([[0, 6]]), 6)
+
+
+@pytest.mark.parametrize("preset_name", ["tiny", "tiny-gpt2"])
+def test_decoder_is_token_embedding_plus_the_core(preset_name):
+    from jaxsafe.nn import transformer
+
+    config = model_lib.preset(preset_name, vocab_size=32, max_seq_len=16)
+    graphdef, params = model_lib.init_params(config, jax.random.PRNGKey(1))
+    tokens = jnp.array([[3, 4, 5, 6], [7, 8, 9, 10]])
+    positions = model_lib.positions_from_mask(jnp.ones(tokens.shape, bool))
+    embeddings = params["embed"]["embedding"][...][tokens]
+    if preset_name == "tiny-gpt2":
+        embeddings = embeddings + params["position_embed"]["embedding"][...][positions]
+    core_graphdef, _ = transformer.init_params(config.core, jax.random.PRNGKey(2))
+    hidden, _ = transformer.apply(core_graphdef, params["core"], embeddings, positions)
+    np.testing.assert_allclose(hidden, jit_hidden_states(graphdef, params, tokens), atol=1e-5)
