@@ -54,18 +54,27 @@ def save(directory: str | os.PathLike, step: int, state: Any, max_to_keep: int =
       CheckpointError: the write failed (a full disk, a file-size limit); the previous checkpoint is intact.
     """
     directory = Path(directory)
-    state = jax.tree.map(np.asarray, state)
+    # Host copies in one process; in a multi-process run each process hands orbax its shards of the global arrays.
+    state = jax.tree.map(lambda x: np.asarray(x) if getattr(x, "is_fully_addressable", True) else x, state)
+    primary = jax.process_index() == 0
     try:
         with _manager(directory, max_to_keep) as manager:
             manager.save(step, args=ocp.args.StandardSave(state))
             manager.wait_until_finished()
             kept = set(manager.all_steps())
-        tmp = _digest_path(directory, step).with_suffix(".tmp")
-        tmp.write_text(json.dumps(_step_digest(directory, step), sort_keys=True))
-        os.replace(tmp, _digest_path(directory, step))
+        if primary:
+            tmp = _digest_path(directory, step).with_suffix(".tmp")
+            tmp.write_text(json.dumps(_step_digest(directory, step), sort_keys=True))
+            os.replace(tmp, _digest_path(directory, step))
     except OSError as err:
         raise CheckpointError(f"could not write checkpoint {step} in {directory}: {err}; the previous checkpoint "
                               f"is kept") from None
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(f"jaxsafe-checkpoint-{step}")
+    if not primary:
+        return
     for stale in directory.glob("*.digest.json"):
         if stale.name.split(".")[0].isdigit() and int(stale.name.split(".")[0]) not in kept:
             stale.unlink(missing_ok=True)
@@ -108,15 +117,20 @@ def _restore_step(directory: Path, template: Any, step: int) -> Any:
     problem = verify(directory, step)
     if problem is not None:
         raise CheckpointError(f"checkpoint {step} in {directory} is damaged: {problem}")
-    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype), template)
+    def abstract_leaf(x):
+        if getattr(x, "is_fully_addressable", True):
+            return jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype)
+        return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)  # restored straight into its shards
+
+    abstract = jax.tree.map(abstract_leaf, template)
     try:
         with _manager(directory) as manager:
             state = manager.restore(step, args=ocp.args.StandardRestore(abstract))
     except Exception as err:  # orbax raises many types for corrupt or mismatched data
         raise CheckpointError(f"checkpoint {step} in {directory} is unreadable or does not match this run: "
                               f"{str(err)[:300]}") from None
-    leaves = jax.tree.leaves(state)
-    if any(isinstance(x, np.ndarray) and x.dtype.kind == "f" and not np.all(np.isfinite(x)) for x in leaves):
+    leaves = [x for x in jax.tree.leaves(state) if getattr(x, "is_fully_addressable", True)]
+    if any(np.asarray(x).dtype.kind == "f" and not np.all(np.isfinite(np.asarray(x))) for x in leaves):
         raise CheckpointError(f"checkpoint {step} in {directory} contains non-finite values")
     return state
 

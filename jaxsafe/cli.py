@@ -70,8 +70,10 @@ def _print_summary(summary: dict, metrics: tuple[str, ...]) -> None:
 
 
 def _train(args, grid: dict) -> int:
-    from jaxsafe import runner
+    from jaxsafe import distributed, runner
     from jaxsafe.algorithms import get_algorithm
+
+    distributed.initialize(args.coordinator, args.num_processes, args.process_id, auto=args.distributed)
 
     if args.resume:
         if args.out is None:
@@ -182,6 +184,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--chunks", type=int, default=20, help="checkpoints/log rows per run (default 20)")
         p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
         p.add_argument("--quiet", action="store_true", help="no progress bar")
+        multi = p.add_argument_group("several processes or hosts (jax.distributed; see docs/distributed.md)")
+        multi.add_argument("--coordinator", default=None, metavar="HOST:PORT", help="process 0's address")
+        multi.add_argument("--num-processes", type=int, default=None, help="processes in the run")
+        multi.add_argument("--process-id", type=int, default=None, help="this process, 0..num-processes-1")
+        multi.add_argument("--distributed", action="store_true",
+                           help="read the processes from the cluster's environment (SLURM, Cloud TPU)")
         if name == "sweep":
             p.add_argument("--grid", action="append", default=[], metavar="FIELD=V1,V2",
                            help="swept hparams field and its values")
@@ -224,7 +232,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _join_processes(argv: list[str] | None) -> None:
+    """Join a multi-process run before anything touches a JAX device (building the parser imports the method
+    families, some of which create arrays), from the distributed flags of ``train`` / ``sweep``."""
+    early = argparse.ArgumentParser(add_help=False)
+    early.add_argument("command", nargs="?")
+    for flag, kind in (("--coordinator", str), ("--num-processes", int), ("--process-id", int)):
+        early.add_argument(flag, type=kind, default=None)
+    early.add_argument("--distributed", action="store_true")
+    known, _ = early.parse_known_args(sys.argv[1:] if argv is None else argv)
+    if known.command in ("train", "sweep"):
+        from jaxsafe import distributed
+
+        distributed.initialize(known.coordinator, known.num_processes, known.process_id, auto=known.distributed)
+
+
 def main(argv: list[str] | None = None) -> int:
+    try:
+        _join_processes(argv)
+    except ValueError as err:
+        print(f"jaxsafe: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command in ("train", "sweep") and not args.resume:

@@ -52,6 +52,24 @@ def check_new_run_dir(path: str | os.PathLike) -> None:
                            f"directory: choose a new --out, or continue a run with --resume")
 
 
+def _read_rows(path: Path) -> list[dict]:
+    """The JSON-object rows of one metrics file; a torn last line is dropped with a warning."""
+    lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    rows = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict):
+                raise json.JSONDecodeError("a metrics row must be a JSON object", line, 0)
+        except json.JSONDecodeError as err:
+            if number == len(lines):
+                warnings.warn(f"{path}: dropped a torn last line ({err}); it is rewritten on resume", stacklevel=3)
+                break
+            raise ValueError(f"{path} line {number} is not a JSON object: {err}") from None
+        rows.append(row)
+    return rows
+
+
 def _atomic_write(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)
@@ -99,41 +117,41 @@ class RunDir:
             raise ValueError(f"{self.config_path} is corrupt: expected a JSON object, got {type(config).__name__}")
         return config
 
-    def append_metrics(self, rows: Iterable[dict]) -> None:
-        """Append rows (one JSON object per line); each row is flushed and fsynced before returning."""
+    def metrics_file(self, process: int | None = None) -> Path:
+        """``metrics.jsonl``, or in a multi-process run the file of process ``process``."""
+        return self.metrics_path if process is None else self.path / f"metrics.process-{process}.jsonl"
+
+    def append_metrics(self, rows: Iterable[dict], process: int | None = None) -> None:
+        """Append rows (one JSON object per line) to this process's file; flushed and fsynced before returning."""
         lines = "".join(json.dumps(to_jsonable(row), sort_keys=True) + "\n" for row in rows)
-        with open(self.metrics_path, "a") as f:
+        with open(self.metrics_file(process), "a") as f:
             f.write(lines)
             f.flush()
             os.fsync(f.fileno())
 
+    def _metrics_files(self) -> list[Path]:
+        return [p for p in [self.metrics_path, *sorted(self.path.glob("metrics.process-*.jsonl"))] if p.exists()]
+
     def read_metrics(self) -> list[dict]:
-        """Every metrics row. A torn last line (a kill during an append) is dropped with a warning, since resume
-        replays everything after the restored checkpoint anyway; a bad line elsewhere is an error naming the file
-        and the line."""
-        if not self.metrics_path.exists():
-            return []
-        lines = [line for line in self.metrics_path.read_text().splitlines() if line.strip()]
+        """Every metrics row, of every process, in (chunk, lane) order. A torn last line (a kill during an append)
+        is dropped with a warning, since resume replays everything after the restored checkpoint anyway; a bad line
+        elsewhere is an error naming the file and the line."""
         rows = []
-        for number, line in enumerate(lines, start=1):
-            try:
-                row = json.loads(line)
-                if not isinstance(row, dict):
-                    raise json.JSONDecodeError("a metrics row must be a JSON object", line, 0)
-            except json.JSONDecodeError as err:
-                if number == len(lines):
-                    warnings.warn(f"{self.metrics_path}: dropped a torn last line ({err}); it is rewritten on resume",
-                                  stacklevel=2)
-                    break
-                raise ValueError(f"{self.metrics_path} line {number} is not a JSON object: {err}") from None
-            rows.append(row)
+        for path in self._metrics_files():
+            rows.extend(_read_rows(path))
+        if len(self._metrics_files()) > 1:
+            rows.sort(key=lambda r: (r.get("chunk", 0), r.get("run", 0)))
         return rows
 
-    def truncate_metrics(self, max_steps: float) -> None:
-        """Drop rows logged after ``max_steps`` progress steps per lane (used on resume so the metrics match the
-        restored checkpoint). Rows of runs written before rows carried ``steps`` are read by ``env_steps``."""
-        rows = [r for r in self.read_metrics() if r.get("steps", r.get("env_steps", 0)) <= max_steps]
-        _atomic_write(self.metrics_path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+    def truncate_metrics(self, max_steps: float, process: int | None = None) -> None:
+        """Drop this process's rows logged after ``max_steps`` progress steps per lane (used on resume so the metrics
+        match the restored checkpoint). Rows of runs written before rows carried ``steps`` are read by
+        ``env_steps``."""
+        path = self.metrics_file(process)
+        if not path.exists():
+            return
+        rows = [r for r in _read_rows(path) if r.get("steps", r.get("env_steps", 0)) <= max_steps]
+        _atomic_write(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
 
     def write_summary(self, summary: dict) -> None:
         _atomic_write(self.summary_path, json.dumps(to_jsonable(summary), indent=2, sort_keys=True))

@@ -15,16 +15,16 @@ import dataclasses
 import json
 import math
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import jax
 import numpy as np
 
 import jaxsafe
-from jaxsafe import checkpoint
+from jaxsafe import checkpoint, distributed
 from jaxsafe.algorithms import Algorithm, get_algorithm
 from jaxsafe.evaluate import rollout_episodes
-from jaxsafe.logging import Progress, RunDir, summarize
+from jaxsafe.logging import Progress, RunDir, check_new_run_dir, summarize
 from jaxsafe.policy import from_act
 from jaxsafe.sweep import Grid, make_grid, shard_grid
 
@@ -251,17 +251,19 @@ def chunk_lengths(num_updates: int, num_chunks: int) -> list[int]:
 
 
 def _chunk_rows(grid: Grid, metrics: dict, chunk_index: int, first_update: int, steps_per_update: int,
-                chunk_means: tuple[str, ...]) -> list[dict]:
+                chunk_means: tuple[str, ...], lanes: list[int] | None = None) -> list[dict]:
     """One row per lane for a chunk: ``run``, ``chunk``, ``update`` and ``steps`` (progress at the chunk's end), the
     lane's grid point, and each metric (``chunk_means`` averaged NaN-aware over the chunk, the rest at its end)."""
     rows = []
     host = {k: np.asarray(v) for k, v in metrics.items()}
     length = next(iter(host.values())).shape[1] if host else 0
     update = first_update + length
-    for lane, point in enumerate(grid.points):
-        row = {"run": lane, "chunk": chunk_index, "update": update, "steps": update * steps_per_update, **point}
+    lanes = list(range(grid.size)) if lanes is None else lanes
+    for position, lane in enumerate(lanes):
+        row = {"run": lane, "chunk": chunk_index, "update": update, "steps": update * steps_per_update,
+               **grid.points[lane]}
         for name, values in host.items():
-            series = values[lane]
+            series = values[position]
             if name in chunk_means:
                 finite = np.where(np.isfinite(series), series, 0.0).sum(0)
                 count = np.isfinite(series).sum(0)
@@ -302,23 +304,26 @@ def summarize_rows(grid: Grid, rows: list[dict], metrics: tuple[str, ...] = ("ep
     return {"points": points}
 
 
-def _first_nonfinite(metrics: dict, state: Any, grid_size: int) -> tuple[int, int] | None:
-    """``(lane, update)`` of the first non-finite update in a chunk, or None.
+def _first_nonfinite(metrics: dict, params: Callable[[], Any], lanes: list[int]) -> tuple[int, int] | None:
+    """``(lane, update)`` of the first non-finite update among ``lanes`` in a chunk, or None.
 
-    Uses the learner's ``nonfinite`` metric when it reports one; otherwise any non-finite parameter at the chunk's
-    end marks its lane (update unknown: reported as the chunk's last)."""
+    ``metrics`` and ``params()`` are host arrays with a leading axis over ``lanes``. Uses the learner's ``nonfinite``
+    metric when it reports one; otherwise any non-finite parameter at the chunk's end marks its lane (the update is
+    then reported as the chunk's last)."""
+    if not lanes:
+        return None
     if "nonfinite" in metrics:
-        bad = np.argwhere(np.asarray(metrics["nonfinite"]).reshape(grid_size, -1))
-        return None if not bad.size else (int(bad[0][0]), int(bad[0][1]))
-    finite = np.ones(grid_size, bool)
-    for leaf in jax.tree.leaves(state.params):
-        leaf = np.asarray(leaf)[:grid_size]
+        bad = np.argwhere(np.asarray(metrics["nonfinite"]).reshape(len(lanes), -1))
+        return None if not bad.size else (lanes[int(bad[0][0])], int(bad[0][1]))
+    finite = np.ones(len(lanes), bool)
+    for leaf in jax.tree.leaves(params()):
+        leaf = np.asarray(leaf)
         if np.issubdtype(leaf.dtype, np.floating):
-            finite &= np.isfinite(leaf.reshape(grid_size, -1)).all(1)
+            finite &= np.isfinite(leaf.reshape(len(lanes), -1)).all(1)
     if finite.all():
         return None
     length = next(iter(metrics.values())).shape[1] if metrics else 1
-    return int(np.argmin(finite)), length - 1
+    return lanes[int(np.argmin(finite))], length - 1
 
 
 def run_training(
@@ -340,7 +345,7 @@ def run_training(
       TrainingDiverged: a non-finite loss; the newest checkpoint is the last good state.
       CheckpointError, RunWriteError: a write failed (full disk); the last good checkpoint is kept.
     """
-    run_dir = RunDir(out_dir, must_exist=resume)
+    run_dir = _open_run_dir(spec, out_dir, resume)
     try:
         return _run_training(spec, run_dir, resume, progress, stop_after_chunks, plot)
     except OSError as err:
@@ -349,33 +354,61 @@ def run_training(
                             f"space, then continue it with --resume") from None
 
 
+def _open_run_dir(spec: RunSpec, out_dir: str | Path, resume: bool) -> RunDir:
+    """The run directory, opened the same way by every process: all check that a new run's directory is free
+    before the primary creates it and writes ``config.json`` (one process alone does this in one step)."""
+    if resume:
+        return RunDir(out_dir, must_exist=True)
+    if distributed.process_count() == 1:
+        run_dir = RunDir(out_dir)
+        run_dir.write_config(spec.to_json())
+        return run_dir
+    check_new_run_dir(out_dir)
+    distributed.barrier("jaxsafe-run-dir-checked")
+    if distributed.is_primary():
+        RunDir(out_dir).write_config(spec.to_json())
+    distributed.barrier("jaxsafe-run-dir-created")
+    return RunDir(out_dir, must_exist=True)
+
+
+def _agreed_nonfinite(bad: tuple[int, int] | None) -> tuple[int, int] | None:
+    """The first diverged (lane, update) over every process's lanes, the same answer in every process."""
+    code = -1 if bad is None else bad[0] * 2**31 + bad[1]
+    codes = [c for c in distributed.any_process(code).tolist() if c >= 0]
+    return None if not codes else divmod(min(codes), 2**31)
+
+
 def _run_training(spec: RunSpec, run_dir: RunDir, resume: bool, progress: bool, stop_after_chunks: int | None,
                   plot: bool) -> RunResult:
     algo, problem, config, grid, parts = _build(spec)
     lengths = chunk_lengths(parts.num_updates, spec.num_chunks)
+    multi = distributed.process_count() > 1
 
     def run_chunk(state, hparams, length):
         return jax.lax.scan(lambda s, _: parts.update(s, hparams), state, None, length=length)
+
+    def to_save(state):
+        # One process saves the grid without its padding; several save their shards of the padded global arrays.
+        return state if multi else jax.tree.map(lambda x: x[: grid.size], state)
 
     chunk_fns = {n: jax.jit(jax.vmap(lambda s, h, n=n: run_chunk(s, h, n))) for n in sorted(set(lengths))}
     keys, hparams = shard_grid((grid.keys, grid.hparams), grid.size)
     state = jax.jit(jax.vmap(parts.init))(keys, hparams)
 
-    start_chunk, rows = 0, []
+    start_chunk = 0
     if resume:
-        step, restored = checkpoint.restore(run_dir.checkpoint_dir, jax.tree.map(lambda x: x[: grid.size], state))
-        for newer in [s for s in checkpoint.all_steps(run_dir.checkpoint_dir) if s > step]:
-            checkpoint.set_aside(run_dir.checkpoint_dir, newer)  # damaged: kept aside, rewritten by this run
-        state = shard_grid(restored, grid.size)
+        step, restored = checkpoint.restore(run_dir.checkpoint_dir, to_save(state))
+        if distributed.is_primary():
+            for newer in [s for s in checkpoint.all_steps(run_dir.checkpoint_dir) if s > step]:
+                checkpoint.set_aside(run_dir.checkpoint_dir, newer)  # damaged: kept aside, rewritten by this run
+        distributed.barrier("jaxsafe-restored")
+        state = restored if multi else shard_grid(restored, grid.size)
         start_chunk = step
-        run_dir.truncate_metrics(sum(lengths[:step]) * parts.steps_per_update)
-        rows = run_dir.read_metrics()
-    else:
-        run_dir.write_config(spec.to_json())
+        run_dir.truncate_metrics(sum(lengths[:step]) * parts.steps_per_update, process=_metrics_process())
 
     per_lane = parts.steps_per_update
     bar = Progress(parts.num_updates * per_lane * grid.size, desc=f"{spec.algorithm} {spec.problem}",
-                   unit=algo.step_unit, enabled=progress)
+                   unit=algo.step_unit, enabled=progress and distributed.is_primary())
     bar.update(sum(lengths[:start_chunk]) * per_lane * grid.size)
     summary_metrics = tuple(dict.fromkeys((*algo.curve_metrics, "multiplier")))
     try:
@@ -383,9 +416,10 @@ def _run_training(spec: RunSpec, run_dir: RunDir, resume: bool, progress: bool, 
             if stop_after_chunks is not None and chunk_index - start_chunk >= stop_after_chunks:
                 break
             state, metrics = chunk_fns[lengths[chunk_index]](state, hparams)
-            metrics = jax.tree.map(lambda x: np.asarray(x)[: grid.size], metrics)
+            lanes, metrics = distributed.addressable_lanes(metrics, grid.size)
             first_update = sum(lengths[:chunk_index])
-            bad = _first_nonfinite(metrics, state, grid.size)
+            bad = _first_nonfinite(metrics, lambda: distributed.addressable_lanes(state.params, grid.size)[1], lanes)
+            bad = _agreed_nonfinite(bad) if multi else bad
             if bad is not None:
                 lane, update = bad
                 raise TrainingDiverged(
@@ -393,10 +427,9 @@ def _run_training(spec: RunSpec, run_dir: RunDir, resume: bool, progress: bool, 
                     f"{grid.points[lane]}; the last good checkpoint (chunk {chunk_index}) is kept in "
                     f"{run_dir.checkpoint_dir}"
                 )
-            checkpoint.save(run_dir.checkpoint_dir, chunk_index + 1, jax.tree.map(lambda x: x[: grid.size], state))
-            new_rows = _chunk_rows(grid, metrics, chunk_index, first_update, per_lane, algo.chunk_means)
-            run_dir.append_metrics(new_rows)
-            rows.extend(new_rows)
+            checkpoint.save(run_dir.checkpoint_dir, chunk_index + 1, to_save(state))
+            new_rows = _chunk_rows(grid, metrics, chunk_index, first_update, per_lane, algo.chunk_means, lanes)
+            run_dir.append_metrics(new_rows, process=_metrics_process())
             shown = {}
             for name in summary_metrics[:3]:
                 values = [np.nanmean(r[name]) for r in new_rows if r.get(name) is not None]
@@ -406,17 +439,27 @@ def _run_training(spec: RunSpec, run_dir: RunDir, resume: bool, progress: bool, 
     finally:
         bar.close()
 
+    distributed.barrier("jaxsafe-rows-written")
+    rows = run_dir.read_metrics()
     summary = summarize_rows(grid, rows, summary_metrics)
     summary.update(algorithm=spec.algorithm, problem=spec.problem, swept=list(grid.swept), step_unit=algo.step_unit,
-                   complete=bool(rows) and rows[-1]["chunk"] == len(lengths) - 1)
-    run_dir.write_summary(summary)
-    if plot and rows:
-        from jaxsafe.plotting import plot_curves
+                   complete=bool(rows) and max(r["chunk"] for r in rows) == len(lengths) - 1,
+                   processes=distributed.process_count())
+    if distributed.is_primary():
+        run_dir.write_summary(summary)
+        if plot and rows:
+            from jaxsafe.plotting import plot_curves
 
-        plot_curves(rows, grid.swept, run_dir.figure_path, cost_limits=_cost_limits(algo, spec, grid),
-                    title=f"{spec.algorithm} on {spec.problem}", metrics=algo.curve_metrics,
-                    xlabel=algo.step_unit)
+            plot_curves(rows, grid.swept, run_dir.figure_path, cost_limits=_cost_limits(algo, spec, grid),
+                        title=f"{spec.algorithm} on {spec.problem}", metrics=algo.curve_metrics,
+                        xlabel=algo.step_unit)
+    distributed.barrier("jaxsafe-summary-written")
     return RunResult(run_dir, grid, jax.tree.map(lambda x: x[: grid.size], state), rows, summary)
+
+
+def _metrics_process() -> int | None:
+    """Which per-process metrics file this process writes (None: the one ``metrics.jsonl`` of a single process)."""
+    return distributed.process_index() if distributed.process_count() > 1 else None
 
 
 def _cost_limits(algo: Algorithm, spec: RunSpec, grid: Grid) -> dict:

@@ -32,15 +32,15 @@ class Bandit(NamedTuple):
     costs: jax.Array
 
 
-BANDITS = {
-    "three_arms": (Bandit(jnp.array([1.0, 0.6, 0.1]), jnp.array([1.0, 0.3, 0.0])), "3 arms, safest is worst"),
-}
+#: name -> (rewards, costs, description); plain numbers, so importing this module starts no JAX backend.
+BANDITS = {"three_arms": ([1.0, 0.6, 0.1], [1.0, 0.3, 0.0], "3 arms, safest is worst")}
 
 
 def make_bandit(name: str) -> Bandit:
     if name not in BANDITS:
         raise ValueError(f"unknown bandit {name!r}; choose one of {sorted(BANDITS)}")
-    return BANDITS[name][0]
+    rewards, costs, _ = BANDITS[name]
+    return Bandit(jnp.asarray(rewards), jnp.asarray(costs))
 
 
 @struct.dataclass
@@ -108,7 +108,7 @@ ALGORITHM = Algorithm(
     config_cls=BanditConfig,
     config_defaults={},
     make_train_parts=make_train_parts,
-    problems=ProblemSpace("bandit", make_bandit, lambda: {name: text for name, (_, text) in BANDITS.items()}),
+    problems=ProblemSpace("bandit", make_bandit, lambda: {name: text for name, (*_, text) in BANDITS.items()}),
     step_unit="updates",
 )
 
