@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import warnings
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
@@ -396,7 +397,11 @@ def _run_training(spec: RunSpec, run_dir: RunDir, resume: bool, progress: bool, 
     state = jax.jit(jax.vmap(parts.init))(keys, hparams)
 
     start_chunk = 0
-    if resume:
+    if resume and not checkpoint.all_steps(run_dir.checkpoint_dir):
+        # Stopped before its first checkpoint: nothing to restore, so the run starts again (same key, same result).
+        warnings.warn(f"{run_dir.path} has no checkpoint yet: the run starts from its first update", stacklevel=3)
+        run_dir.truncate_metrics(0, process=_metrics_process())
+    elif resume:
         step, restored = checkpoint.restore(run_dir.checkpoint_dir, to_save(state))
         if distributed.is_primary():
             for newer in [s for s in checkpoint.all_steps(run_dir.checkpoint_dir) if s > step]:
@@ -473,11 +478,10 @@ def _cost_limits(algo: Algorithm, spec: RunSpec, grid: Grid) -> dict:
 
 
 def resume_training(out_dir: str | Path, **kwargs) -> RunResult:
-    """Continue the run in ``out_dir`` from its newest checkpoint (errors if missing or corrupt; writes nothing)."""
+    """Continue the run in ``out_dir`` from its newest usable checkpoint (from its first update, with a warning, if
+    it stopped before writing one). Errors if the directory or its config is missing or corrupt."""
     run_dir = RunDir(out_dir, must_exist=True)
     spec = RunSpec.from_json(run_dir.read_config())
-    if checkpoint.latest_step(run_dir.checkpoint_dir) is None:
-        raise checkpoint.CheckpointError(f"{run_dir.path} has no checkpoint to resume from")
     return run_training(spec, out_dir, resume=True, **kwargs)
 
 
