@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from jaxsafe import constraints
+from jaxsafe.rl.cpo import CPOHParams
 from jaxsafe.rl.ppo import PPOHParams
 
 
@@ -51,3 +52,52 @@ def test_fixed_penalty_is_constant():
 def test_unknown_handler_lists_names():
     with pytest.raises(ValueError, match="lagrangian"):
         constraints.make_handler("adam")
+
+
+# ------------------------------------------------------------------------------------------- two costs, elementwise
+
+
+def test_lagrangian_two_costs_each_cost_its_own_multiplier():
+    handler = constraints.lagrangian()
+    h = hp(multiplier_lr=0.5, initial_multiplier=0.25)
+    state = handler.init(h, (2,))
+    np.testing.assert_array_equal(state.multiplier, [0.25, 0.25])
+    limit = jnp.array([1.0, 10.0])
+    state = handler.update(state, jnp.array([3.0, 4.0]), limit, h)
+    # cost 0 violated by 2: 0.25 + 0.5 * 2 = 1.25; cost 1 satisfied by 6: max(0, 0.25 - 3) = 0
+    np.testing.assert_allclose(state.multiplier, [1.25, 0.0], rtol=1e-6)
+    state = handler.update(state, jnp.array([0.5, 12.0]), limit, h)
+    # cost 0 now satisfied by 0.5: 1.25 - 0.25 = 1.0; cost 1 violated by 2: 0 + 1 = 1.0
+    np.testing.assert_allclose(state.multiplier, [1.0, 1.0], rtol=1e-6)
+    np.testing.assert_array_equal(state.previous_cost, [0.5, 12.0])
+
+
+def test_pid_two_costs_hand_values():
+    handler = constraints.pid_lagrangian()
+    h = hp(pid_kp=0.1, pid_ki=0.01, pid_kd=0.5, initial_multiplier=0.0)
+    state = handler.init(h, (2,))
+    state = handler.update(state, jnp.array([35.0, 5.0]), jnp.array([25.0, 10.0]), h)
+    # cost 0 as in the scalar test: 18.6; cost 1: e = -5, I = 0, D = max(0, 5 - 0) = 5: m = -0.5 + 0 + 2.5 = 2.0
+    np.testing.assert_allclose(state.multiplier, [18.6, 2.0], rtol=1e-6)
+    np.testing.assert_allclose(state.integral, [0.1, 0.0], rtol=1e-6)
+
+
+def test_none_and_margin_and_fixed_two_costs():
+    h = CPOHParams(initial_multiplier=2.5, margin_lr=0.1, multiplier_lr=7.0).as_arrays()
+    cost, limit = jnp.array([30.0, 0.0]), jnp.array([25.0, 1.0])
+    none = constraints.none()
+    state = none.update(none.init(h, (2,)), cost, limit, h)
+    np.testing.assert_array_equal(state.multiplier, [0.0, 0.0])  # ignores initial_multiplier and the violation
+    margin = constraints.learned_margin()
+    state = margin.init(h, (2,))
+    np.testing.assert_array_equal(state.multiplier, [0.0, 0.0])  # starts at 0, not initial_multiplier
+    state = margin.update(state, cost, limit, h)
+    np.testing.assert_allclose(state.multiplier, [0.5, 0.0], rtol=1e-6)  # margin_lr, not multiplier_lr
+    fixed = constraints.fixed_penalty()
+    state = fixed.update(fixed.init(h, (2,)), cost, limit, h)
+    np.testing.assert_array_equal(state.multiplier, [2.5, 2.5])
+
+
+def test_measured_or_limit_per_cost():
+    measured = jnp.array([jnp.nan, 3.0])
+    np.testing.assert_array_equal(constraints.measured_or_limit(measured, jnp.array([1.0, 2.0])), [1.0, 3.0])

@@ -4,9 +4,9 @@ Usage::
 
     config  = CPOConfig(num_envs=16, num_steps=128, total_steps=200_000, method="cpo")   # or "trpo_lag"
     hparams = config.default_hparams().replace(cost_limit=10.0)
-    train   = make_train(config, env, env_params)
+    train   = make_train(config, envs.make("SafeGridWorld"))    # or make_train(config, env, env_params)
     result  = jax.jit(train)(key, hparams)                      # TrainResult(params, metrics)
-    grid    = jax.jit(jax.vmap(train))(keys, stacked_hparams)   # seeds x cost limits in one program
+    grid    = sweep.run_grid(train, sweep.make_grid(hparams, seeds=4, cost_limit=[5.0, 10.0]))
 
 One update (OmniSafe's order):
 
@@ -36,6 +36,11 @@ One update (OmniSafe's order):
 
 Before any episode has finished ``J_c`` is unknown; the constraint is then treated as exactly active (``c = 0``,
 the multiplier is left unchanged).
+
+Several costs (``n_costs > 1``): TRPO-Lagrangian keeps one multiplier per cost, exactly as PPO-Lagrangian does
+(``cost_limit`` of shape ``(n_costs,)``, per-cost GAE and critic outputs, ``[n_costs]`` metrics; see
+:mod:`jaxsafe.rl.ppo`). CPO's step solves a problem with one cost constraint, so ``method="cpo"`` on such an
+environment is refused with a ``ValueError``.
 """
 
 from __future__ import annotations
@@ -53,8 +58,10 @@ from jaxsafe.envs.core import SafeEnv, wrap_for_training
 from jaxsafe.learner import Config, HParams, TrainParts, make_train_from_parts
 from jaxsafe.rl import trust_region
 from jaxsafe.rl.networks import Critic, make_actor
-from jaxsafe.rl.ppo import (ActorCriticParams, PPOHParams, RolloutBudget, check_networks, check_rollout_budget,
-                            compute_advantages, env_problem, make_act, make_collect_rollout)
+from jaxsafe.rl.ppo import (ActorCriticParams, PPOHParams, RolloutBudget, centre_cost_advantages, check_cost_limit,
+                            check_networks, check_rollout_budget, compute_advantages, cost_shape, cost_totals,
+                            cost_value_loss, env_problem, make_act, make_collect_rollout, make_cost_critic,
+                            mean_step_cost, with_cost_shape)
 from jaxsafe.validation import is_int, non_negative, open_unit_interval, positive, require
 
 __all__ = ["METHODS", "CPOConfig", "CPOHParams", "CPOState", "make_train_parts", "make_train", "make_act"]
@@ -109,8 +116,9 @@ class CPOConfig(Config, RolloutBudget):
                 f"an integer in [1, the batch num_envs * num_steps = {self.batch_size}]",
                 self.fisher_fraction_denominator)
 
-    def default_hparams(self) -> "CPOHParams":
-        return CPOHParams().as_arrays()
+    def default_hparams(self, n_costs: int = 1) -> "CPOHParams":
+        """The defaults as float32 arrays; ``n_costs > 1`` gives one ``cost_limit`` per cost (each the default)."""
+        return with_cost_shape(CPOHParams().as_arrays(), n_costs)
 
 
 #: The fields CPO shares with PPO use PPO's rules (one definition of "a discount is in [0, 1]").
@@ -170,11 +178,16 @@ def make_train_parts(config: CPOConfig, env: SafeEnv | tuple, env_params: Any = 
     """The learner as ``init(key, hparams) -> state`` and ``update(state, hparams) -> (state, metrics)``; ``env``
     may be the ``(env, env_params)`` pair ``envs.make`` returns."""
     env, env_params = env_problem(env, env_params)
+    n_costs = env.n_costs
+    if config.method == "cpo" and n_costs != 1:
+        raise ValueError(f"CPOConfig.method='cpo' handles one cost (its trust-region step has one cost constraint), "
+                         f"but {env.name} has {n_costs} costs; use method='trpo_lag' (one multiplier per cost)")
     vec_env = wrap_for_training(env, config.num_envs)
     action_space = env.action_space(env_params)
     actor = make_actor(action_space, config.hidden, config.activation, config.policy)
     critic = Critic(config.hidden, config.activation)
-    collect = make_collect_rollout(vec_env, env_params, actor, critic, action_space, config.num_steps)
+    cost_critic = make_cost_critic(config, n_costs)
+    collect = make_collect_rollout(vec_env, env_params, actor, critic, action_space, config.num_steps, cost_critic)
     # CPO's constraint state is its learned margin (starts at 0); TRPO-Lagrangian's is its multiplier.
     handler = constraints.learned_margin() if config.method == "cpo" else constraints.make_handler(config.multiplier)
     critic_optimizer = optax.scale_by_adam()
@@ -183,32 +196,35 @@ def make_train_parts(config: CPOConfig, env: SafeEnv | tuple, env_params: Any = 
     is_cpo = config.method == "cpo"
 
     def init(key, hparams):
+        check_cost_limit(hparams, env)
         key, actor_key, critic_key, cost_key, env_key = jax.random.split(key, 5)
         dummy = jnp.zeros(obs_shape, jnp.float32)
         params = ActorCriticParams(
             actor=actor.init(actor_key, dummy),
             critic=critic.init(critic_key, dummy),
-            cost_critic=critic.init(cost_key, dummy),
+            cost_critic=cost_critic.init(cost_key, dummy),
         )
         env_state, timestep = vec_env.reset(env_key, env_params)
-        return CPOState(params, critic_optimizer.init((params.critic, params.cost_critic)), handler.init(hparams),
-                        env_state, timestep.obs, key, jnp.zeros((), jnp.int32))
+        return CPOState(params, critic_optimizer.init((params.critic, params.cost_critic)),
+                        handler.init(hparams, cost_shape(n_costs)), env_state, timestep.obs, key,
+                        jnp.zeros((), jnp.int32))
 
     def critic_loss(critic_params, batch):
         obs, value_target, cost_target = batch
         value_params, cost_params = critic_params
         value_loss = losses.value_loss(critic.apply(value_params, obs), value_target)
-        cost_value_loss = losses.value_loss(critic.apply(cost_params, obs), cost_target)
-        return value_loss + cost_value_loss, (value_loss, cost_value_loss)
+        cost_loss = cost_value_loss(cost_critic.apply(cost_params, obs), cost_target, n_costs)
+        return value_loss + cost_loss, (value_loss, cost_loss)
 
     def update(state: CPOState, hparams: CPOHParams):
+        check_cost_limit(hparams, env)
         rollout = collect(state.params, state.env_state, state.obs, state.key)
         traj, stats, key = rollout.traj, rollout.stats, rollout.key
         episode_cost = stats.episode_cost
         measured_cost = constraints.measured_or_limit(episode_cost, hparams.cost_limit)
         advantages, value_targets, cost_advantages, cost_targets = compute_advantages(traj, hparams)
         advantages = losses.standardise(advantages)
-        cost_advantages = losses.centre(cost_advantages)
+        cost_advantages = centre_cost_advantages(cost_advantages, n_costs)
 
         # CPO: the learned margin, projected ascent on the excess with margin_lr; TRPO-Lag: the multiplier.
         constraint_state = handler.update(state.constraint, measured_cost, hparams.cost_limit, hparams)
@@ -285,13 +301,13 @@ def make_train_parts(config: CPOConfig, env: SafeEnv | tuple, env_params: Any = 
 
         key, epoch_key = jax.random.split(key)
         critic_params = (state.params.critic, state.params.cost_critic)
-        (critic_params, critic_opt_state), (value_loss, cost_value_loss) = jax.lax.scan(
+        (critic_params, critic_opt_state), (value_loss, cost_loss) = jax.lax.scan(
             epoch, (critic_params, state.critic_opt_state), jax.random.split(epoch_key, config.critic_epochs)
         )
         params = ActorCriticParams(new_actor, *critic_params)
         new_state = CPOState(params, critic_opt_state, constraint_state, rollout.env_state, rollout.obs, key,
                              state.update_step + 1)
-        value_loss, cost_value_loss = value_loss.mean(), cost_value_loss.mean()
+        value_loss, cost_loss = value_loss.mean(), cost_loss.mean()
         entropy = old_dist.entropy().mean()
         metrics = dict(
             env_steps=new_state.update_step * config.batch_size,
@@ -300,7 +316,7 @@ def make_train_parts(config: CPOConfig, env: SafeEnv | tuple, env_params: Any = 
             episode_length=stats.episode_length,
             episodes_finished=stats.episodes_finished,
             multiplier=multiplier,
-            margin=constraint_state.multiplier if is_cpo else jnp.zeros((), jnp.float32),
+            margin=constraint_state.multiplier if is_cpo else jnp.zeros_like(multiplier),
             constraint_value=constraint_value,
             case=step.case,
             cost_multiplier=step.cost_multiplier,
@@ -309,11 +325,12 @@ def make_train_parts(config: CPOConfig, env: SafeEnv | tuple, env_params: Any = 
             num_backtracks=num_backtracks,
             approx_kl=kl,
             value_loss=value_loss,
-            cost_value_loss=cost_value_loss,
+            cost_value_loss=cost_loss,
             entropy=entropy,
-            step_cost=traj.cost.mean(),
-            nonfinite=~(jnp.isfinite(value_loss) & jnp.isfinite(cost_value_loss)
+            step_cost=mean_step_cost(traj.cost, n_costs),
+            nonfinite=~(jnp.isfinite(value_loss) & jnp.isfinite(cost_loss)
                         & jnp.all(jnp.isfinite(new_flat_actor))),
+            **cost_totals(episode_cost, n_costs),
         )
         return new_state, metrics
 

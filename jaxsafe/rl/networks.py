@@ -1,8 +1,9 @@
 """Actor and critic factories (Flax linen; pure ``init``/``apply``).
 
 The actor maps an observation to a distrax distribution: ``Categorical`` for discrete actions, a diagonal Gaussian
-with a state-independent learned log standard deviation for continuous ones. Critics map an observation to a scalar.
-Actor, reward critic and cost critic are separate networks (no shared torso), the usual choice for PPO-Lagrangian.
+with a state-independent learned log standard deviation for continuous ones. Critics map an observation to a scalar
+(or to one value per cost signal). Actor, reward critic and cost critic are separate networks (no shared torso), the
+usual choice for PPO-Lagrangian.
 
 ``make_actor(..., policy="flipping")`` builds instead the state-dependent flipping policy of the flipping-based
 CCMDP paper (Sec. 4.2; its Thm 2 says a two-point action distribution is optimal per state): a
@@ -43,12 +44,17 @@ class MLP(nn.Module):
 
 
 class Critic(nn.Module):
+    """A value head: ``[..., obs_dim] -> [...]``, or ``[..., num_outputs]`` with ``num_outputs`` set (one value per
+    cost signal: the cost critic of an environment with several costs)."""
+
     hidden: Sequence[int]
     activation: str = "tanh"
+    num_outputs: int | None = None
 
     @nn.compact
     def __call__(self, obs):
-        return _dense(1, 1.0)(MLP(self.hidden, self.activation)(obs))[..., 0]
+        values = _dense(self.num_outputs or 1, 1.0)(MLP(self.hidden, self.activation)(obs))
+        return values[..., 0] if self.num_outputs is None else values
 
 
 class DiscreteActor(nn.Module):

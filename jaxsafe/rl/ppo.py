@@ -4,9 +4,9 @@ Usage (the shape every jaxsafe learner has)::
 
     config  = PPOConfig(num_envs=16, num_steps=128, total_steps=200_000, multiplier="lagrangian")
     hparams = config.default_hparams().replace(cost_limit=10.0)
-    train   = make_train(config, env, env_params)
+    train   = make_train(config, envs.make("SafeCartPole"))     # or make_train(config, env, env_params)
     result  = jax.jit(train)(key, hparams)                      # TrainResult(params, metrics)
-    grid    = jax.jit(jax.vmap(train))(keys, stacked_hparams)   # a whole sweep in one program
+    grid    = sweep.run_grid(train, sweep.make_grid(hparams, seeds=4, cost_limit=[5.0, 10.0]))
 
 ``config`` fixes shapes and loop counts (static, hashable, validated on construction); ``hparams`` holds everything
 a user sweeps and may be traced. ``multiplier`` selects the constraint handler: ``"none"`` is unconstrained PPO,
@@ -16,8 +16,16 @@ a user sweeps and may be traced. ``multiplier`` selects the constraint handler: 
 One update: collect ``num_steps`` steps from ``num_envs`` auto-resetting environments; update the Lagrange multiplier
 from the mean cost of the episodes that finished (OmniSafe's order); compute reward and cost advantages with GAE
 (bootstrapping truncated episodes from their final observation); standardise the reward advantages, centre the cost
-advantages and mix them as ``(A_r - m A_c) / (1 + m)``; run ``num_epochs`` epochs of clipped-surrogate updates over ``num_minibatches``
-minibatches, training the reward and cost critics by regression on their GAE returns.
+advantages and mix them as ``(A_r - m A_c) / (1 + m)`` (:func:`jaxsafe.losses.mix_advantages`); run ``num_epochs``
+epochs of clipped-surrogate updates over ``num_minibatches`` minibatches, training the reward and cost critics by
+regression on their GAE returns.
+
+**Several costs.** On an environment with ``n_costs > 1`` (``TimeStep.cost`` of shape ``(n_costs,)``) every cost is
+constrained on its own: ``cost_limit`` must have shape ``(n_costs,)`` (a scalar is refused, naming the field, when
+``init`` is traced: ``config.default_hparams(n_costs)`` has the right shape), the cost critic has one output per
+cost, each cost gets its own GAE and its own multiplier, and the advantage is
+``(A_r - sum_i m_i A_c,i) / (1 + sum_i m_i)``. The metrics ``episode_cost``, ``multiplier`` and ``step_cost`` are then
+``[n_costs]`` vectors and ``episode_cost_total`` is their sum; with one cost every metric stays a scalar.
 
 ``make_train_parts`` exposes the same learner as ``init(key, hparams) -> state`` and
 ``update(state, hparams) -> (state, metrics)``, which the chunked runner (checkpoints, progress, resume) uses; the
@@ -26,7 +34,8 @@ scan of ``update`` over ``num_updates`` steps is exactly ``train``.
 The rollout and the advantage computation are shared with the trust-region learners (:mod:`jaxsafe.rl.cpo`):
 ``make_collect_rollout(...)`` returns ``collect(params, env_state, obs, key) -> Rollout(traj, stats, ...)`` (the
 ``[T, E]`` transitions and the finished episodes' mean return, cost and length), and ``compute_advantages(traj,
-hparams)`` the raw reward and cost GAE with their critic targets.
+hparams)`` the raw reward and cost GAE with their critic targets; ``check_cost_limit``, ``make_cost_critic`` and
+``centre_cost_advantages`` carry the per-cost conventions.
 """
 
 from __future__ import annotations
@@ -143,8 +152,9 @@ class PPOConfig(Config, RolloutBudget):
     def minibatch_size(self) -> int:
         return self.batch_size // self.num_minibatches
 
-    def default_hparams(self) -> "PPOHParams":
-        return PPOHParams().as_arrays()
+    def default_hparams(self, n_costs: int = 1) -> "PPOHParams":
+        """The defaults as float32 arrays; ``n_costs > 1`` gives one ``cost_limit`` per cost (each the default)."""
+        return with_cost_shape(PPOHParams().as_arrays(), n_costs)
 
 
 @struct.dataclass
@@ -206,18 +216,76 @@ class PPOState(NamedTuple):
     update_step: jax.Array
 
 
+def cost_shape(n_costs: int) -> tuple[int, ...]:
+    """The shape of every per-cost quantity (cost limit, multiplier, episode cost): ``()`` for one cost (scalars,
+    as single-cost learners always had), ``(n_costs,)`` for several."""
+    return () if n_costs == 1 else (int(n_costs),)
+
+
+def with_cost_shape(hparams: Any, n_costs: int) -> Any:
+    """``hparams`` with ``cost_limit`` broadcast to :func:`cost_shape` of ``n_costs``."""
+    return hparams.replace(cost_limit=jnp.broadcast_to(jnp.asarray(hparams.cost_limit), cost_shape(n_costs)))
+
+
+def check_cost_limit(hparams: Any, env: SafeEnv) -> None:
+    """Raise ``ValueError`` unless ``hparams.cost_limit`` has :func:`cost_shape` of ``env.n_costs`` (one limit per
+    cost). Shapes are static, so this runs at trace time of ``init``/``update``, before anything compiles."""
+    want, got = cost_shape(env.n_costs), tuple(jnp.shape(hparams.cost_limit))
+    if got != want:
+        costs = f"{env.n_costs} cost" + ("s" if env.n_costs > 1 else "")
+        raise ValueError(f"{type(hparams).__name__}.cost_limit must have shape {want} (one limit per cost: "
+                         f"{env.name} has {costs}), got shape {got}")
+
+
+def make_cost_critic(config, n_costs: int) -> Critic:
+    """The cost critic: one value per cost (a scalar head for one cost)."""
+    return Critic(config.hidden, config.activation, None if n_costs == 1 else int(n_costs))
+
+
+def _per_cost(fn, *arrays):
+    """``fn`` applied to each cost of arrays with a trailing cost axis (vmapped over it)."""
+    return jax.vmap(fn, in_axes=-1, out_axes=-1)(*arrays)
+
+
+def centre_cost_advantages(cost_advantages: jax.Array, n_costs: int) -> jax.Array:
+    """Cost advantages centred (not scaled, as OmniSafe does), each cost on its own: ``[...]`` or ``[..., K]``."""
+    return losses.centre(cost_advantages) if n_costs == 1 else _per_cost(losses.centre, cost_advantages)
+
+
+def cost_value_loss(prediction: jax.Array, target: jax.Array, n_costs: int) -> jax.Array:
+    """The cost critic's regression loss, summed over costs (each cost's head gets a single-cost gradient)."""
+    if n_costs == 1:
+        return losses.value_loss(prediction, target)
+    return _per_cost(losses.value_loss, prediction, target).sum()
+
+
+def mean_step_cost(cost: jax.Array, n_costs: int) -> jax.Array:
+    """Mean per-step cost of a ``[T, E]`` (``[T, E, K]``) rollout: a scalar, or one per cost."""
+    return cost.mean() if n_costs == 1 else cost.mean(axis=tuple(range(cost.ndim - 1)))
+
+
+def cost_totals(episode_cost: jax.Array, n_costs: int) -> dict:
+    """``{"episode_cost_total": sum over costs}`` for several costs (nothing for one: ``episode_cost`` is it)."""
+    return {} if n_costs == 1 else {"episode_cost_total": episode_cost.sum(-1)}
+
+
 def _finished_mean(finished, count, valid, fallback_count, per_step, fallback):
-    recent = jnp.where(count > 0, (per_step * finished).sum() / jnp.maximum(count, 1.0), jnp.nan)
-    older = jnp.where(fallback_count > 0, (fallback * valid).sum() / jnp.maximum(fallback_count, 1.0), jnp.nan)
+    """Mean of ``per_step [T, E, ...]`` over finished episodes, else of ``fallback [E, ...]`` over valid ones."""
+    trailing = (1,) * (per_step.ndim - finished.ndim)
+    finished, valid = finished.reshape(finished.shape + trailing), valid.reshape(valid.shape + trailing)
+    steps, envs = tuple(range(finished.ndim - len(trailing))), tuple(range(valid.ndim - len(trailing)))
+    recent = jnp.where(count > 0, (per_step * finished).sum(steps) / jnp.maximum(count, 1.0), jnp.nan)
+    older = jnp.where(fallback_count > 0, (fallback * valid).sum(envs) / jnp.maximum(fallback_count, 1.0), jnp.nan)
     return jnp.where(count > 0, recent, older)
 
 
 def rollout_episode_stats(episode_done, episode_return, episode_cost, valid_return, valid_cost, valid):
     """Mean return and cost of the episodes that finished in a rollout.
 
-    Arguments are ``[T, E]`` (``episode_cost`` summed over costs); ``valid_*`` are the last-finished-episode values
-    ``[E]`` at the end of the rollout with their ``valid`` mask. If no episode finished in this rollout, the most
-    recent finished episode of each environment is used; if none has finished yet, NaN.
+    ``episode_done``, ``episode_return`` are ``[T, E]``, ``episode_cost`` ``[T, E]`` or ``[T, E, K]`` (one per
+    cost); ``valid_*`` are the last-finished-episode values ``[E]`` (``[E, K]``) at the end of the rollout with
+    their ``valid`` mask. If no episode finished in this rollout, the most recent finished episode of each
+    environment is used; if none has finished yet, NaN.
     """
     finished = episode_done.astype(jnp.float32)
     count = finished.sum()
@@ -233,7 +301,7 @@ class RolloutStats(NamedTuple):
     """Means over the episodes that finished in one rollout (see :func:`rollout_episode_stats`); NaN if none yet."""
 
     episode_return: jax.Array
-    episode_cost: jax.Array  # summed over cost signals
+    episode_cost: jax.Array  # () for one cost, (n_costs,) for several
     episode_length: jax.Array  # steps
     episodes_finished: jax.Array  # how many episodes finished in this rollout
 
@@ -248,13 +316,22 @@ class Rollout(NamedTuple):
     key: jax.Array
 
 
-def make_collect_rollout(vec_env, env_params: Any, actor, critic, action_space, num_steps: int):
+def make_collect_rollout(vec_env, env_params: Any, actor, critic, action_space, num_steps: int, cost_critic=None):
     """``collect(params, env_state, obs, key) -> Rollout``: ``num_steps`` steps of the auto-resetting ``vec_env``.
 
-    ``params`` is an :class:`ActorCriticParams` (``actor``, ``critic``, ``cost_critic``). Continuous actions are
+    ``params`` is an :class:`ActorCriticParams` (``actor``, ``critic``, ``cost_critic``); ``cost_critic`` is the
+    cost critic's module (default: ``critic``; :func:`make_cost_critic` for several costs). Continuous actions are
     sampled unclipped (their log-probability is of the sampled value) and clipped to the action box for the env.
-    Shared by every on-policy learner (PPO, CPO, TRPO-Lagrangian).
+    The trajectory's ``cost``, ``cost_value`` and ``next_cost_value`` are ``[T, E]`` for one cost and
+    ``[T, E, n_costs]`` for several (``vec_env.n_costs``). Shared by every on-policy learner (PPO, CPO,
+    TRPO-Lagrangian).
     """
+    cost_critic = critic if cost_critic is None else cost_critic
+    n_costs = vec_env.n_costs
+
+    def per_cost(cost):  # [..., n_costs] -> [...] for one cost
+        return cost[..., 0] if n_costs == 1 else cost
+
     continuous = isinstance(action_space, spaces.Box)
     if continuous:
         low, high = jnp.asarray(action_space.low), jnp.asarray(action_space.high)
@@ -273,16 +350,16 @@ def make_collect_rollout(vec_env, env_params: Any, actor, critic, action_space, 
             action=action,
             log_prob=log_prob,
             value=critic.apply(params.critic, obs),
-            cost_value=critic.apply(params.cost_critic, obs),
+            cost_value=cost_critic.apply(params.cost_critic, obs),
             reward=timestep.reward,
-            cost=timestep.cost.sum(-1),
+            cost=per_cost(timestep.cost),
             terminated=timestep.terminated,
             truncated=timestep.truncated,
             next_value=critic.apply(params.critic, final_obs),
-            next_cost_value=critic.apply(params.cost_critic, final_obs),
+            next_cost_value=cost_critic.apply(params.cost_critic, final_obs),
         )
         info = timestep.info
-        episode_info = (info["episode_done"], info["episode_return"], info["episode_cost"].sum(-1),
+        episode_info = (info["episode_done"], info["episode_return"], per_cost(info["episode_cost"]),
                         info["episode_length"])
         return (params, env_state, timestep.obs, key), (transition, episode_info)
 
@@ -293,7 +370,7 @@ def make_collect_rollout(vec_env, env_params: Any, actor, critic, action_space, 
         episode_done, episode_return, episode_cost, episode_length = episode_info
         valid = env_state.has_finished
         mean_return, mean_cost, count = rollout_episode_stats(
-            episode_done, episode_return, episode_cost, env_state.last_return, env_state.last_cost.sum(-1), valid
+            episode_done, episode_return, episode_cost, env_state.last_return, per_cost(env_state.last_cost), valid
         )
         mean_length = _finished_mean(
             episode_done.astype(jnp.float32), count, valid, valid.astype(jnp.float32).sum(),
@@ -308,14 +385,18 @@ def compute_advantages(traj: Transition, hparams: Any):
     """Reward and cost GAE of a ``[T, E]`` rollout: ``(advantages, value_targets, cost_advantages, cost_targets)``.
 
     Truncated episodes bootstrap from their final observation; reads ``gamma``, ``gae_lambda``, ``cost_gamma``,
-    ``cost_gae_lambda`` from ``hparams``. Returned raw, ``[T, E]`` each (learners normalise them).
+    ``cost_gae_lambda`` from ``hparams``. Returned raw (learners normalise them): ``[T, E]`` each, the cost ones
+    ``[T, E, n_costs]`` when the rollout has several costs (one GAE per cost).
     """
     episode_end = jnp.logical_or(traj.terminated, traj.truncated)
     advantages, value_targets = batched_gae(
         traj.reward, traj.value, traj.next_value, traj.terminated, episode_end,
         hparams.gamma, hparams.gae_lambda,
     )
-    cost_advantages, cost_targets = batched_gae(
+    cost_gae = batched_gae
+    if traj.cost.ndim == traj.reward.ndim + 1:  # one GAE per cost, over the trailing cost axis
+        cost_gae = jax.vmap(batched_gae, in_axes=(-1, -1, -1, None, None, None, None), out_axes=-1)
+    cost_advantages, cost_targets = cost_gae(
         traj.cost, traj.cost_value, traj.next_cost_value, traj.terminated, episode_end,
         hparams.cost_gamma, hparams.cost_gae_lambda,
     )
@@ -330,24 +411,27 @@ def make_train_parts(config: PPOConfig, env: SafeEnv | tuple, env_params: Any = 
     action_space = env.action_space(env_params)
     actor = make_actor(action_space, config.hidden, config.activation, config.policy)
     critic = Critic(config.hidden, config.activation)
-    collect = make_collect_rollout(vec_env, env_params, actor, critic, action_space, config.num_steps)
+    n_costs = env.n_costs
+    cost_critic = make_cost_critic(config, n_costs)
+    collect = make_collect_rollout(vec_env, env_params, actor, critic, action_space, config.num_steps, cost_critic)
     handler = constraints.make_handler(config.multiplier)
     optimizer = optax.chain(optax.clip_by_global_norm(config.max_grad_norm), optax.scale_by_adam(eps=1e-5))
     obs_shape = env.observation_space(env_params).shape
 
     def init(key, hparams):
+        check_cost_limit(hparams, env)
         key, actor_key, critic_key, cost_key, env_key = jax.random.split(key, 5)
         dummy = jnp.zeros(obs_shape, jnp.float32)
         params = ActorCriticParams(
             actor=actor.init(actor_key, dummy),
             critic=critic.init(critic_key, dummy),
-            cost_critic=critic.init(cost_key, dummy),
+            cost_critic=cost_critic.init(cost_key, dummy),
         )
         env_state, timestep = vec_env.reset(env_key, env_params)
         return PPOState(
             params=params,
             opt_state=optimizer.init(params),
-            constraint=handler.init(hparams),
+            constraint=handler.init(hparams, cost_shape(n_costs)),
             env_state=env_state,
             obs=timestep.obs,
             key=key,
@@ -360,17 +444,18 @@ def make_train_parts(config: PPOConfig, env: SafeEnv | tuple, env_params: Any = 
         surrogate = losses.clipped_surrogate(dist.log_prob(action), old_log_prob, advantage, hparams.clip_eps)
         entropy = dist.entropy().mean()
         value_loss = losses.value_loss(critic.apply(params.critic, obs), value_target)
-        cost_value_loss = losses.value_loss(critic.apply(params.cost_critic, obs), cost_target)
-        total = surrogate.loss - hparams.entropy_coef * entropy + hparams.value_coef * (value_loss + cost_value_loss)
-        return total, dict(actor_loss=surrogate.loss, value_loss=value_loss, cost_value_loss=cost_value_loss,
+        cost_loss = cost_value_loss(cost_critic.apply(params.cost_critic, obs), cost_target, n_costs)
+        total = surrogate.loss - hparams.entropy_coef * entropy + hparams.value_coef * (value_loss + cost_loss)
+        return total, dict(actor_loss=surrogate.loss, value_loss=value_loss, cost_value_loss=cost_loss,
                            entropy=entropy, approx_kl=surrogate.approx_kl, total_loss=total)
 
     def update(state: PPOState, hparams: PPOHParams):
+        check_cost_limit(hparams, env)
         rollout = collect(state.params, state.env_state, state.obs, state.key)
         traj, env_state, obs, key, params = rollout.traj, rollout.env_state, rollout.obs, rollout.key, state.params
         episode_return, episode_cost = rollout.stats.episode_return, rollout.stats.episode_cost
         episodes_finished = rollout.stats.episodes_finished
-        # Multiplier first, from the cost of the episodes this rollout finished (OmniSafe's order).
+        # Multiplier(s) first, from the cost of the episodes this rollout finished (OmniSafe's order).
         measured_cost = constraints.measured_or_limit(episode_cost, hparams.cost_limit)
         constraint_state = handler.update(state.constraint, measured_cost, hparams.cost_limit, hparams)
         multiplier = constraint_state.multiplier
@@ -378,7 +463,8 @@ def make_train_parts(config: PPOConfig, env: SafeEnv | tuple, env_params: Any = 
         advantages, value_targets, cost_advantages, cost_targets = compute_advantages(traj, hparams)
         # Reward advantages are standardised; cost advantages are only centred (as OmniSafe does), so that a
         # rollout with (almost) no cost does not blow critic noise up to unit scale.
-        mixed = losses.mix_advantages(losses.standardise(advantages), losses.centre(cost_advantages), multiplier)
+        cost_advantages = centre_cost_advantages(cost_advantages, n_costs)
+        mixed = losses.mix_advantages(losses.standardise(advantages), cost_advantages, multiplier)
         flat = jax.tree.map(
             lambda x: x.reshape((config.batch_size,) + x.shape[2:]),
             (traj.obs, traj.action, traj.log_prob, mixed, value_targets, cost_targets),
@@ -414,9 +500,10 @@ def make_train_parts(config: PPOConfig, env: SafeEnv | tuple, env_params: Any = 
             episode_cost=episode_cost,
             episodes_finished=episodes_finished,
             multiplier=multiplier,
-            step_cost=traj.cost.mean(),
+            step_cost=mean_step_cost(traj.cost, n_costs),
             nonfinite=~jnp.isfinite(loss_info["total_loss"]),
             **loss_info,
+            **cost_totals(episode_cost, n_costs),
         )
         return new_state, metrics
 

@@ -1,6 +1,8 @@
 """The online safe-RL learners in the algorithm registry (see :mod:`jaxsafe.algorithms`).
 
-Their problem space is the environment registry: a problem is the ``(env, env_params)`` pair ``envs.make`` returns.
+Their problem space is the environment registry: a problem is the ``(env, env_params)`` pair ``envs.make`` returns,
+passed straight to ``make_train_parts(config, problem)`` / ``make_act(config, problem)``. Default hparams have one
+``cost_limit`` per cost of the environment.
 """
 
 from __future__ import annotations
@@ -12,6 +14,12 @@ from jaxsafe.rl import cpo, ppo
 ENVIRONMENTS = ProblemSpace("environment", envs.make, envs.describe_envs)
 
 
+def _default_hparams(config, problem):
+    """The config's defaults with one ``cost_limit`` per cost of the environment (a scalar for one cost)."""
+    env, _ = problem
+    return config.default_hparams(env.n_costs)
+
+
 def _entry(name, description, module, config_cls, defaults):
     unconstrained = defaults.get("multiplier") == "none"
     return Algorithm(
@@ -19,6 +27,7 @@ def _entry(name, description, module, config_cls, defaults):
         make_train_parts=module.make_train_parts,
         problems=ENVIRONMENTS,
         make_act=module.make_act,
+        default_hparams=_default_hparams,
         cost_limit_field=None if unconstrained else "cost_limit",
     )
 

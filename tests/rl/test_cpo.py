@@ -145,3 +145,25 @@ def test_registered_and_runner_end_to_end(tmp_path):
     rows = result.run_dir.read_metrics()
     assert len(rows) == 2 * 2 and rows[-1]["env_steps"] == 4 * 64
     assert result.summary["complete"]
+
+
+def test_two_costs_trpo_lagrangian_has_a_multiplier_per_cost_and_cpo_refuses(two_cost_gridworld):
+    env, params = two_cost_gridworld
+    with pytest.raises(ValueError, match="method='cpo' handles one cost.*2 costs.*trpo_lag"):
+        cpo.make_train_parts(CPO_CONFIG, env, params)
+    config = cpo.CPOConfig(num_envs=8, num_steps=32, total_steps=8 * 32 * 3, hidden=(8,), critic_minibatches=2,
+                           critic_epochs=1, cg_iters=3, line_search_steps=3, method="trpo_lag")
+    limits = np.array([0.5, 25.0], np.float32)
+    hparams = config.default_hparams(2).replace(cost_limit=jnp.asarray(limits), multiplier_lr=jnp.float32(0.2),
+                                                initial_multiplier=jnp.float32(0.1))
+    result = jax.jit(cpo.make_train(config, env, params))(jax.random.PRNGKey(0), hparams)
+    cost, multiplier = np.asarray(result.metrics["episode_cost"]), np.asarray(result.metrics["multiplier"])
+    assert cost.shape == multiplier.shape == result.metrics["constraint_value"].shape == (3, 2)
+    expected = np.full(2, 0.1)
+    for k in range(3):
+        measured = np.where(np.isnan(cost[k]), limits, cost[k])
+        expected = np.maximum(expected + 0.2 * (measured - limits), 0.0)
+        np.testing.assert_allclose(multiplier[k], expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(result.metrics["episode_cost_total"], cost.sum(-1), rtol=1e-6)
+    with pytest.raises(ValueError, match=r"CPOHParams.cost_limit must have shape \(2,\)"):
+        jax.eval_shape(cpo.make_train(config, env, params), jax.random.PRNGKey(0), config.default_hparams())

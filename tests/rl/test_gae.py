@@ -1,3 +1,4 @@
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -59,3 +60,29 @@ def test_gae_rejects_batched_input():
     x = jnp.zeros((3, 2))
     with pytest.raises(AssertionError):
         gae(x, x, x, x.astype(bool), x.astype(bool), 0.9, 0.9)
+
+
+def test_compute_advantages_one_gae_per_cost():
+    """Several costs: each cost's GAE is the single-cost GAE of that cost (the trailing axis is vmapped)."""
+    from jaxsafe.rl.ppo import PPOHParams, compute_advantages
+    from jaxsafe.types import Transition
+
+    T, E, K = 6, 3, 2
+    keys = jax.random.split(jax.random.PRNGKey(0), 6)
+    normal = lambda k, shape: jax.random.normal(k, shape)  # noqa: E731
+    terminated = jnp.zeros((T, E), bool).at[2, 0].set(True)
+    truncated = jnp.zeros((T, E), bool).at[4, 1].set(True)
+    traj = Transition(obs=jnp.zeros((T, E, 1)), action=jnp.zeros((T, E)), log_prob=jnp.zeros((T, E)),
+                      value=normal(keys[0], (T, E)), cost_value=normal(keys[1], (T, E, K)),
+                      reward=normal(keys[2], (T, E)), cost=jnp.abs(normal(keys[3], (T, E, K))),
+                      terminated=terminated, truncated=truncated, next_value=normal(keys[4], (T, E)),
+                      next_cost_value=normal(keys[5], (T, E, K)))
+    hparams = PPOHParams(cost_gamma=0.9, cost_gae_lambda=0.8).as_arrays()
+    _, _, cost_advantages, cost_targets = compute_advantages(traj, hparams)
+    assert cost_advantages.shape == cost_targets.shape == (T, E, K)
+    for k in range(K):
+        single = traj._replace(cost=traj.cost[..., k], cost_value=traj.cost_value[..., k],
+                               next_cost_value=traj.next_cost_value[..., k])
+        _, _, want_advantages, want_targets = compute_advantages(single, hparams)
+        np.testing.assert_allclose(cost_advantages[..., k], want_advantages, rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(cost_targets[..., k], want_targets, rtol=1e-6, atol=1e-6)

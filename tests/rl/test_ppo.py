@@ -141,3 +141,52 @@ def test_bad_config_names_field(kwargs, field):
 def test_bad_hparams_name_field(field, value):
     with pytest.raises(ValueError, match=f"PPOHParams.{field}"):
         ppo.PPOConfig().default_hparams().replace(**{field: value}).validate()
+
+
+# ------------------------------------------------------------------------------------------------- several costs
+
+
+TWO_COST_CONFIG = ppo.PPOConfig(num_envs=8, num_steps=32, total_steps=8 * 32 * 10, hidden=(16,), num_minibatches=2)
+TWO_COST_LIMITS = np.array([0.5, 25.0], np.float32)  # cost 0 is violated at first, cost 1 never (c / 2 <= 25)
+
+
+@pytest.fixture(scope="module")
+def two_cost_run(two_cost_gridworld):
+    env, params = two_cost_gridworld
+    hparams = TWO_COST_CONFIG.default_hparams(env.n_costs).replace(
+        cost_limit=jnp.asarray(TWO_COST_LIMITS), multiplier_lr=jnp.float32(0.2), initial_multiplier=jnp.float32(0.1))
+    grid = sweep.make_grid(hparams, seeds=2)
+    return env, params, hparams, sweep.run_grid(ppo.make_train(TWO_COST_CONFIG, env, params), grid)
+
+
+def test_two_costs_one_multiplier_per_cost(two_cost_run):
+    env, params, hparams, result = two_cost_run
+    metrics = result.metrics
+    n = TWO_COST_CONFIG.num_updates
+    assert metrics["episode_cost"].shape == (2, n, 2) and metrics["multiplier"].shape == (2, n, 2)
+    assert metrics["step_cost"].shape == (2, n, 2) and metrics["episode_return"].shape == (2, n)
+    cost = np.asarray(metrics["episode_cost"])
+    finite = np.isfinite(cost[..., 0])
+    assert finite.sum() > n  # episodes finished in most updates
+    np.testing.assert_array_equal(cost[..., 1][finite], 0.5 * cost[..., 0][finite])  # each cost measured apart
+    np.testing.assert_allclose(metrics["episode_cost_total"], cost.sum(-1), rtol=1e-6)
+    # each multiplier follows its own projected-ascent rule, m_k <- max(0, m_k + lr (J_k - d_k))
+    multiplier = np.asarray(metrics["multiplier"])
+    expected = np.full((2, 2), float(hparams.initial_multiplier))
+    for k in range(n):
+        measured = np.where(np.isnan(cost[:, k]), TWO_COST_LIMITS, cost[:, k])
+        expected = np.maximum(expected + float(hparams.multiplier_lr) * (measured - TWO_COST_LIMITS), 0.0)
+        np.testing.assert_allclose(multiplier[:, k], expected, rtol=1e-5, atol=1e-6)
+    assert np.all(cost[..., 1][finite] <= TWO_COST_LIMITS[1])
+    np.testing.assert_array_equal(multiplier[:, 1:, 1], 0.0)  # the loose limit drove its multiplier to 0 ...
+    assert np.all(multiplier[:, :, 0].max(-1) > float(hparams.initial_multiplier))  # ... the tight one up
+
+
+def test_two_costs_need_one_limit_per_cost(gridworld, two_cost_gridworld):
+    env, params = two_cost_gridworld
+    train = ppo.make_train(TWO_COST_CONFIG, env, params)
+    with pytest.raises(ValueError, match=r"PPOHParams.cost_limit must have shape \(2,\).*2 costs.*got shape \(\)"):
+        jax.eval_shape(train, jax.random.PRNGKey(0), TWO_COST_CONFIG.default_hparams())
+    with pytest.raises(ValueError, match=r"PPOHParams.cost_limit must have shape \(\).*1 cost\b"):
+        jax.eval_shape(ppo.make_train(TWO_COST_CONFIG, gridworld), jax.random.PRNGKey(0),
+                       TWO_COST_CONFIG.default_hparams(2))
