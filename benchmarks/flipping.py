@@ -43,6 +43,7 @@ from jaxsafe import envs, sweep  # noqa: E402
 from jaxsafe.algorithms import get_algorithm  # noqa: E402
 from jaxsafe.learner import train_from_parts  # noqa: E402
 from jaxsafe.envs.point2d import ChancePoint2D, plan_inflated, tracking_policy  # noqa: E402
+from jaxsafe.policy import from_act  # noqa: E402
 from jaxsafe.rl import cpo, flipping, ppo  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,14 +66,13 @@ def point2d(args) -> dict:
     plan_seconds = time.time() - t0
     sets, per_set = args.eval_sets, args.eval_episodes
 
-    def evaluate(act, key):
-        r = flipping.rollout_episodes(env, params, act, key, sets * per_set, T)
+    def evaluate(policy, key):
+        r = flipping.rollout_episodes(env, params, policy, key, sets * per_set, T)
         violated = r.unsafe.max(1)
         return r.returns.reshape(sets, per_set).mean(1), violated.reshape(sets, per_set).mean(1)
 
     def evaluate_plan(plan, key):
-        policy = tracking_policy(plan, params, args.gain)
-        return evaluate(lambda obs, k, e: policy(obs, k), key)
+        return evaluate(tracking_policy(plan, params, args.gain), key)
 
     t0 = time.time()
     J_sets, V_sets = jax.jit(jax.vmap(evaluate_plan, (0, None)))(plans, jax.random.PRNGKey(1))
@@ -90,9 +90,9 @@ def point2d(args) -> dict:
     measured = {}
     for mode in flipping.FLIP_MODES:
         def evaluate_mixture(plan_low, plan_high, w, key, mode=mode):
-            act = flipping.mixture_policy(tracking_policy(plan_low, params, args.gain),
-                                          tracking_policy(plan_high, params, args.gain), w, mode)
-            return evaluate(act, key)
+            policy = flipping.mixture_policy(tracking_policy(plan_low, params, args.gain),
+                                             tracking_policy(plan_high, params, args.gain), w, mode)
+            return evaluate(policy, key)
 
         mJ, mV = jax.jit(jax.vmap(evaluate_mixture, (0, 0, 0, None)))(take(low), take(high), weight,
                                                                        jax.random.PRNGKey(2))
@@ -155,8 +155,7 @@ def navigation(args) -> dict:
             n = args.nav_episodes
 
             def evaluate(params_low, params_high, w, key, mode="episode"):
-                policy = flipping.mixture_policy(lambda o, k: act(params_low, o, k),
-                                                 lambda o, k: act(params_high, o, k), w, mode)
+                policy = flipping.mixture_policy(from_act(act, params_low), from_act(act, params_high), w, mode)
                 r = flipping.rollout_episodes(env, env_params, policy, key, n, T)
                 return r.returns, r.costs, r.unsafe, r.valid
 
@@ -234,7 +233,7 @@ def head(args) -> dict:
             act = module.make_act(config, env, env_params)
 
             def evaluate(params, key):
-                r = flipping.rollout_episodes(env, env_params, lambda o, k, e: act(params, o, k), key, 20_000, 1)
+                r = flipping.rollout_episodes(env, env_params, from_act(act, params), key, 20_000, 1)
                 return r.returns.mean(), r.unsafe.max(1).mean()
 
             Jr, Vr = jax.jit(jax.vmap(evaluate, (0, None)))(result.params, jax.random.PRNGKey(5))

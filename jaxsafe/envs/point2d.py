@@ -20,7 +20,8 @@ a stationary state-feedback policy.
 
 Policies: :func:`plan_inflated` solves the paper's deterministic chance-constrained trajectory problem with
 inflation ``beta`` (penalty method with Adam, from several initial routes, vmapped over ``beta``), and
-:func:`tracking_policy` turns a plan into a deterministic feedback policy ``a = u_k + gain (p_k - s)``.
+:func:`tracking_policy` turns a plan into a deterministic feedback policy ``a = u_k + gain (p_k - s)`` (a
+memoryless :class:`~jaxsafe.policy.Policy`).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import optax
 from flax import struct
 
 from jaxsafe.envs.core import SafeEnv, spaces
+from jaxsafe.policy import stateless
 from jaxsafe.types import TimeStep
 
 __all__ = ["Point2DParams", "Point2DState", "ChancePoint2D", "Plan", "plan_inflated", "tracking_policy"]
@@ -203,11 +205,12 @@ def plan_inflated(params: Point2DParams, betas, *, steps: int = 4000, learning_r
 
 def tracking_policy(plan: Plan, params: Point2DParams, gain: float = 1.0):
     """The deterministic feedback policy ``a = u_k + gain * (p_k - s)`` that tracks ``plan`` (one plan, no batch
-    axis): ``act(obs, key) -> action``, with the step ``k`` read from the observed time fraction."""
+    axis), as a memoryless :class:`~jaxsafe.policy.Policy`; the step ``k`` is read from the observed time
+    fraction."""
 
     def act(obs, key):
         k = jnp.clip(jnp.round(obs[2] * params.max_steps).astype(jnp.int32), 0, params.max_steps - 1)
         action = plan.controls[k] + gain * (plan.positions[k] - obs[:2])
         return jnp.clip(action, -params.max_action, params.max_action)
 
-    return act
+    return stateless(act)

@@ -11,8 +11,9 @@ Usage::
 One update (OmniSafe's order):
 
 1. Collect ``num_steps`` steps from ``num_envs`` auto-resetting environments and compute reward and cost GAE with
-   the rollout shared with PPO (:func:`jaxsafe.rl.ppo.make_collect_rollout`, :func:`~jaxsafe.rl.ppo.compute_advantages`).
-   Reward advantages are standardised, cost advantages centred (as PPO does).
+   the rollout shared with PPO (:func:`jaxsafe.rl.ppo.make_collect_rollout`,
+   :func:`~jaxsafe.rl.ppo.compute_advantages`). Reward advantages are standardised, cost advantages centred (as PPO
+   does), with the shared :mod:`jaxsafe.losses`.
 2. Policy step on the flattened actor parameters, with ``H`` the Fisher matrix of the mean KL from the rollout
    policy (damped by ``damping``) and ``g`` the gradient of the reward surrogate ``mean(ratio * A_r)``:
 

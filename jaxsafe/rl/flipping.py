@@ -14,12 +14,14 @@ upper concave hull. This module provides the pieces:
 * **Mixing.** :func:`upper_concave_hull`, :func:`mix_for_budget` (the closed form of the LP: the two hull
   vertices around the budget), :func:`best_deterministic` (the best single policy within the budget) and
   :func:`solve_mixture_lp` (the same LP by ``scipy.optimize.linprog``, with any number of constraints).
-* **Acting.** :func:`mixture_policy` flips between two policies either once per episode (``mode="episode"``, the
-  mode for which the LP's convex combination of (return, cost) is guaranteed) or at every step (``mode="step"``,
-  the paper's Algorithm 2, which in general does *not* reproduce the convex combination).
+* **Acting.** :func:`mixture_policy` is a :class:`~jaxsafe.policy.Policy` that flips between two policies either
+  once per episode (``mode="episode"``: the coin is drawn by the policy's ``init`` and kept in its state, the mode
+  for which the LP's convex combination of (return, cost) is guaranteed) or at every step (``mode="step"``, the
+  paper's Algorithm 2, which in general does *not* reproduce the convex combination).
 * **Evaluation.** :func:`~jaxsafe.evaluate.rollout_episodes` (re-exported here) runs ``N`` independent
-  fixed-length episodes of any policy as one vmapped program and returns per-episode return and cost and the per-step unsafe indicators, from which
-  :func:`summarize_rollouts` computes (expected return, expected cost, violation probability).
+  fixed-length episodes of any :class:`~jaxsafe.policy.Policy` as one vmapped program and returns per-episode
+  return and cost and the per-step unsafe indicators, from which :func:`summarize_rollouts` computes (expected
+  return, expected cost, violation probability).
 
 The state-dependent flipping policy (two action candidates and a coin from one network, Section 4.2) is
 ``policy="flipping"`` in :class:`~jaxsafe.rl.ppo.PPOConfig` / :class:`~jaxsafe.rl.cpo.CPOConfig`
@@ -28,7 +30,7 @@ The state-dependent flipping policy (two action candidates and a coin from one n
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -36,6 +38,7 @@ import numpy as np
 
 from jaxsafe.envs.core import Wrapper
 from jaxsafe.evaluate import EpisodeRollouts, rollout_episodes
+from jaxsafe.policy import Policy, from_act
 from jaxsafe.types import TimeStep
 
 __all__ = [
@@ -48,6 +51,7 @@ __all__ = [
     "mix_for_budget",
     "best_deterministic",
     "solve_mixture_lp",
+    "MixtureState",
     "mixture_policy",
     "EpisodeRollouts",
     "rollout_episodes",
@@ -284,29 +288,48 @@ def solve_mixture_lp(values, constraint_rows, bounds) -> tuple[np.ndarray, float
 # Acting and evaluating
 # ----------------------------------------------------------------------------------------------------------------
 
-#: ``act(obs, key) -> action`` for one observation.
-Policy = Callable[[jax.Array, jax.Array], jax.Array]
+class MixtureState(NamedTuple):
+    """A mixture's per-episode state: the coin (``True``: play ``low``) and both policies' own states."""
+
+    play_low: jax.Array
+    low: Any
+    high: Any
 
 
-def mixture_policy(policy_low: Policy, policy_high: Policy, weight_low, mode: str = "episode"):
-    """``act(obs, step_key, episode_key) -> action`` that plays ``policy_low`` with probability ``weight_low``.
+def _coin(key, weight_low) -> jax.Array:
+    return jax.random.uniform(jax.random.fold_in(key, 0x5EED)) < weight_low
 
-    ``mode="episode"`` draws the coin from ``episode_key`` (fixed for the whole episode by
-    :func:`rollout_episodes`), so each episode is played entirely by one policy and the mixture's expected
-    (return, cost) is exactly the convex combination the LP promises. ``mode="step"`` redraws it at every step
-    (Algorithm 2 of the paper); the states then depend on both policies and the combination is not guaranteed.
-    ``weight_low`` may be traced (vmap a sweep over weights).
+
+def mixture_policy(policy_low: Policy, policy_high: Policy, weight_low, mode: str = "episode") -> Policy:
+    """The :class:`~jaxsafe.policy.Policy` that plays ``policy_low`` with probability ``weight_low``, else
+    ``policy_high``.
+
+    ``mode="episode"`` draws the coin once, in ``init`` (at every episode start), and keeps it in the policy state,
+    so each episode is played entirely by one policy and the mixture's expected (return, cost) is exactly the convex
+    combination the LP promises. ``mode="step"`` redraws it at every step (Algorithm 2 of the paper); the states
+    then depend on both policies and the combination is not guaranteed. Both policies step every step (the one not
+    played too, so a stateful policy's history stays that of the episode). ``weight_low`` may be traced (vmap a
+    sweep over weights). Memoryless policies come from :func:`jaxsafe.policy.stateless` / ``from_act``.
     """
     if mode not in FLIP_MODES:
         raise ValueError(f"mode must be one of {FLIP_MODES}, got {mode!r}")
+    for name, policy in (("policy_low", policy_low), ("policy_high", policy_high)):
+        if not isinstance(policy, Policy):
+            raise TypeError(f"{name} must be a jaxsafe.policy.Policy (wrap an act(obs, key) function with "
+                            f"jaxsafe.policy.stateless), got {type(policy).__name__}")
 
-    def act(obs, step_key, episode_key):
-        coin_key = jax.random.fold_in(episode_key if mode == "episode" else step_key, 0x5EED)
-        low = jax.random.uniform(coin_key) < weight_low
-        key_low, key_high = jax.random.split(step_key)
-        return jnp.where(low, policy_low(obs, key_low), policy_high(obs, key_high))
+    def init(key):
+        key_low, key_high = jax.random.split(key)
+        return MixtureState(_coin(key, weight_low), policy_low.init(key_low), policy_high.init(key_high))
 
-    return act
+    def step(state: MixtureState, obs, key):
+        play_low = state.play_low if mode == "episode" else _coin(key, weight_low)
+        key_low, key_high = jax.random.split(key)
+        low_state, low_action = policy_low.step(state.low, obs, key_low)
+        high_state, high_action = policy_high.step(state.high, obs, key_high)
+        return MixtureState(state.play_low, low_state, high_state), jnp.where(play_low, low_action, high_action)
+
+    return Policy(init, step)
 
 
 def summarize_rollouts(rollouts: EpisodeRollouts, horizon: int | None = None, start: str = "initial") -> dict:
@@ -343,8 +366,7 @@ def mix_run(run, budgets, episodes: int = 64, max_steps: int = 1000, modes=FLIP_
     env, env_params, act = run.env, run.env_params, run.act
 
     def evaluate(params_low, params_high, weight, key, mode):
-        policy = mixture_policy(lambda o, k: act(params_low, o, k, False), lambda o, k: act(params_high, o, k, False),
-                                weight, mode)
+        policy = mixture_policy(from_act(act, params_low), from_act(act, params_high), weight, mode)
         r = rollout_episodes(env, env_params, policy, key, episodes, max_steps)
         return r.returns.mean(), r.costs.mean(), window_violation_probability(r.unsafe, window, r.valid)
 

@@ -36,7 +36,8 @@ case   condition                                   step
 
 (the same numbering as OmniSafe's CPO). The dual of the QP is maximised over ``lambda > 0`` with the optimal
 ``nu = max(0, (r + lambda c) / s)`` substituted; on the part of the axis where ``nu > 0`` it is
-``f_a(lambda) = -(A / lambda + B lambda) / 2 + r c / s``, elsewhere ``f_b(lambda) = -(q / lambda + 2 delta lambda) / 2``.
+``f_a(lambda) = -(A / lambda + B lambda) / 2 + r c / s``, elsewhere
+``f_b(lambda) = -(q / lambda + 2 delta lambda) / 2``.
 Each piece's unconstrained maximiser (``sqrt(A / B)``, ``sqrt(q / (2 delta))``) is projected onto its part of the
 axis and the better one wins. (Derived here from the Lagrangian; note the sign of ``r``: with ``g`` the *ascent*
 direction, ``nu = (lambda c + r) / s``. Implementations that feed the gradient of the loss instead write

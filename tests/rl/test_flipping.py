@@ -8,6 +8,7 @@ import pytest
 from jaxsafe import envs
 from jaxsafe.envs.core import wrap_for_training
 from jaxsafe.envs.point2d import ChancePoint2D, plan_inflated, tracking_policy
+from jaxsafe.policy import stateless
 from jaxsafe.rl import flipping
 
 # ------------------------------------------------------------------------------------------------ surrogate, estimator
@@ -131,7 +132,9 @@ def test_mixing_bad_input():
     with pytest.raises(ValueError, match="infeasible"):
         flipping.solve_mixture_lp([1.0, 2.0], [[1.0, 2.0]], [0.5])
     with pytest.raises(ValueError, match="mode"):
-        flipping.mixture_policy(lambda o, k: o, lambda o, k: o, 0.5, mode="sometimes")
+        flipping.mixture_policy(stateless(lambda o, k: o), stateless(lambda o, k: o), 0.5, mode="sometimes")
+    with pytest.raises(TypeError, match="stateless"):
+        flipping.mixture_policy(lambda o, k: o, stateless(lambda o, k: o), 0.5)
     with pytest.raises(ValueError, match="horizon"):
         flipping.window_violation_probability(jnp.zeros((2, 5)), 6)
 
@@ -142,8 +145,8 @@ def test_mixing_bad_input():
 @pytest.fixture(scope="module")
 def point2d():
     env, params = envs.make("ChancePoint2D", max_steps=60)
-    fast = lambda obs, key: jnp.array([3.0, 3.0])  # noqa: E731  straight through the upper hazard
-    slow = lambda obs, key: jnp.array([0.5, 0.5])  # noqa: E731  stays well away from both hazards
+    fast = stateless(lambda obs, key: jnp.array([3.0, 3.0]))  # straight through the upper hazard
+    slow = stateless(lambda obs, key: jnp.array([0.5, 0.5]))  # stays well away from both hazards
     return env, params, fast, slow
 
 
@@ -154,10 +157,9 @@ def test_episode_mixture_reproduces_convex_combination(point2d):
     @jax.jit
     def evaluate(key):
         out = []
-        for act in (lambda o, k, e: fast(o, k), lambda o, k, e: slow(o, k),
-                    flipping.mixture_policy(fast, slow, w, "episode"),
-                    flipping.mixture_policy(fast, slow, w, "step")):
-            r = flipping.rollout_episodes(env, params, act, key, n, params.max_steps)
+        for policy in (fast, slow, flipping.mixture_policy(fast, slow, w, "episode"),
+                       flipping.mixture_policy(fast, slow, w, "step")):
+            r = flipping.rollout_episodes(env, params, policy, key, n, params.max_steps)
             out.append((r.returns, r.costs, r.unsafe.max(1)))
         return out
 
@@ -177,8 +179,8 @@ def test_episode_mixture_reproduces_convex_combination(point2d):
 
 def test_point2d_cost_semantics_and_determinism(point2d):
     env, params, fast, _ = point2d
-    act = lambda o, k, e: fast(o, k) + jax.random.normal(k, (2,))  # noqa: E731
-    run = jax.jit(lambda key: flipping.rollout_episodes(env, params, act, key, 16, params.max_steps))
+    noisy = stateless(lambda o, k: jnp.array([3.0, 3.0]) + jax.random.normal(k, (2,)))
+    run = jax.jit(lambda key: flipping.rollout_episodes(env, params, noisy, key, 16, params.max_steps))
     a, b = run(jax.random.PRNGKey(3)), run(jax.random.PRNGKey(3))
     np.testing.assert_array_equal(a.returns, b.returns)
 
@@ -207,7 +209,7 @@ def test_inflated_plans_are_feasible_and_trade_reward_for_safety():
     env = ChancePoint2D()
 
     def evaluate(plan, key):
-        r = flipping.rollout_episodes(env, params, lambda o, k, e: tracking_policy(plan, params)(o, k), key, 500, 100)
+        r = flipping.rollout_episodes(env, params, tracking_policy(plan, params), key, 500, 100)
         return r.returns.mean(), r.unsafe.max(1).mean()
 
     J, V = jax.jit(jax.vmap(evaluate, (0, None)))(plans, jax.random.PRNGKey(0))
