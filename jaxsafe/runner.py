@@ -432,9 +432,11 @@ def _run_training(spec: RunSpec, run_dir: RunDir, resume: bool, progress: bool, 
                     f"{grid.points[lane]}; the last good checkpoint (chunk {chunk_index}) is kept in "
                     f"{run_dir.checkpoint_dir}"
                 )
-            checkpoint.save(run_dir.checkpoint_dir, chunk_index + 1, to_save(state))
+            # Rows first, then the checkpoint: a crash between the two leaves rows past the newest checkpoint,
+            # which resume drops and recomputes; the other order could leave a checkpoint with its rows missing.
             new_rows = _chunk_rows(grid, metrics, chunk_index, first_update, per_lane, algo.chunk_means, lanes)
             run_dir.append_metrics(new_rows, process=_metrics_process())
+            checkpoint.save(run_dir.checkpoint_dir, chunk_index + 1, to_save(state))
             shown = {}
             for name in summary_metrics[:3]:
                 values = [np.nanmean(r[name]) for r in new_rows if r.get(name) is not None]

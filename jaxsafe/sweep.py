@@ -73,7 +73,8 @@ def make_grid(base_hparams: Any, seeds: int | Sequence[int] = 1, base_seed: int 
     if not seed_list:
         raise ValueError("seeds must be a positive count or a non-empty list")
     swept = tuple(fields)
-    value_lists = [list(np.atleast_1d(np.asarray(fields[name], np.float32)).tolist()) for name in swept]
+    # Points keep the values as given (float64), the traced hparams are float32.
+    value_lists = [list(np.atleast_1d(np.asarray(fields[name], np.float64)).tolist()) for name in swept]
     points = [
         {"seed": seed, **dict(zip(swept, combo))}
         for seed, *combo in itertools.product(seed_list, *value_lists)
