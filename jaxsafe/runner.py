@@ -113,11 +113,11 @@ def _parse_hparam(field: str, text: str, default: Any) -> float | list[float]:
         values = [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise ValueError(f"--set {field}={text}: expected a number (or comma-separated numbers)") from None
-    if np.ndim(default) == 0:
-        if len(values) != 1:
-            raise ValueError(f"--set {field}={text}: {field} is a scalar")
-        return values[0]
-    return values
+    if not values:
+        raise ValueError(f"--set {field}={text}: expected a number")
+    # One value, or one per entry of a vector field (e.g. a cost_limit per cost); the learner checks the shape
+    # against its problem when it is built, before anything compiles.
+    return values[0] if len(values) == 1 and np.ndim(default) == 0 else values
 
 
 def _hparam_value(field: str, value: Any, default: Any) -> float | list[float]:
