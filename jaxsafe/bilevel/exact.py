@@ -9,7 +9,8 @@ and differentiates it by the implicit function theorem,
 
 solving one ``S x S`` linear system instead of unrolling the solver (the ``custom_jvp`` below; reverse mode is its
 transpose, so ``jax.grad`` and ``jax.jacfwd`` both work). The leader's objective is then an exact policy evaluation
-(another linear solve), and ``jax.grad`` of it is the exact hypergradient.
+(another linear solve, :func:`jaxsafe.exact.tabular.policy_evaluation`), and ``jax.grad`` of it is the exact
+hypergradient.
 
 For linear-quadratic problems the follower is the closed-form maximum-entropy LQR and the leader value is a
 discounted Lyapunov equation (:func:`lq_leader_objective`).
@@ -25,6 +26,7 @@ import jax.numpy as jnp
 
 from jaxsafe.bilevel import followers
 from jaxsafe.bilevel.followers import GameValueParams, MDPValueParams
+from jaxsafe.exact.tabular import policy_evaluation, soft_policy
 
 Array = jax.Array
 
@@ -68,29 +70,6 @@ def _soft_optimal_q_jvp(value_fn, max_iterations, primals, tangents):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Policy evaluation
-# ---------------------------------------------------------------------------------------------------------------
-
-
-def policy_evaluation(policy: Array, reward: Array, transitions: Array, gamma: Array) -> Array:
-    """Exact discounted state values of a stochastic policy; ``policy, reward [S, *A]``, ``transitions [S, *A, S]``.
-
-    Terminal states have all-zero transition rows and zero reward, so they get value 0.
-    """
-    num_states = reward.shape[0]
-    assert policy.shape == reward.shape and transitions.shape == reward.shape + (num_states,)
-    action_axes = tuple(range(1, reward.ndim))
-    policy_reward = jnp.sum(policy * reward, axis=action_axes)
-    state_chain = jnp.einsum("s...,s...t->st", policy, transitions)
-    return jnp.linalg.solve(jnp.eye(num_states, dtype=state_chain.dtype) - gamma * state_chain, policy_reward)
-
-
-def action_values(state_values: Array, reward: Array, transitions: Array, gamma: Array) -> Array:
-    """``Q(s, a) = r(s, a) + gamma sum_s' P(s'|s, a) V(s')``; returns ``[S, *A]``."""
-    return reward + gamma * jnp.tensordot(transitions, state_values, axes=1)
-
-
-# ---------------------------------------------------------------------------------------------------------------
 # Configurable MDPs
 # ---------------------------------------------------------------------------------------------------------------
 
@@ -116,7 +95,7 @@ def mdp_leader_objective(problem, params: Array, temperature: Array, follower_ga
                          q_init: Array | None = None, max_iterations: int = 100) -> Array:
     """``J(x)``: the leader's exact discounted return under the follower's soft-optimal response (scalar)."""
     q = mdp_follower_q(problem, params, temperature, follower_gamma, q_init, max_iterations)
-    return mdp_leader_value(problem, params, followers.soft_policy(q, temperature), leader_gamma)
+    return mdp_leader_value(problem, params, soft_policy(q, temperature), leader_gamma)
 
 
 def mdp_exact_hypergradient(problem, params: Array, temperature: Array, follower_gamma: Array,
@@ -162,7 +141,7 @@ def game_leader_objective(game, params: Array, temperature: Array, follower_gamm
     """``J(x)`` of a Markov game: leader plays ``game.leader_policy_fn(x)``, the follower soft-best-responds."""
     leader_policy = game.leader_policy_fn(params)
     q = game_follower_q(game, leader_policy, temperature, follower_gamma, q_init, max_iterations)
-    return game_leader_value(game, leader_policy, followers.soft_policy(q, temperature), leader_gamma)
+    return game_leader_value(game, leader_policy, soft_policy(q, temperature), leader_gamma)
 
 
 def game_exact_hypergradient(game, params: Array, temperature: Array, follower_gamma: Array, leader_gamma: Array,

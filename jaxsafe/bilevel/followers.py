@@ -14,9 +14,9 @@ depends on ``q[s]`` only through state ``s``. The MDP follower uses :func:`mdp_s
 
 Three solvers:
 
-* :func:`soft_q_iteration` / :func:`soft_value_iteration`: ``num_iterations`` Bellman backups (a contraction with
-  modulus ``gamma``). Cheap per step, slow for ``gamma -> 1``; used for partly converged followers and as the
-  brute-force reference in tests.
+* :func:`soft_q_iteration`: ``num_iterations`` Bellman backups (a contraction with modulus ``gamma``; the
+  tabular MDP's state-value form is :func:`jaxsafe.exact.tabular.soft_value_iteration`). Cheap per step, slow
+  for ``gamma -> 1``; used for partly converged followers and as the brute-force reference in tests.
 * :func:`newton_soft_bellman`: Newton's method on ``T(Q) - Q = 0``. Its linearisation at ``Q_k`` is exactly soft
   policy evaluation of ``softmax(Q_k / lambda)``, so it is soft policy iteration: globally and monotonically
   convergent and quadratic near the fixed point (a few steps on FourRooms even for ``gamma = 0.99``).
@@ -34,6 +34,8 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 from jax.scipy.special import logsumexp
+
+from jaxsafe.exact.tabular import soft_state_values
 
 Array = jax.Array
 ValueFn = Callable[[Array, Any], Array]
@@ -67,8 +69,7 @@ class GameValueParams(NamedTuple):
 
 def mdp_soft_value(q: Array, params: MDPValueParams) -> Array:
     """``V(s) = live(s) * lambda * logsumexp(Q(s, .) / lambda)``; ``q [S, A] -> [S]`` (stable for tiny lambda)."""
-    assert q.ndim == 2, q.shape
-    return params.live * params.temperature * logsumexp(q / params.temperature, axis=-1)
+    return soft_state_values(q, params.temperature, params.live)
 
 
 def game_soft_value(q: Array, params: GameValueParams) -> Array:
@@ -84,11 +85,6 @@ def game_soft_value(q: Array, params: GameValueParams) -> Array:
 def game_follower_value(q: Array, temperature: Array) -> Array:
     """``W_F(s, aL) = beta logsumexp_aF(Q_F(s, aL, aF) / beta)``; ``[S, A_L, A_F] -> [S, A_L]``."""
     return temperature * logsumexp(q / temperature, axis=-1)
-
-
-def soft_policy(q: Array, temperature: Array) -> Array:
-    """Boltzmann policy ``softmax(Q / lambda)`` over the last axis (any leading shape)."""
-    return jax.nn.softmax(q / temperature, axis=-1)
 
 
 def soft_bellman_backup(q: Array, reward: Array, transitions: Array, gamma: Array, value_fn: ValueFn,
@@ -125,32 +121,6 @@ def soft_q_iteration(reward: Array, transitions: Array, gamma: Array, value_fn: 
         return soft_bellman_backup(q, reward, transitions, gamma, value_fn, value_params)
 
     return jax.lax.fori_loop(0, num_iterations, backup, q)
-
-
-def soft_value_iteration(reward: Array, transitions: Array, live: Array, temperature: Array, gamma: Array,
-                         num_iterations: int, v_init: Array | None = None) -> tuple[Array, Array]:
-    """Soft value iteration of a tabular MDP on the state values.
-
-    ``V <- live * lambda logsumexp((r + gamma P V) / lambda)``, ``num_iterations`` times.
-
-    Args:
-      reward: ``[S, A]``; transitions: ``[S, A, S]``; live: ``[S]``; temperature, gamma: scalars.
-      num_iterations: static.
-      v_init: ``[S]`` warm start (zeros by default).
-
-    Returns:
-      ``(v [S], q [S, A])`` with ``q = r + gamma P v`` the Q-function implied by the final values.
-    """
-    num_states, num_actions = reward.shape
-    assert transitions.shape == (num_states, num_actions, num_states) and live.shape == (num_states,)
-    v = jnp.zeros(num_states, reward.dtype) if v_init is None else v_init
-    params = MDPValueParams(temperature, live)
-
-    def backup(_, v):
-        return mdp_soft_value(reward + gamma * transitions @ v, params)
-
-    v = jax.lax.fori_loop(0, num_iterations, backup, v)
-    return v, reward + gamma * transitions @ v
 
 
 # ---------------------------------------------------------------------------------------------------------------

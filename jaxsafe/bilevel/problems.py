@@ -301,9 +301,12 @@ def four_rooms(incentive_cost: float = 5.0, incentive_budget: float = 0.2, slip_
                target: tuple[int, int] = (8, 4)) -> ConfigurableMDP:
     """FourRooms with budgeted per-cell incentives (the HPGD/BC-HG benchmark, bchg.md 1.4).
 
-    The map is ``jaxsafe.envs.gridworld``'s ``four_rooms`` (the 13x13 gymnax map) with the start, goal and leader
-    target of bchg.md: start (4, 1) in the top-left room, goal (1, 9) in the top-right room, and the leader's target
-    cell (8, 4) in the bottom-left room, off the follower's shortest route. Actions slip with probability 0.33.
+    The map is ``jaxsafe.envs.gridworld``'s ``four_rooms`` (the 13x13 gymnax map) with bchg.md's start and leader
+    target: start (4, 1) in the top-left room, the leader's target cell (8, 4) in the bottom-left room, and the
+    layout's own goal (11, 11) in the bottom-right room (not bchg.md's (1, 9): with that goal the target room lies
+    on no route of a near-greedy follower; see docs/bilevel.md). The follower's two routes to the goal go through
+    the top-right or the bottom-left room, so the target room is on one of them. Actions slip with probability
+    0.33.
 
     * Leader parameters: one weight per non-goal cell plus one "unused" slot (``d = cells``). The incentive of
       cell ``c`` is ``-budget * softmax(x)[c]``: a penalty on the follower's reward in that cell, with total size
@@ -344,12 +347,12 @@ def four_rooms(incentive_cost: float = 5.0, incentive_budget: float = 0.2, slip_
 
     return ConfigurableMDP(
         name="four_rooms", initial=mdp.initial.astype(np.float32), live=live,
-        follower_base_reward=mdp.reward.astype(np.float32), incentive_fn=incentive_fn,
+        follower_base_reward=mdp.rewards.astype(np.float32), incentive_fn=incentive_fn,
         transition_fn=transition_fn, leader_reward_fn=leader_reward_fn,
         initial_params=np.zeros(len(non_goal) + 1, np.float32), transitions_depend_on_params=False,
         max_episode_steps=200, default_temperature=0.003, default_follower_gamma=0.99, default_leader_gamma=0.99,
         default_leader_lr=0.1,
-        description=("FourRooms (13x13), start (4,1), goal (1,9), slip 0.33; leader pays budgeted per-cell "
+        description=("FourRooms (13x13), start (4,1), goal (11,11), slip 0.33; leader pays budgeted per-cell "
                      f"penalties (budget {incentive_budget}) to route the follower through target (8,4); "
                      f"incentive cost {incentive_cost} per unit paid at the goal."))
 

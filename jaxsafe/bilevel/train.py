@@ -24,6 +24,7 @@ import numpy as np
 
 from jaxsafe.bilevel import baselines, bchg, exact, followers
 from jaxsafe.bilevel.followers import GameValueParams, MDPValueParams
+from jaxsafe.exact import tabular
 from jaxsafe.types import TrainResult
 
 Array = jax.Array
@@ -231,9 +232,9 @@ def _mdp_iteration(config: BilevelConfig, problem):
                 follower_reward, transitions, hparams.follower_gamma, followers.mdp_soft_value, value_params,
                 state.follower_q, config.follower_iterations, config.follower_carry)
             solver_metrics = {}
-        policy = followers.soft_policy(follower_q, temperature)
+        policy = tabular.soft_policy(follower_q, temperature)
         leader_rewards_table = problem.leader_reward_fn(x)
-        leader_values_exact = exact.policy_evaluation(policy, leader_rewards_table, transitions,
+        leader_values_exact = tabular.policy_evaluation(policy, leader_rewards_table, transitions,
                                                       hparams.leader_gamma)
         metrics = {"leader_value": initial @ leader_values_exact, **solver_metrics}
 
@@ -248,7 +249,7 @@ def _mdp_iteration(config: BilevelConfig, problem):
         rewards = leader_rewards_table[batch.state, batch.action]
         visits = state.leader_visits.at[batch.state, batch.action].add(1.0)
         if config.critic == "exact":
-            leader_q = exact.action_values(leader_values_exact, leader_rewards_table, transitions,
+            leader_q = tabular.action_values(leader_values_exact, leader_rewards_table, transitions,
                                            hparams.leader_gamma)
             leader_advantage = leader_q - jnp.sum(policy * leader_q, axis=-1, keepdims=True)
             leader_v = jnp.sum(policy * leader_q, axis=-1)
@@ -320,9 +321,9 @@ def _game_iteration(config: BilevelConfig, problem):
                 follower_reward, game_transitions, hparams.follower_gamma, followers.game_soft_value,
                 value_params, state.follower_q, config.follower_iterations, config.follower_carry)
             solver_metrics = {}
-        follower_policy = followers.soft_policy(follower_q, temperature)
+        follower_policy = tabular.soft_policy(follower_q, temperature)
         joint = exact.game_joint_policy(leader_policy, follower_policy)
-        leader_values_exact = exact.policy_evaluation(joint, leader_reward, game_transitions, hparams.leader_gamma)
+        leader_values_exact = tabular.policy_evaluation(joint, leader_reward, game_transitions, hparams.leader_gamma)
         metrics = {"leader_value": initial @ leader_values_exact, **solver_metrics}
         if problem.key_state >= 0:
             metrics["optimality_gap"] = 1.0 - leader_policy[problem.key_state, problem.optimal_leader_action]
@@ -338,7 +339,7 @@ def _game_iteration(config: BilevelConfig, problem):
                                   limit)
         rewards = leader_reward.reshape(num_states, -1)[batch.state, batch.action]
         if config.critic == "exact":
-            leader_q = exact.action_values(leader_values_exact, leader_reward, game_transitions,
+            leader_q = tabular.action_values(leader_values_exact, leader_reward, game_transitions,
                                            hparams.leader_gamma).reshape(num_states, -1)
         else:
             leader_q = bchg.sarsa(critic_key, state.leader_q, batch, rewards, hparams.leader_gamma,

@@ -12,7 +12,7 @@ from jaxsafe.envs.core import (
     wrap_for_training,
 )
 from jaxsafe.envs.registry import describe_envs, list_envs, make, register
-from jaxsafe.envs.tabular import TabularMDP, evaluate_policy, solve_constrained_mdp
+from jaxsafe.exact.tabular import TabularMDP, evaluate_policy, solve_constrained_mdp  # the exact toolkit
 from jaxsafe.types import TimeStep
 
 register("SafeCartPole", classic.safe_cartpole, "CartPole-v1; cost 1 when the cart leaves |x| <= cost_x_limit")

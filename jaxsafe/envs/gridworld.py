@@ -3,15 +3,17 @@
 A layout is a string, one character a cell::
 
     #  wall          .  free          S  start (one or more; uniform over them)
-    G  goal (terminal, pays goal_reward)                H  hazard (cost 1 on entering)
+    G  goal (terminal, pays goal_reward)                H  hazard (entering it costs hazard_cost)
+    W  hazard of a second kind (entering it costs hazard_cost in a second cost signal: a layout with any W
+       has n_costs = 2, TimeStep.cost = (H cost, W cost))
 
 Actions are 0 up, 1 right, 2 down, 3 left. With probability ``slip_prob`` the action is replaced by a uniformly
 random one. Moving into a wall leaves the agent in place. Each step pays ``step_reward``; entering a goal pays
 ``goal_reward`` as well and terminates; episodes are truncated after ``max_steps`` steps. Observations are the
 one-hot index of the agent's cell among the non-wall cells.
 
-``GridWorld.to_tabular(params)`` exports the exact model as a :class:`~jaxsafe.envs.tabular.TabularMDP`, so the
-optimal constrained policy can be computed with :func:`~jaxsafe.envs.tabular.solve_constrained_mdp`.
+``GridWorld.to_tabular(params)`` exports the exact model as a :class:`~jaxsafe.exact.tabular.TabularMDP`, so the
+optimal constrained policy can be computed with :func:`~jaxsafe.exact.tabular.solve_constrained_mdp`.
 
 Two layouts have closed-form constrained optima (:func:`route_optimum`), used in the tests. ``routes`` (the default)
 offers three undominated routes: 6 steps through 3 hazards, 8 steps through 1 hazard, and a 12-step safe detour::
@@ -36,6 +38,28 @@ a Lagrangian learner has a stable target. ``corridor`` has two routes::
 The straight route crosses three hazards in 4 steps; the detour around them is 6 steps and safe. Every other
 route is dominated, so the optimal policy under an episode-cost limit ``d in [0, 3]`` takes the straight route
 with probability ``d / 3`` and the detour otherwise: every limit between the vertices needs a stochastic policy.
+
+``two_costs`` has two cost signals (``n_costs = 2``, ``TimeStep.cost = (H cost, W cost)``): ``routes`` with H
+hazards, a one-cell junction, then ``routes`` again with W hazards::
+
+    #################
+    #.......#.......#
+    #.#####.#.#####.#
+    #...H...#...W...#
+    #S.HHH.....WWW.G#
+    #################
+
+Each half is chosen independently (6 steps through 3 hazards, 8 through 1, or a safe 12-step detour), and an
+episode takes ``steps_H + 2 + steps_W`` steps, so the exact optimum is :func:`two_costs_optimum`. With the
+default rewards (no slip, undiscounted): unconstrained, both shortcuts, return 0.3 and costs (3, 3); minimum
+cost, both detours, return -0.3 and costs (0, 0). Between them, for the PPO-Lagrangian test against
+:func:`~jaxsafe.exact.tabular.solve_constrained_mdp`:
+
+* ``cost_limits = (1, 1)``: the deterministic optimum takes both single-hazard middle rows; return 0.1, costs
+  (1, 1). It sits on a kink of both halves, so each optimal multiplier is any value in ``[0.05, 0.2]``.
+* ``cost_limits = (2, 0.5)``: the H half mixes the 3- and 1-hazard rows 50/50 and the W half the 1-hazard row
+  and the detour 50/50; return 0.05, costs (2, 0.5), unique multipliers (0.05, 0.2) (the price of a hazard:
+  1 step per hazard on the H side, 4 steps on the W side, at 0.05 per step).
 """
 
 from __future__ import annotations
@@ -48,7 +72,7 @@ import numpy as np
 from flax import struct
 
 from jaxsafe.envs.core import SafeEnv, spaces
-from jaxsafe.envs.tabular import TabularMDP
+from jaxsafe.exact.tabular import TabularMDP
 from jaxsafe.types import TimeStep
 
 LAYOUTS: dict[str, str] = {
@@ -83,6 +107,15 @@ LAYOUTS: dict[str, str] = {
 #     #    G#
 #############
 """,
+    # Two kinds of hazard: ``routes`` for H cells, a one-cell junction, then ``routes`` again for W cells.
+    "two_costs": """
+#################
+#.......#.......#
+#.#####.#.#####.#
+#...H...#...W...#
+#S.HHH.....WWW.G#
+#################
+""",
     # Two hazard patches guard the short way to the goal of an open room.
     "hazard_room": """
 #########
@@ -105,7 +138,7 @@ def parse_layout(layout: str) -> np.ndarray:
     width = max(len(r) for r in rows)
     grid = np.array([list(r.ljust(width, "#")) for r in rows])
     grid[grid == " "] = "."
-    allowed = set("#.SGH")
+    allowed = set("#.SGHW")
     bad = set(grid.ravel()) - allowed
     if bad:
         raise ValueError(f"layout has unknown characters {sorted(bad)}; allowed are {sorted(allowed)}")
@@ -159,7 +192,10 @@ class GridWorld(SafeEnv):
         self.num_cells = len(free)
         self._next_cell = next_cell
         self._is_goal = kinds == "G"
-        self._is_hazard = kinds == "H"
+        # [N, n_costs]: which cells pay each cost; W cells add a second cost signal.
+        hazard_kinds = "HW" if (kinds == "W").any() else "H"
+        self._is_hazard = np.stack([kinds == kind for kind in hazard_kinds], axis=-1)
+        self.n_costs = len(hazard_kinds)
         self._starts = np.flatnonzero(kinds == "S").astype(np.int32)
 
     @property
@@ -185,7 +221,7 @@ class GridWorld(SafeEnv):
         timestep = TimeStep(
             obs=self._obs(state.cell),
             reward=jnp.zeros((), jnp.float32),
-            cost=jnp.zeros((1,), jnp.float32),
+            cost=jnp.zeros((self.n_costs,), jnp.float32),
             terminated=jnp.zeros((), bool),
             truncated=jnp.zeros((), bool),
             info={},
@@ -201,7 +237,7 @@ class GridWorld(SafeEnv):
         in_hazard = jnp.asarray(self._is_hazard)[cell]
         time = state.time + 1
         reward = params.step_reward + jnp.where(at_goal, params.goal_reward, 0.0)
-        cost = jnp.where(in_hazard, params.hazard_cost, 0.0)[None]
+        cost = jnp.where(in_hazard, params.hazard_cost, 0.0)  # [n_costs]
         truncated = jnp.logical_and(time >= params.max_steps, ~at_goal)
         timestep = TimeStep(
             obs=self._obs(cell),
@@ -226,13 +262,13 @@ class GridWorld(SafeEnv):
                     prob = (1 - params.slip_prob) * (actual == a) + params.slip_prob / num_actions
                     transitions[c, a, self._next_cell[c, actual]] += prob
         arrive_goal = transitions @ self._is_goal.astype(float)  # [S, A]
-        arrive_hazard = transitions @ self._is_hazard.astype(float)
+        arrive_hazard = transitions @ self._is_hazard.astype(float)  # [S, A, n_costs]
         live = ~self._is_goal
-        reward = (params.step_reward + params.goal_reward * arrive_goal) * live[:, None]
-        cost = (params.hazard_cost * arrive_hazard * live[:, None])[..., None]
+        rewards = (params.step_reward + params.goal_reward * arrive_goal) * live[:, None]
+        costs = params.hazard_cost * arrive_hazard * live[:, None, None]
         initial = np.zeros(n)
         initial[self._starts] = 1.0 / len(self._starts)
-        return TabularMDP(transitions, reward, cost, initial, self._is_goal.copy())
+        return TabularMDP(transitions, rewards, costs, initial, self._is_goal.copy())
 
 
 #: (steps, hazards entered) of the undominated routes of the layouts with a closed-form optimum.
@@ -279,3 +315,18 @@ def route_optimum(cost_limit: float, layout: str = "routes", params: GridParams 
     episode_return = float(sum(p * r for p, (_, r) in zip(probs, points)))
     episode_cost = float(sum(p * c for p, (c, _) in zip(probs, points)))
     return episode_return, episode_cost, probs
+
+
+def two_costs_optimum(cost_limits, params: GridParams | None = None):
+    """Closed-form constrained optimum of the ``two_costs`` layout (no slip, undiscounted).
+
+    Its halves are independent copies of ``routes`` (H hazards, then W hazards) joined by a 2-step junction,
+    so each cost limit is met by :func:`route_optimum` of its own half. Returns
+    ``(episode_return, episode_costs [2])``.
+    """
+    params = GridParams() if params is None else params
+    limits = np.broadcast_to(np.asarray(cost_limits, np.float64), (2,))
+    halves = [route_optimum(float(limit), "routes", params) for limit in limits]
+    # route_optimum's return is goal_reward + steps * step_reward for a half; the goal is paid once overall.
+    steps = sum(p @ np.array([s for s, _ in ROUTES["routes"]], np.float64) for _, _, p in halves) + 2
+    return float(params.goal_reward + steps * params.step_reward), np.array([cost for _, cost, _ in halves])

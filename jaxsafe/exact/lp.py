@@ -128,8 +128,8 @@ def solve_lp(c, A_ub=None, b_ub=None, A_eq=None, b_eq=None, bounds=(0, None), ma
 
     Raises:
       ValueError: on malformed input (naming the argument and the expected shape).
-      LPError: (a ``ValueError``) when the LP is infeasible, unbounded or the solver fails, naming ``name`` and
-        the reason; its ``status`` is the HiGHS code.
+      LPError: (a ``ValueError``) when the LP is infeasible, unbounded or the solver fails, naming ``name``
+        and the reason; its ``status`` is the HiGHS code.
     """
     from scipy.optimize import linprog
 

@@ -10,6 +10,7 @@ from jax import enable_x64
 
 from jaxsafe.bilevel import baselines, bchg, exact, followers, problems
 from jaxsafe.bilevel.followers import MDPValueParams
+from jaxsafe.exact import tabular
 from jaxsafe.rl.gae import returns_to_go
 
 TEMPERATURE, FOLLOWER_GAMMA, LEADER_GAMMA = 0.5, 0.8, 0.8
@@ -22,14 +23,14 @@ def test_covariance_identity_by_enumeration(reward_mdp, transition_mdp):
             q_of = jax.jit(lambda x: exact.mdp_follower_q(problem, x, TEMPERATURE, FOLLOWER_GAMMA))
             follower_q = q_of(x)
             grad_q = jax.jit(jax.jacfwd(q_of))(x)  # [S, A, d]
-            policy = followers.soft_policy(follower_q, TEMPERATURE)
-            leader_v = exact.policy_evaluation(policy, problem.leader_reward_fn(x), problem.transition_fn(x),
+            policy = tabular.soft_policy(follower_q, TEMPERATURE)
+            leader_v = tabular.policy_evaluation(policy, problem.leader_reward_fn(x), problem.transition_fn(x),
                                                LEADER_GAMMA)
-            leader_q = exact.action_values(leader_v, problem.leader_reward_fn(x), problem.transition_fn(x),
+            leader_q = tabular.action_values(leader_v, problem.leader_reward_fn(x), problem.transition_fn(x),
                                            LEADER_GAMMA)
             left, right = bchg.covariance_identity_terms(policy, grad_q, leader_q, TEMPERATURE)
             # The left side really is E[d log pi * Q_L] with the true score of the Boltzmann policy.
-            score = jax.jit(jax.jacfwd(lambda x: jnp.log(followers.soft_policy(q_of(x), TEMPERATURE))))(x)
+            score = jax.jit(jax.jacfwd(lambda x: jnp.log(tabular.soft_policy(q_of(x), TEMPERATURE))))(x)
             np.testing.assert_allclose(left, jnp.einsum("sa,sad,sa->sd", policy, score, leader_q), atol=1e-10)
             np.testing.assert_allclose(left, right, atol=1e-12)
             assert float(jnp.abs(left).max()) > 1e-3
@@ -42,13 +43,13 @@ def _mdp_estimator(problem, estimator, num_samples):
 
     def estimate(key):
         follower_q = exact.mdp_follower_q(problem, x, TEMPERATURE, FOLLOWER_GAMMA)
-        policy = followers.soft_policy(follower_q, TEMPERATURE)
+        policy = tabular.soft_policy(follower_q, TEMPERATURE)
         transitions = problem.transition_fn(x)
         batch = bchg.sample_batch(key, policy, transitions, jnp.asarray(problem.initial), live, num_samples,
                                   problem.max_episode_steps)
         rewards_table = problem.leader_reward_fn(x)
-        leader_v = exact.policy_evaluation(policy, rewards_table, transitions, LEADER_GAMMA)
-        leader_q = exact.action_values(leader_v, rewards_table, transitions, LEADER_GAMMA)
+        leader_v = tabular.policy_evaluation(policy, rewards_table, transitions, LEADER_GAMMA)
+        leader_q = tabular.action_values(leader_v, rewards_table, transitions, LEADER_GAMMA)
         follower_value = followers.mdp_soft_value(follower_q, MDPValueParams(jnp.float32(TEMPERATURE), live))
         terms = bchg.mdp_gradient_terms(problem, x, batch, follower_value, leader_v[batch.next_state],
                                         FOLLOWER_GAMMA, LEADER_GAMMA)
@@ -105,15 +106,15 @@ def _game_estimator(game, num_samples, follower_model, guidance=True):
     def estimate(key):
         leader_policy = game.leader_policy_fn(x)
         follower_q = exact.game_follower_q(game, leader_policy, GAME_TEMPERATURE, FOLLOWER_GAMMA)
-        follower_policy = followers.soft_policy(follower_q, GAME_TEMPERATURE)
+        follower_policy = tabular.soft_policy(follower_q, GAME_TEMPERATURE)
         joint = exact.game_joint_policy(leader_policy, follower_policy)
         transitions = jnp.asarray(game.transitions)
         batch = bchg.sample_batch(key, joint.reshape(num_states, -1),
                                   transitions.reshape(num_states, -1, num_states), jnp.asarray(game.initial), live,
                                   num_samples, game.max_episode_steps)
         leader_reward = jnp.asarray(game.leader_reward)
-        leader_v = exact.policy_evaluation(joint, leader_reward, transitions, LEADER_GAMMA)
-        leader_q = exact.action_values(leader_v, leader_reward, transitions, LEADER_GAMMA)
+        leader_v = tabular.policy_evaluation(joint, leader_reward, transitions, LEADER_GAMMA)
+        leader_q = tabular.action_values(leader_v, leader_reward, transitions, LEADER_GAMMA)
         if follower_model == "oracle":
             model = bchg.FollowerModel(follower_policy, followers.game_follower_value(follower_q, GAME_TEMPERATURE))
         else:

@@ -9,6 +9,7 @@ from scipy.linalg import solve_discrete_are
 
 from jaxsafe.bilevel import exact, followers
 from jaxsafe.bilevel.followers import GameValueParams, MDPValueParams
+from jaxsafe.exact import tabular
 
 
 def _brute_force_soft_q(reward, transitions, live, temperature, gamma, iterations=3000):
@@ -34,14 +35,14 @@ def test_soft_solvers_match_brute_force(reward_mdp):
                                                       followers.mdp_soft_value, params)
         q_iter = followers.soft_q_iteration(jnp.asarray(reward), jnp.asarray(transitions), gamma,
                                             followers.mdp_soft_value, params, 600)
-        v_vi, q_vi = followers.soft_value_iteration(jnp.asarray(reward), jnp.asarray(transitions),
-                                                    jnp.asarray(live), temperature, gamma, 600)
+        v_vi, q_vi = tabular.soft_value_iteration(jnp.asarray(reward), jnp.asarray(transitions), temperature,
+                                                  gamma, 600, live=jnp.asarray(live))
         np.testing.assert_allclose(q_newton, reference, atol=1e-10)
         np.testing.assert_allclose(q_iter, reference, atol=1e-10)
         np.testing.assert_allclose(q_vi, reference, atol=1e-10)
         assert int(info.iterations) < 20  # Newton = soft policy iteration: a handful of steps
         # The Boltzmann policy is optimal for the regularised objective: V = E_pi[Q] + lambda H(pi).
-        policy = followers.soft_policy(q_newton, temperature)
+        policy = tabular.soft_policy(q_newton, temperature)
         entropy = -jnp.sum(policy * jnp.log(policy), axis=1)
         np.testing.assert_allclose(live * (jnp.sum(policy * q_newton, 1) + temperature * entropy), v_vi, atol=1e-10)
 

@@ -7,7 +7,8 @@ import pytest
 
 from jaxsafe import envs
 from jaxsafe.envs.core import AutoReset, EpisodeStats, check_action
-from jaxsafe.envs.gridworld import GridWorld, route_optimum
+from jaxsafe.envs.gridworld import GridWorld, route_optimum, two_costs_optimum
+from jaxsafe.exact import tabular
 
 
 @pytest.mark.parametrize("name", ["SafeCartPole", "SafePendulum", "SafeGridWorld"])
@@ -143,22 +144,67 @@ def test_check_action():
 @pytest.mark.parametrize("limit", [0.0, 0.5, 1.0, 1.5, 3.0, 5.0])
 def test_closed_form_optimum_matches_exact_lp(layout, limit):
     env = GridWorld(layout)
-    solution = envs.solve_constrained_mdp(env.to_tabular(), gamma=1.0, cost_limit=limit)
+    solution = tabular.solve_constrained_mdp(env.to_tabular(), gamma=1.0, cost_limits=limit)
     ret, cost, probs = route_optimum(limit, layout)
     np.testing.assert_allclose(solution.value, ret, atol=1e-7)
-    np.testing.assert_allclose(solution.cost_value[0], cost, atol=1e-7)
+    np.testing.assert_allclose(solution.cost_values[0], cost, atol=1e-7)
     if layout == "corridor":
         start = int(np.argmax(env.to_tabular().initial))
         # the optimal policy mixes "right" (into the hazards) and a detour move at the start state only
         np.testing.assert_allclose(solution.policy[start, 1], probs[0], atol=1e-6)
-    value, cost_value = envs.evaluate_policy(env.to_tabular(), solution.policy, 1.0)
-    np.testing.assert_allclose([value, cost_value[0]], [ret, cost], atol=1e-7)
+    value, cost_value = tabular.evaluate_policy(env.to_tabular(), solution.policy, 1.0)
+    np.testing.assert_allclose([value, cost_value[0]], [ret, cost], atol=1e-5)  # float32 linear solve
 
 
 def test_infeasible_limit_says_minimum():
     env = GridWorld("hazard_room")
     with pytest.raises(ValueError, match="smallest achievable"):
-        envs.solve_constrained_mdp(env.to_tabular(envs.gridworld.GridParams(slip_prob=0.3)), 0.9, -1.0)
+        tabular.solve_constrained_mdp(env.to_tabular(envs.gridworld.GridParams(slip_prob=0.3)), 0.9, -1.0)
+
+
+@pytest.fixture(scope="module")
+def two_costs():
+    env, params = envs.make("SafeGridWorld", layout="two_costs")
+    return env, params, env.to_tabular(params)
+
+
+def test_two_cost_gridworld_steps_pay_the_model_costs(two_costs):
+    env, params, mdp = two_costs
+    assert env.n_costs == 2 and mdp.costs.shape == (env.num_cells, 4, 2)
+    _, first = env.reset(jax.random.PRNGKey(0), params)
+    assert first.cost.shape == (2,)
+    # Without slip every (cell, action) is deterministic: the step's reward and cost vector are the model's.
+    cells, actions = np.meshgrid(np.arange(env.num_cells), np.arange(4), indexing="ij")
+    states = envs.gridworld.GridState(jnp.asarray(cells.ravel(), jnp.int32), jnp.zeros(cells.size, jnp.int32))
+    step = jax.vmap(lambda state, action: env.step(jax.random.PRNGKey(1), state, action, params)[1])
+    timesteps = step(states, jnp.asarray(actions.ravel()))
+    live = ~np.asarray(mdp.terminal)[cells.ravel()]
+    np.testing.assert_array_equal(np.asarray(timesteps.cost)[live], mdp.costs.reshape(-1, 2)[live])
+    np.testing.assert_allclose(np.asarray(timesteps.reward)[live], mdp.rewards.reshape(-1)[live], rtol=1e-6)
+    assert np.all(mdp.costs.sum(axis=(0, 1)) > 0)  # both kinds of hazard are reachable
+
+
+@pytest.mark.parametrize("limits", [(1.0, 1.0), (2.0, 0.5), (2.0, 2.0), (0.5, 3.0), (0.0, 0.0), (9.0, 9.0)])
+def test_two_cost_gridworld_lp_matches_closed_form(two_costs, limits):
+    _, _, mdp = two_costs
+    solution = tabular.solve_constrained_mdp(mdp, gamma=1.0, cost_limits=limits)
+    ret, costs = two_costs_optimum(limits)
+    np.testing.assert_allclose(solution.value, ret, atol=1e-7)
+    np.testing.assert_allclose(solution.cost_values, costs, atol=1e-7)
+    evaluated = tabular.evaluate_policy(mdp, solution.policy, 1.0)
+    np.testing.assert_allclose(evaluated.cost_values, costs, atol=1e-5)
+    if limits == (2.0, 0.5):  # the docstring's stochastic case: unique multipliers (0.05, 0.2)
+        np.testing.assert_allclose(solution.cost_multipliers, [0.05, 0.2], atol=1e-7)
+
+
+def test_two_cost_gridworld_documented_limits_are_strictly_between(two_costs):
+    _, _, mdp = two_costs
+    unconstrained = tabular.solve_constrained_mdp(mdp, 1.0).cost_values
+    minimum = tabular.solve_min_cost(mdp, 1.0)
+    np.testing.assert_allclose([unconstrained, minimum], [[3.0, 3.0], [0.0, 0.0]], atol=1e-7)
+    for limits in ((1.0, 1.0), (2.0, 0.5)):
+        optimum = tabular.solve_constrained_mdp(mdp, 1.0, limits).cost_values
+        assert np.all(minimum + 0.1 < optimum) and np.all(optimum < unconstrained - 0.1), (limits, optimum)
 
 
 def test_layout_validation():
