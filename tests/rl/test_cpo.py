@@ -91,20 +91,48 @@ def test_constrained_learners_meet_limit_where_ppo_does_not(cpo_run, ppo_run):
     assert np.mean(np.asarray(result.metrics["accepted"])) > 0.9
 
 
-def test_trpo_lagrangian_continuous_actions_and_act():
-    """TRPO-Lagrangian on a Box action space: natural-gradient steps, a multiplier that never falls at limit 0."""
-    env, params = envs.make("SafePendulum")
+def test_cpo_case_is_the_one_the_constraint_dictates(gridworld):
+    """With a limit no policy can reach (1000) every step is feasible and, with a cost gradient of the size the
+    gridworld gives (``c^2 / s > 2 delta``), the trust-region step (case 3); before any episode has finished the
+    constraint is treated as active, ``c = 0``, which is case 1. With limit 0 the constraint is never satisfied
+    (``c >= 0``): only the recovery (0) and recoverable (1) cases can occur, and ``c = 0`` is case 1."""
+    env, params = gridworld
+    config = cpo.CPOConfig(num_envs=8, num_steps=32, total_steps=8 * 32 * 8, hidden=(16,), critic_minibatches=2,
+                           critic_epochs=1, cg_iters=10, line_search_steps=10, method="cpo")
+    grid = sweep.make_grid(config.default_hparams(), seeds=2, cost_limit=[0.0, 1000.0])
+    metrics = sweep.run_grid(cpo.make_train(config, env, params), grid).metrics
+    case, c = np.asarray(metrics["case"]), np.asarray(metrics["constraint_value"])
+    nu = np.asarray(metrics["cost_multiplier"])
+    unreachable = np.array([p["cost_limit"] == 1000.0 for p in grid.points])
+    finished = np.isfinite(np.asarray(metrics["episode_cost"]))
+    assert np.all(c[unreachable][finished[unreachable]] < 0)
+    np.testing.assert_array_equal(case[unreachable], np.where(c[unreachable] == 0, 1, 3))
+    assert np.all(c[~unreachable] >= 0)
+    assert set(np.unique(case[~unreachable])) == {0, 1}, case  # both occur on these seeds
+    np.testing.assert_array_equal(case[~unreachable][c[~unreachable] == 0], 1)
+    np.testing.assert_array_equal(nu[(case == 0) | (case == 3)], 0.0)  # no cost multiplier outside the dual cases
+
+
+def test_trpo_lagrangian_continuous_actions_multiplier_falls_below_the_limit():
+    """TRPO-Lagrangian on a Box action space: natural-gradient steps, and a multiplier that must fall while the
+    measured cost is below the limit (projected ascent, exactly), down to 0."""
+    env, params = envs.make("SafePendulum", max_steps_in_episode=16)  # one finished episode per env per update
     config = cpo.CPOConfig(num_envs=4, num_steps=16, total_steps=4 * 16 * 4, hidden=(8,), critic_minibatches=2,
                            critic_epochs=1, cg_iters=3, line_search_steps=3, method="trpo_lag")
-    hparams = config.default_hparams().replace(cost_limit=jnp.float32(0.0), multiplier_lr=jnp.float32(0.05),
-                                               initial_multiplier=jnp.float32(0.1))
+    limit, lr, initial = 20.0, 0.01, 0.5
+    hparams = config.default_hparams().replace(cost_limit=jnp.float32(limit), multiplier_lr=jnp.float32(lr),
+                                               initial_multiplier=jnp.float32(initial))
     result = jax.jit(cpo.make_train(config, env, params))(jax.random.PRNGKey(0), hparams)
-    np.testing.assert_array_equal(result.metrics["case"], 5)  # natural-gradient steps, no cost constraint
-    multiplier = np.asarray(result.metrics["multiplier"])
-    assert multiplier.shape == (4,) and np.all(np.diff(multiplier) >= 0) and multiplier[0] >= 0.1, multiplier
-    assert not np.any(result.metrics["nonfinite"])
-    action = cpo.make_act(config, env, params)(result.params, jnp.zeros(3), jax.random.PRNGKey(1))
-    assert action.shape == (1,) and -2.0 <= float(action[0]) <= 2.0
+    cost, multiplier = np.asarray(result.metrics["episode_cost"]), np.asarray(result.metrics["multiplier"])
+    assert np.all(cost < limit), cost  # at most 16 costly steps in a 16-step episode
+    expected = np.maximum(initial + lr * np.cumsum(cost - limit), 0.0)  # no clipping is hit before it reaches 0
+    np.testing.assert_allclose(multiplier, expected, rtol=1e-5, atol=1e-6)
+    assert multiplier[0] < initial and multiplier[-1] == 0.0
+    assert not np.any(result.metrics["nonfinite"]) and np.all(np.asarray(result.metrics["cost_multiplier"]) == 0)
+    act = cpo.make_act(config, env, params)  # CPO's act is PPO's (clipping tested in test_ppo.py)
+    obs, key = jnp.zeros(3), jax.random.PRNGKey(1)
+    np.testing.assert_array_equal(act(result.params, obs, key), ppo.make_act(config, env, params)(result.params, obs,
+                                                                                                    key))
 
 
 @pytest.mark.parametrize("kwargs,field", [

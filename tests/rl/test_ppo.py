@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from jaxsafe import envs, sweep
+from jaxsafe.envs.core import Wrapper
 from jaxsafe.envs.gridworld import route_optimum
 from jaxsafe.rl import ppo
 
@@ -113,15 +114,57 @@ def test_ppo_solves_cartpole():
     assert _tail_mean(result.metrics["episode_return"]) > 150.0
 
 
-def test_continuous_actions_run_and_clip():
+class EchoAction(Wrapper):
+    """Pays as reward the first action component the environment received (so a test can see the clipping)."""
+
+    def reset(self, key, params):
+        return self.env.reset(key, params)
+
+    def step(self, key, state, action, params):
+        state, timestep = self.env.step(key, state, action, params)
+        return state, timestep._replace(reward=jnp.asarray(action, jnp.float32).reshape(-1)[0])
+
+
+def widened(actor_params, mean: float, log_std: float):
+    """A Gaussian actor's params with the mean head's bias set to ``mean`` and its log std to ``log_std``."""
+    inner = dict(actor_params["params"])
+    inner["Dense_0"] = dict(inner["Dense_0"], bias=jnp.full_like(inner["Dense_0"]["bias"], mean))
+    inner["log_std"] = jnp.full_like(inner["log_std"], log_std)
+    return {"params": inner}
+
+
+def test_continuous_actions_sampled_raw_and_clipped_for_the_env():
+    """On a Box space the rollout keeps the raw Gaussian sample (its log-prob is of that value) while the
+    environment receives it clipped; ``make_act`` returns the clipped sample, or the clipped mean."""
+    from jaxsafe.envs.core import wrap_for_training
+    from jaxsafe.rl.networks import Critic, make_actor
+
     env, params = envs.make("SafePendulum")
+    env = EchoAction(env)
     config = ppo.PPOConfig(num_envs=4, num_steps=16, total_steps=128, num_minibatches=2, hidden=(8,))
     result = jax.jit(ppo.make_train(config, env, params))(jax.random.PRNGKey(0), config.default_hparams())
-    assert result.metrics["actor_loss"].shape == (2,)
-    assert np.all(np.isfinite(result.metrics["total_loss"]))
+    assert result.metrics["actor_loss"].shape == (2,) and np.all(np.isfinite(result.metrics["total_loss"]))
+    space = env.action_space(params)
+    actor, critic = make_actor(space, config.hidden, config.activation), Critic(config.hidden, config.activation)
+    # a policy centred at 1.0 with std e^1.1 = 3: about half of its samples leave the box [-2, 2]
+    wide = result.params._replace(actor=widened(result.params.actor, mean=1.0, log_std=1.1))
+    vec_env = wrap_for_training(env, config.num_envs)
+    collect = ppo.make_collect_rollout(vec_env, params, actor, critic, space, config.num_steps)
+    env_state, timestep = vec_env.reset(jax.random.PRNGKey(1), params)
+    traj = jax.jit(collect)(wide, env_state, timestep.obs, jax.random.PRNGKey(2)).traj
+    raw = np.asarray(traj.action[..., 0])
+    assert np.mean(np.abs(raw) > 2.0) > 0.25, raw  # raw samples lie outside the box ...
+    np.testing.assert_array_equal(traj.reward, np.clip(raw, -2.0, 2.0))  # ... the environment got them clipped
+    np.testing.assert_allclose(traj.log_prob, actor.apply(wide.actor, traj.obs).log_prob(traj.action), rtol=1e-5)
+
     act = ppo.make_act(config, env, params)
-    action = act(result.params, jnp.zeros(3), jax.random.PRNGKey(1))
-    assert action.shape == (1,) and -2.0 <= float(action[0]) <= 2.0
+    obs, keys = jnp.array([1.0, 0.0, 0.0]), jax.random.split(jax.random.PRNGKey(3), 256)
+    actions = jax.vmap(lambda k: act(wide, obs, k))(keys)
+    samples = jax.vmap(lambda k: actor.apply(wide.actor, obs).sample(seed=k))(keys)
+    assert np.mean(np.abs(np.asarray(samples)) > 2.0) > 0.25
+    np.testing.assert_array_equal(actions, np.clip(samples, -2.0, 2.0))
+    far = result.params._replace(actor=widened(result.params.actor, mean=5.0, log_std=0.0))
+    np.testing.assert_allclose(act(far, obs, keys[0], True), [2.0])  # the mean 5 (about), clipped to the bound
 
 
 @pytest.mark.parametrize("kwargs,field", [
