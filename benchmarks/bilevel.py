@@ -62,7 +62,7 @@ def _run(problem, seeds, hparams=None, metric="leader_value", **config):
 
 def four_rooms_section(settings) -> tuple[dict, dict]:
     problem = problems.four_rooms()
-    hparams = BilevelConfig().default_hparams(problem)._replace(leader_lr=jnp.float32(settings["four_rooms_lr"]))
+    hparams = BilevelConfig().default_hparams(problem).replace(leader_lr=jnp.float32(settings["four_rooms_lr"]))
     table, curves_by_n = {}, {}
     iters, seeds = settings["iterations"], settings["seeds"]
     print(f"FourRooms: {seeds} seeds, {iters} iterations, lr {settings['four_rooms_lr']}", flush=True)

@@ -5,15 +5,16 @@ a follower that solves its entropy-regularised problem. See ``docs/bilevel.md``.
 
 Modules: ``followers`` (soft VI / Q-iteration / Newton, MaxEnt-LQR), ``exact`` (implicit-differentiation
 oracle), ``bchg`` (the estimator from rollouts), ``baselines`` (naive, HPGD, oracle), ``problems`` (FourRooms,
-warehouse, building thermal, DiscreteToy, LQR game, random instances), ``train`` (``make_train``), ``cli``.
+warehouse, building thermal, DiscreteToy, LQR game, random instances), ``train`` (``make_train_parts``,
+``make_train``), ``cli``.
 """
 
 from jaxsafe.bilevel import baselines, bchg, exact, followers, problems, train
 from jaxsafe.bilevel.problems import ConfigurableMDP, LQProblem, MarkovGame, make_problem
-from jaxsafe.bilevel.train import BilevelConfig, BilevelHParams, make_train
+from jaxsafe.bilevel.train import BilevelConfig, BilevelHParams, LeaderState, make_train, make_train_parts
 
 __all__ = [
     "baselines", "bchg", "exact", "followers", "problems", "train",
     "ConfigurableMDP", "LQProblem", "MarkovGame", "make_problem",
-    "BilevelConfig", "BilevelHParams", "make_train",
+    "BilevelConfig", "BilevelHParams", "LeaderState", "make_train", "make_train_parts",
 ]

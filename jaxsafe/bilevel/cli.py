@@ -80,11 +80,11 @@ def run(problem_name: str, estimators, out_dir, seeds: int = 10, iterations: int
                for e in estimators}
     hparams = configs[estimators[0]].default_hparams(problem)
     if leader_lr is not None:
-        hparams = hparams._replace(leader_lr=jnp.float32(leader_lr))
+        hparams = hparams.replace(leader_lr=jnp.float32(leader_lr))
     run_dir.write_config({
         "algorithm": "bilevel", "problem": problem_name, "description": problem.description,
         "estimators": estimators, "seeds": list(range(seeds)),
-        "config": {e: vars(c) for e, c in configs.items()}, "hparams": hparams._asdict(),
+        "config": {e: vars(c) for e, c in configs.items()}, "hparams": vars(hparams),
     })
     summary, curves = {}, {}
     for run_index, estimator in enumerate(estimators):

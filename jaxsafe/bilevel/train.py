@@ -1,4 +1,5 @@
-"""The leader loop: ``make_train(config, problem) -> train(key, hparams) -> TrainResult``.
+"""The leader loop in the learner contract: ``make_train_parts(config, problem) -> TrainParts``, and
+``make_train(config, problem) -> train(key, hparams) -> TrainResult`` (:mod:`jaxsafe.learner`).
 
 Each leader iteration (bchg.md 1.4):
 
@@ -8,9 +9,13 @@ Each leader iteration (bchg.md 1.4):
 3. the leader critic is updated (tabular SARSA, carried; or exact for diagnostics; LSTD-Q for LQ problems);
 4. the chosen estimator gives a hypergradient; it is clipped to ``max_grad_norm`` and ``x <- x + lr g``.
 
-The whole loop is one ``lax.scan``, so ``train`` is pure, jittable and ``vmap``-able over keys and hparams.
-Metrics have a leading leader-iteration axis and are exact where the model allows: ``leader_value`` is the exact
-leader return of the follower's *actual* policy at the start of each iteration.
+One leader iteration is one ``update`` of :class:`~jaxsafe.learner.TrainParts` (``steps_per_update`` is the
+sample budget ``num_samples``), so ``train`` is pure, jittable and ``vmap``-able over keys and hparams, and the
+chunked runner checkpoints and resumes it bit-identically. Iteration ``i`` draws its randomness from
+``jax.random.split(key, num_iterations)[i]`` (the stream of the original one-scan loop, so stored benchmark
+results reproduce). Metrics have a leading leader-iteration axis and are exact where the model allows:
+``leader_value`` is the exact leader return of the follower's *actual* policy at the start of each iteration;
+``nonfinite`` flags an iteration whose leader parameters, follower Q or leader value are NaN/inf.
 """
 
 from __future__ import annotations
@@ -20,12 +25,13 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
+from flax import struct
 
 from jaxsafe.bilevel import baselines, bchg, exact, followers
 from jaxsafe.bilevel.followers import GameValueParams, MDPValueParams
 from jaxsafe.exact import tabular
-from jaxsafe.types import TrainResult
+from jaxsafe.learner import Config, HParams, TrainParts, make_train_from_parts
+from jaxsafe.validation import is_int, positive, require
 
 Array = jax.Array
 
@@ -37,27 +43,41 @@ ESTIMATORS: dict[str, tuple[str, ...]] = {
 ALL_ESTIMATORS = tuple(sorted({e for names in ESTIMATORS.values() for e in names}))
 
 
-class BilevelHParams(NamedTuple):
-    """Vmappable leader-loop hyperparameters (jnp scalars).
+#: A discount: ``[0, 1)`` (the leader and follower objectives are infinite-horizon discounted returns).
+DISCOUNT = (lambda v: (v >= 0) & (v < 1), "in [0, 1)")
+
+
+@struct.dataclass
+class BilevelHParams(HParams):
+    """Vmappable leader-loop hyperparameters (jnp scalars, or ``[G]`` arrays for a grid).
 
     Attributes:
-      leader_lr: step size of ``x <- x + lr g``.
-      follower_temperature: ``lambda`` (``beta`` in games) of the follower's entropy regularisation.
-      follower_gamma, leader_gamma: discounts.
-      critic_lr: SARSA step size of the tabular leader critic.
-      max_grad_norm: the hypergradient is clipped to this global norm before the step.
+      leader_lr: step size of ``x <- x + lr g`` (> 0).
+      follower_temperature: ``lambda`` (``beta`` in games) of the follower's entropy regularisation (> 0).
+      follower_gamma, leader_gamma: discounts in ``[0, 1)``.
+      critic_lr: SARSA step size of the tabular leader critic, in ``(0, 1]``.
+      max_grad_norm: the hypergradient is clipped to this global norm before the step (> 0).
     """
 
-    leader_lr: Array
-    follower_temperature: Array
-    follower_gamma: Array
-    leader_gamma: Array
-    critic_lr: Array
-    max_grad_norm: Array
+    leader_lr: float = 0.1
+    follower_temperature: float = 0.1
+    follower_gamma: float = 0.9
+    leader_gamma: float = 0.9
+    critic_lr: float = 0.5
+    max_grad_norm: float = 1.0
+
+    rules = {
+        "leader_lr": positive(),
+        "follower_temperature": positive(),
+        "follower_gamma": DISCOUNT,
+        "leader_gamma": DISCOUNT,
+        "critic_lr": (lambda v: (v > 0) & (v <= 1), "in (0, 1]"),
+        "max_grad_norm": positive(),
+    }
 
 
 @dataclasses.dataclass(frozen=True)
-class BilevelConfig:
+class BilevelConfig(Config):
     """Static settings of the leader loop (hashable; they fix shapes and loop counts).
 
     Attributes:
@@ -86,42 +106,48 @@ class BilevelConfig:
     newton_max_iterations: int = 100
 
     def __post_init__(self):
-        if self.estimator not in ALL_ESTIMATORS:
-            raise ValueError(f"estimator must be one of {ALL_ESTIMATORS}, got {self.estimator!r}")
+        require(self.estimator in ALL_ESTIMATORS, "BilevelConfig.estimator", f"one of {ALL_ESTIMATORS}",
+                self.estimator)
         for name, low in (("num_iterations", 1), ("num_samples", 2), ("max_episode_steps", 0),
                           ("follower_iterations", 0), ("newton_max_iterations", 1)):
             value = getattr(self, name)
-            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
-                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-        if self.critic not in ("sarsa", "exact"):
-            raise ValueError(f"critic must be 'sarsa' or 'exact', got {self.critic!r}")
-        if self.follower_model not in ("oracle", "estimated"):
-            raise ValueError(f"follower_model must be 'oracle' or 'estimated', got {self.follower_model!r}")
-        if not isinstance(self.follower_carry, bool) or not isinstance(self.track_oracle, bool):
-            raise ValueError("follower_carry and track_oracle must be bools")
+            require(is_int(value, low), f"BilevelConfig.{name}", f"an integer >= {low}", value)
+        require(self.critic in ("sarsa", "exact"), "BilevelConfig.critic", "'sarsa' or 'exact'", self.critic)
+        require(self.follower_model in ("oracle", "estimated"), "BilevelConfig.follower_model",
+                "'oracle' or 'estimated'", self.follower_model)
+        for name in ("follower_carry", "track_oracle"):
+            require(isinstance(getattr(self, name), bool), f"BilevelConfig.{name}", "a bool", getattr(self, name))
 
     def default_hparams(self, problem=None) -> BilevelHParams:
-        """Defaults; with a ``problem``, its paper temperature, discounts and learning rate."""
-        get = lambda name, fallback: getattr(problem, name, fallback) if problem is not None else fallback
-        f32 = lambda v: jnp.asarray(v, jnp.float32)
-        return BilevelHParams(
-            leader_lr=f32(get("default_leader_lr", 0.1)),
-            follower_temperature=f32(get("default_temperature", 0.1)),
-            follower_gamma=f32(get("default_follower_gamma", 0.9)),
-            leader_gamma=f32(get("default_leader_gamma", 0.9)),
-            critic_lr=f32(0.5),
-            max_grad_norm=f32(1.0),
-        )
+        """Defaults as float32 arrays; with a ``problem``, its paper temperature, discounts and learning rate."""
+        defaults = BilevelHParams()
+        if problem is not None:
+            defaults = defaults.replace(
+                leader_lr=getattr(problem, "default_leader_lr", defaults.leader_lr),
+                follower_temperature=getattr(problem, "default_temperature", defaults.follower_temperature),
+                follower_gamma=getattr(problem, "default_follower_gamma", defaults.follower_gamma),
+                leader_gamma=getattr(problem, "default_leader_gamma", defaults.leader_gamma))
+        return defaults.as_arrays()
 
 
 class LeaderState(NamedTuple):
-    """Carried through the leader loop: ``params [d]``, the follower's Q-table, the leader's critic table and
-    its visit counts (tabular problems)."""
+    """Carried through the leader loop (arrays only, so the runner can checkpoint it).
+
+    Attributes:
+      params: ``[d]`` leader parameters ``x``.
+      follower_q: the follower's Q-table (``[S, A]``, ``[S, A_L, A_F]``; a 0-d placeholder for LQ problems).
+      leader_q: the leader's critic table (``[S, A]`` or ``[S, A_L * A_F]``; 0-d for LQ problems).
+      leader_visits: the critic's visit counts ``[S, A]`` (0-d where unused).
+      base_key: the run's raw ``PRNGKey``; iteration ``i`` uses ``jax.random.split(base_key, num_iterations)[i]``.
+      iteration: int32 leader iterations done.
+    """
 
     params: Array
     follower_q: Array
     leader_q: Array
     leader_visits: Array
+    base_key: Array
+    iteration: Array
 
 
 def visited_advantages(leader_q: Array, visits: Array, policy: Array) -> tuple[Array, Array]:
@@ -150,38 +176,46 @@ def _cosine(a: Array, b: Array) -> Array:
     return a @ b / jnp.maximum(jnp.linalg.norm(a) * jnp.linalg.norm(b), 1e-12)
 
 
-def make_train(config: BilevelConfig, problem):
-    """Build ``train(key, hparams) -> TrainResult`` for ``problem`` (a ``ConfigurableMDP``, ``MarkovGame`` or
-    ``LQProblem``).
+def make_train_parts(config: BilevelConfig, problem) -> TrainParts:
+    """The leader loop as :class:`~jaxsafe.learner.TrainParts` for ``problem`` (a ``ConfigurableMDP``,
+    ``MarkovGame`` or ``LQProblem``): ``update`` is one leader iteration, ``num_updates = num_iterations`` and
+    ``steps_per_update = num_samples``.
 
     Raises:
-      ValueError: if the estimator does not apply to the problem's kind, or the follower model / critic options
-        do not apply.
+      ValueError: if the estimator does not apply to the problem's kind (naming both), or the follower model /
+        critic / follower-iteration options do not apply. Raised here, before anything is compiled.
     """
     kind = getattr(problem, "kind", None)
     if kind not in ESTIMATORS:
         raise ValueError(f"problem must be a ConfigurableMDP, MarkovGame or LQProblem, got {type(problem).__name__}")
+    name = getattr(problem, "name", kind)
     if config.estimator not in ESTIMATORS[kind]:
-        raise ValueError(f"estimator {config.estimator!r} does not apply to a {kind!r} problem; "
+        raise ValueError(f"estimator {config.estimator!r} does not apply to problem {name!r} (a {kind!r} problem); "
                          f"choose one of {ESTIMATORS[kind]}")
     if config.follower_model == "estimated" and kind != "game":
         raise ValueError("follower_model='estimated' applies to Markov games only")
     if kind == "lq" and config.follower_iterations:
         raise ValueError("follower_iterations must be 0 for LQ problems (the follower is closed-form)")
     builders = {"mdp": _mdp_iteration, "game": _game_iteration, "lq": _lq_iteration}
-    iteration, init_state = builders[kind](config, problem)
+    iteration, init_leader = builders[kind](config, problem)
 
-    def train(key: Array, hparams: BilevelHParams) -> TrainResult:
-        state = init_state(key)
+    def init(key: Array, hparams: BilevelHParams) -> LeaderState:
+        del hparams  # the initial leader state depends only on the problem (and carries the key)
+        return init_leader(key)
 
-        def body(state, key):
-            return iteration(state, key, hparams)
+    def update(state: LeaderState, hparams: BilevelHParams) -> tuple[LeaderState, dict]:
+        key = jax.random.split(state.base_key, config.num_iterations)[state.iteration]
+        new_state, metrics = iteration(state, key, hparams)
+        finite = (jnp.all(jnp.isfinite(new_state.params)) & jnp.all(jnp.isfinite(new_state.follower_q))
+                  & jnp.isfinite(metrics["leader_value"]))
+        metrics = dict(metrics, nonfinite=~finite)
+        return new_state._replace(iteration=state.iteration + 1), metrics
 
-        keys = jax.random.split(key, config.num_iterations)
-        state, metrics = jax.lax.scan(body, state, keys)
-        return TrainResult(params=state.params, metrics=metrics)
+    return TrainParts(init=init, update=update, num_updates=config.num_iterations,
+                      steps_per_update=config.num_samples)
 
-    return train
+
+make_train = make_train_from_parts(make_train_parts)
 
 
 def _episode_limit(config, problem) -> int:
@@ -211,9 +245,10 @@ def _mdp_iteration(config: BilevelConfig, problem):
     estimator = config.estimator
 
     def init_state(key):
-        del key  # the leader critic starts at zero (bchg.md's random-normal start only adds early noise)
+        # the leader critic starts at zero (bchg.md's random-normal start only adds early noise)
         zeros = jnp.zeros((num_states, num_actions), jnp.float32)
-        return LeaderState(jnp.asarray(problem.initial_params, jnp.float32), zeros, zeros, zeros)
+        return LeaderState(jnp.asarray(problem.initial_params, jnp.float32), zeros, zeros, zeros, key,
+                           jnp.zeros((), jnp.int32))
 
     def iteration(state: LeaderState, key, hparams: BilevelHParams):
         rollout_key, critic_key = jax.random.split(key)
@@ -299,11 +334,10 @@ def _game_iteration(config: BilevelConfig, problem):
     estimator = config.estimator
 
     def init_state(key):
-        del key
         return LeaderState(jnp.asarray(problem.initial_params, jnp.float32),
                            jnp.zeros((num_states, num_leader, num_follower), jnp.float32),
                            jnp.zeros((num_states, num_leader * num_follower), jnp.float32),
-                           jnp.zeros((), jnp.float32))
+                           jnp.zeros((), jnp.float32), key, jnp.zeros((), jnp.int32))
 
     def iteration(state: LeaderState, key, hparams: BilevelHParams):
         rollout_key, critic_key = jax.random.split(key)
@@ -374,9 +408,9 @@ def _lq_iteration(config: BilevelConfig, problem):
     estimator = config.estimator
 
     def init_state(key):
-        del key
         empty = jnp.zeros((), jnp.float32)
-        return LeaderState(jnp.asarray(problem.initial_params, jnp.float32), empty, empty, empty)
+        return LeaderState(jnp.asarray(problem.initial_params, jnp.float32), empty, empty, empty, key,
+                           jnp.zeros((), jnp.int32))
 
     def iteration(state: LeaderState, key, hparams: BilevelHParams):
         x = state.params
