@@ -21,6 +21,8 @@ temperature and discounts of its paper setting (``default_temperature``, ``defau
 from __future__ import annotations
 
 import dataclasses
+import functools
+import inspect
 from typing import Callable, NamedTuple
 
 import jax
@@ -585,18 +587,42 @@ def lqr_game(target=(-0.8, 0.0), leader_action_cost: float = 0.1, dt: float = 0.
 # Registry
 # ---------------------------------------------------------------------------------------------------------------
 
-PROBLEMS: dict[str, Callable[[], object]] = {
+PROBLEMS: dict[str, Callable[..., object]] = {
     "four_rooms": four_rooms,
     "warehouse": warehouse,
-    "discrete_toy_r1": lambda: discrete_toy(1.0),
-    "discrete_toy_r2": lambda: discrete_toy(2.0),
+    "discrete_toy_r1": functools.partial(discrete_toy, 1.0),
+    "discrete_toy_r2": functools.partial(discrete_toy, 2.0),
     "building_thermal": building_thermal,
     "lqr_game": lqr_game,
 }
 
 
+def problem_overrides(name: str) -> list[str]:
+    """The constructor arguments of problem ``name`` that ``make_problem(name, **overrides)`` accepts."""
+    return list(inspect.signature(PROBLEMS[name]).parameters)
+
+
 def make_problem(name: str, **overrides):
-    """Build a named problem (``list(PROBLEMS)``); ``overrides`` go to its constructor."""
+    """Build a named problem (``sorted(PROBLEMS)``); ``overrides`` go to its constructor.
+
+    Raises:
+      ValueError: an unknown name (listing the problems) or an override the constructor does not take (listing
+        the allowed overrides).
+    """
     if name not in PROBLEMS:
-        raise ValueError(f"unknown problem {name!r}; choose one of {sorted(PROBLEMS)}")
-    return PROBLEMS[name](**overrides) if overrides else PROBLEMS[name]()
+        raise ValueError(f"unknown bi-level problem {name!r}; choose one of {sorted(PROBLEMS)}")
+    unknown = sorted(set(overrides) - set(problem_overrides(name)))
+    if unknown:
+        raise ValueError(f"bi-level problem {name!r}: unknown override(s) {unknown}; allowed overrides: "
+                         f"{problem_overrides(name) or 'none'}")
+    return PROBLEMS[name](**overrides)
+
+
+@functools.lru_cache(maxsize=None)
+def _descriptions() -> tuple[tuple[str, str], ...]:
+    return tuple((name, make_problem(name).description) for name in sorted(PROBLEMS))
+
+
+def describe_problems() -> dict[str, str]:
+    """``{name: one-line description}`` of every named problem (built once, then cached)."""
+    return dict(_descriptions())
