@@ -34,11 +34,17 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from jaxsafe.bilevel import problems  # noqa: E402
-from jaxsafe.bilevel.cli import final_value, plot_curves, run_estimator  # noqa: E402
+from jaxsafe.bilevel.experiment import final_value, run_estimator  # noqa: E402
 from jaxsafe.bilevel.train import BilevelConfig  # noqa: E402
 from jaxsafe.logging import to_jsonable  # noqa: E402
+from jaxsafe.plotting import plot_mean_band  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def plot_curves(curves: dict, path, title: str, metric: str = "leader_value") -> None:
+    """Mean +- std over seeds of ``curves[estimator] [seeds, iterations]`` against the leader iteration."""
+    plot_mean_band(curves, path, xlabel="leader iteration", ylabel=metric.replace("_", " "), title=title)
 
 
 def _entry(metrics: dict, seconds: float, metric: str = "leader_value") -> dict:

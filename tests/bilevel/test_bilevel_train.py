@@ -1,6 +1,5 @@
-"""The leader loop: validation, vmap lanes, learning on tiny problems, and the CLI run directory."""
-
-import json
+"""The leader loop: validation, the learner contract (bit-identical to the recorded loop), vmap lanes, learning
+on tiny problems."""
 
 import jax
 import jax.numpy as jnp
@@ -9,7 +8,7 @@ import pytest
 
 from jaxsafe import sweep
 from jaxsafe.bilevel import problems
-from jaxsafe.bilevel.train import BilevelConfig, BilevelHParams, make_train, make_train_parts
+from jaxsafe.bilevel.train import BilevelConfig, make_train, make_train_parts
 from jaxsafe.learner import train_from_parts
 
 
@@ -148,23 +147,3 @@ def test_partly_converged_follower_runs(reward_mdp):
                            follower_carry=False)
     result = make_train(config, reward_mdp)(jax.random.PRNGKey(0), config.default_hparams(reward_mdp))
     assert np.all(np.isfinite(result.metrics["leader_value"]))
-
-
-def test_cli_writes_run_directory(tmp_path):
-    import argparse
-
-    from jaxsafe.bilevel import cli
-
-    parser = argparse.ArgumentParser()
-    cli.add_subparser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["bilevel", "--problem", "discrete_toy_r1", "--estimator", "bchg", "bchg_no_guidance",
-                              "--seeds", "2", "--iters", "5", "--samples", "50", "--out", str(tmp_path / "run")])
-    args.func(args)
-    run = tmp_path / "run"
-    config = json.loads((run / "config.json").read_text())
-    assert config["problem"] == "discrete_toy_r1"
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert len(rows) == 2 * 2 * 5 and {"run", "seed", "iteration", "leader_value"} <= set(rows[0])
-    summary = json.loads((run / "summary.json").read_text())
-    assert set(summary) == {"bchg", "bchg_no_guidance"} and "mean" in summary["bchg"]["final_leader_value"]
-    assert (run / "curves.png").stat().st_size > 1000
