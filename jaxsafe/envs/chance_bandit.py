@@ -29,6 +29,7 @@ import numpy as np
 from flax import struct
 
 from jaxsafe.envs.core import SafeEnv, spaces
+from jaxsafe.exact.lp import solve_lp
 from jaxsafe.types import TimeStep
 
 #: The peaks of the safe and the unsafe bump, and the safety threshold (unsafe iff ``a > UNSAFE_ABOVE``).
@@ -141,12 +142,10 @@ def solve_by_enumeration(alpha: float, grid: int | np.ndarray = 201,
     """``max_mu sum_a mu(a) r(a)  s.t.  sum_a mu(a) u(a) <= alpha`` over distributions ``mu`` on an action grid.
 
     ``grid`` is a number of evenly spaced actions in ``[-1, 1]`` (201 puts points on the bump peaks) or the actions
-    themselves. Solved by the HiGHS dual simplex (``scipy.optimize.linprog``), which returns a vertex of the
-    feasible set; with two constraints (the budget and ``sum mu = 1``) a vertex has at most two atoms, the
+    themselves. Solved by the HiGHS dual simplex (:func:`jaxsafe.exact.lp.solve_lp`), which returns a vertex of
+    the feasible set; with two constraints (the budget and ``sum mu = 1``) a vertex has at most two atoms, the
     finite-dimensional form of the paper's Thm 2.
     """
-    from jaxsafe.rl.flipping import solve_mixture_lp  # the mixing LP over the grid's point masses
-
     params = ChanceBanditParams() if params is None else params
     if not alpha >= 0:
         raise ValueError(f"alpha must be >= 0, got {alpha!r}")
@@ -155,11 +154,9 @@ def solve_by_enumeration(alpha: float, grid: int | np.ndarray = 201,
         raise ValueError(f"grid must have at least 2 actions, got {actions.size}")
     reward = bandit_reward(actions, params, xp=np).astype(np.float64)
     unsafe = bandit_unsafe(actions, xp=np)
-    try:
-        probs, _ = solve_mixture_lp(reward, unsafe[None], [float(alpha)])
-    except ValueError as err:
-        raise ValueError(f"the enumeration LP failed: {err}") from None
-    probs = np.clip(probs, 0.0, None)
+    solution = solve_lp(reward, A_ub=unsafe[None], b_ub=[float(alpha)], A_eq=np.ones((1, actions.size)),
+                        b_eq=[1.0], maximize=True, method="highs-ds", name="enumeration LP over action distributions")
+    probs = np.clip(solution.x, 0.0, None)
     return EnumerationSolution(actions, probs, float(probs @ reward), float(probs @ unsafe))
 
 

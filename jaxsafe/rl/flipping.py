@@ -13,7 +13,8 @@ upper concave hull. This module provides the pieces:
   windows of ``T`` steps.
 * **Mixing.** :func:`upper_concave_hull`, :func:`mix_for_budget` (the closed form of the LP: the two hull
   vertices around the budget), :func:`best_deterministic` (the best single policy within the budget) and
-  :func:`solve_mixture_lp` (the same LP by ``scipy.optimize.linprog``, with any number of constraints).
+  :func:`solve_mixture_lp` (the same LP by the one HiGHS wrapper :func:`jaxsafe.exact.lp.solve_lp`, with any
+  number of constraints).
 * **Acting.** :func:`mixture_policy` is a :class:`~jaxsafe.policy.Policy` that flips between two policies either
   once per episode (``mode="episode"``: the coin is drawn by the policy's ``init`` and kept in its state, the mode
   for which the LP's convex combination of (return, cost) is guaranteed) or at every step (``mode="step"``, the
@@ -38,6 +39,7 @@ import numpy as np
 
 from jaxsafe.envs.core import Wrapper
 from jaxsafe.evaluate import EpisodeRollouts, rollout_episodes
+from jaxsafe.exact.lp import solve_lp
 from jaxsafe.policy import Policy, from_act
 from jaxsafe.types import TimeStep
 
@@ -263,25 +265,22 @@ def best_deterministic(costs, values, budget: float) -> tuple[int, float]:
 
 def solve_mixture_lp(values, constraint_rows, bounds) -> tuple[np.ndarray, float]:
     """``max nu.values s.t. constraint_rows @ nu <= bounds, nu in simplex`` by the HiGHS dual simplex
-    (``scipy.optimize.linprog``), which returns a vertex: at most ``m + 1`` non-zero weights for ``m`` constraints.
+    (:func:`jaxsafe.exact.lp.solve_lp`), which returns a vertex: at most ``m + 1`` non-zero weights for ``m``
+    constraints.
 
     ``constraint_rows`` is ``[m, S]`` (e.g. expected costs, or ``-F_i`` with bound ``-(1 - alpha)`` for safety
-    probabilities). Returns ``(nu, value)``; raises ``ValueError`` if the LP is infeasible. The reference for
-    :func:`mix_for_budget` and the general form with several constraints (Thm 7 has one; App. J's affine chance
-    constraints give several).
+    probabilities). Returns ``(nu, value)``; raises ``ValueError`` (:class:`~jaxsafe.exact.lp.LPError`) if the LP
+    is infeasible. The reference for :func:`mix_for_budget` and the general form with several constraints (Thm 7
+    has one; App. J's affine chance constraints give several).
     """
-    from scipy.optimize import linprog
-
     values = np.asarray(values, np.float64).ravel()
     rows = np.atleast_2d(np.asarray(constraint_rows, np.float64))
     bounds = np.atleast_1d(np.asarray(bounds, np.float64))
     if rows.shape != (bounds.size, values.size):
         raise ValueError(f"constraint_rows must be [{bounds.size}, {values.size}], got {rows.shape}")
-    result = linprog(-values, A_ub=rows, b_ub=bounds, A_eq=np.ones((1, values.size)), b_eq=[1.0],
-                     bounds=[(0, None)] * values.size, method="highs-ds")
-    if result.status != 0:
-        raise ValueError(f"mixture LP is infeasible or failed: {result.message}")
-    return result.x, float(-result.fun)
+    solution = solve_lp(values, A_ub=rows, b_ub=bounds, A_eq=np.ones((1, values.size)), b_eq=[1.0],
+                        maximize=True, method="highs-ds", name="mixture LP")
+    return solution.x, solution.value
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -214,3 +214,31 @@ def test_inflated_plans_are_feasible_and_trade_reward_for_safety():
 
     J, V = jax.jit(jax.vmap(evaluate, (0, None)))(plans, jax.random.PRNGKey(0))
     assert float(V[0]) > float(V[1]) and float(J[0]) > float(J[1])
+
+
+# ------------------------------------------------------------------------------------------------ layering
+
+
+def test_environments_import_no_learner():
+    """The chance bandit (and every environment) builds on envs, policy and exact only, never on jaxsafe.rl."""
+    import subprocess
+    import sys
+
+    code = ("import sys, jaxsafe.envs, jaxsafe.envs.chance_bandit, jaxsafe.envs.point2d; "
+            "print(sorted(m for m in sys.modules if m.startswith(('jaxsafe.rl', 'jaxsafe.offline', 'jaxsafe.llm', "
+            "'jaxsafe.bilevel'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_enumeration_lp_is_the_mixture_lp():
+    """The bandit's enumeration and the mixing LP are the same problem through the one LP wrapper."""
+    from jaxsafe.envs import chance_bandit
+
+    solution = chance_bandit.solve_by_enumeration(0.25, grid=41)
+    reward = chance_bandit.bandit_reward(solution.actions, chance_bandit.ChanceBanditParams(), xp=np)
+    unsafe = chance_bandit.bandit_unsafe(solution.actions, xp=np)
+    nu, value = flipping.solve_mixture_lp(reward, unsafe[None], [0.25])
+    np.testing.assert_allclose(solution.value, value, rtol=1e-12)
+    np.testing.assert_allclose(solution.probs, np.clip(nu, 0, None), atol=1e-12)
+    assert np.count_nonzero(solution.probs > 1e-9) == 2  # a flip between two actions (Thm 2)
