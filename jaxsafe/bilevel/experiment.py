@@ -4,7 +4,8 @@
                                  iterations=500, samples=100)
 
 The ``jaxsafe bilevel`` command and ``benchmarks/bilevel.py`` call these; the generic runner
-(``jaxsafe train bchg --problem four_rooms``) runs one estimator with checkpoints through the registry instead.
+(``jaxsafe train bchg --problem four_rooms``) runs one estimator with checkpoints through the registry
+instead.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ __all__ = ["run_estimator", "final_value", "compare_estimators"]
 
 def run_estimator(problem, config: BilevelConfig, seeds: int, hparams: BilevelHParams | None = None,
                   seed_offset: int = 0) -> dict[str, np.ndarray]:
-    """Run ``config`` on ``problem`` for ``seeds`` seeds (``PRNGKey(seed_offset + i)``) in one vmapped program.
+    """Run ``config`` on ``problem`` for ``seeds`` seeds (``PRNGKey(seed_offset + i)``), vmapped in one
+    program (:func:`jaxsafe.sweep.run_grid`).
 
     ``hparams`` default to ``config.default_hparams(problem)`` and are validated. Returns every metric as a
     ``[seeds, num_iterations]`` numpy array.
@@ -40,7 +42,8 @@ def run_estimator(problem, config: BilevelConfig, seeds: int, hparams: BilevelHP
 
 
 def final_value(curves: np.ndarray, fraction: float = 0.1) -> np.ndarray:
-    """Per-seed mean of the last ``fraction`` of a ``[seeds, iterations]`` curve (a rolling-mean end point)."""
+    """Per-seed mean of the last ``fraction`` of a ``[seeds, iterations]`` curve (a rolling-mean end
+    point)."""
     tail = max(1, int(round(curves.shape[1] * fraction)))
     return curves[:, -tail:].mean(axis=1)
 
@@ -51,9 +54,10 @@ def compare_estimators(problem_name: str, estimators: str | Sequence[str], out_d
     """Run each estimator on a named problem over ``seeds`` seeds and write a new run directory.
 
     ``out_dir`` gets ``config.json``, ``metrics.jsonl`` (one row per estimator, seed and leader iteration:
-    ``run`` (the estimator), ``seed``, ``iteration``, ``steps`` (samples so far), ``leader_value`` and the other
-    metrics), ``summary.json`` (per estimator: mean/std/min/max over seeds of the final leader value, the mean
-    of the last 10% of iterations, and the seconds it took) and ``curves.png`` (mean +- std over seeds).
+    ``run`` (the estimator), ``seed``, ``iteration``, ``steps`` (samples so far), ``leader_value`` and the
+    other metrics), ``summary.json`` (per estimator: mean/std/min/max over seeds of the final leader value,
+    the mean of the last 10% of iterations, and the seconds it took) and ``curves.png`` (mean +- std over
+    seeds).
 
     Args:
       problem_name: one of ``bilevel.problems.PROBLEMS``.
@@ -78,8 +82,8 @@ def compare_estimators(problem_name: str, estimators: str | Sequence[str], out_d
             raise ValueError(f"estimator {estimator!r} does not apply to {problem_name} ({problem.kind}); "
                              f"choose from {ESTIMATORS[problem.kind]}")
     require(is_int(seeds), "seeds", "an integer >= 1", seeds)
-    configs = {e: BilevelConfig(estimator=e, num_iterations=iterations, num_samples=samples, **config_overrides)
-               for e in estimators}
+    configs = {e: BilevelConfig(estimator=e, num_iterations=iterations, num_samples=samples,
+                                **config_overrides) for e in estimators}
     hparams = configs[estimators[0]].default_hparams(problem)
     if leader_lr is not None:
         hparams = hparams.replace(leader_lr=jnp.float32(leader_lr))

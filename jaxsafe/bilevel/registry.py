@@ -1,10 +1,11 @@
-"""The bi-level learners in the algorithm registry (see :mod:`jaxsafe.algorithms`): one entry per hypergradient
-estimator, all on the leader loop of :mod:`jaxsafe.bilevel.train`.
+"""The bi-level learners in the algorithm registry (see :mod:`jaxsafe.algorithms`): one entry per
+hypergradient estimator, all on the leader loop of :mod:`jaxsafe.bilevel.train`.
 
-Their problem space is :data:`jaxsafe.bilevel.problems.PROBLEMS` (``jaxsafe train bchg --problem four_rooms``);
-progress is counted in samples (``num_samples`` transitions per leader iteration) and the curve is the exact
-leader value. An estimator that does not apply to a problem's kind (``ESTIMATORS``) is refused by
-``make_train_parts`` with a ``ValueError`` naming both, before anything is compiled.
+Their problem space is :data:`jaxsafe.bilevel.problems.PROBLEMS`
+(``jaxsafe train bchg --problem four_rooms``); progress is counted in samples (``num_samples`` transitions per
+leader iteration) and the curve is the exact leader value. An estimator that does not apply to a problem's
+kind (``ESTIMATORS``) is refused by ``make_train_parts`` with a ``ValueError`` naming both, before anything is
+compiled.
 """
 
 from __future__ import annotations

@@ -10,8 +10,8 @@ Each leader iteration (bchg.md 1.4):
 4. the chosen estimator gives a hypergradient; it is clipped to ``max_grad_norm`` and ``x <- x + lr g``.
 
 One leader iteration is one ``update`` of :class:`~jaxsafe.learner.TrainParts` (``steps_per_update`` is the
-sample budget ``num_samples``), so ``train`` is pure, jittable and ``vmap``-able over keys and hparams, and the
-chunked runner checkpoints and resumes it bit-identically. Iteration ``i`` draws its randomness from
+sample budget ``num_samples``), so ``train`` is pure, jittable and ``vmap``-able over keys and hparams, and
+the chunked runner checkpoints and resumes it bit-identically. Iteration ``i`` draws its randomness from
 ``jax.random.split(key, num_iterations)[i]`` (the stream of the original one-scan loop, so stored benchmark
 results reproduce). Metrics have a leading leader-iteration axis and are exact where the model allows:
 ``leader_value`` is the exact leader return of the follower's *actual* policy at the start of each iteration;
@@ -116,10 +116,12 @@ class BilevelConfig(Config):
         require(self.follower_model in ("oracle", "estimated"), "BilevelConfig.follower_model",
                 "'oracle' or 'estimated'", self.follower_model)
         for name in ("follower_carry", "track_oracle"):
-            require(isinstance(getattr(self, name), bool), f"BilevelConfig.{name}", "a bool", getattr(self, name))
+            value = getattr(self, name)
+            require(isinstance(value, bool), f"BilevelConfig.{name}", "a bool", value)
 
     def default_hparams(self, problem=None) -> BilevelHParams:
-        """Defaults as float32 arrays; with a ``problem``, its paper temperature, discounts and learning rate."""
+        """Defaults as float32 arrays; with a ``problem``, its paper temperature, discounts and leader
+        learning rate."""
         defaults = BilevelHParams()
         if problem is not None:
             defaults = defaults.replace(
@@ -138,7 +140,8 @@ class LeaderState(NamedTuple):
       follower_q: the follower's Q-table (``[S, A]``, ``[S, A_L, A_F]``; a 0-d placeholder for LQ problems).
       leader_q: the leader's critic table (``[S, A]`` or ``[S, A_L * A_F]``; 0-d for LQ problems).
       leader_visits: the critic's visit counts ``[S, A]`` (0-d where unused).
-      base_key: the run's raw ``PRNGKey``; iteration ``i`` uses ``jax.random.split(base_key, num_iterations)[i]``.
+      base_key: the run's raw ``PRNGKey``; iteration ``i`` uses
+        ``jax.random.split(base_key, num_iterations)[i]``.
       iteration: int32 leader iterations done.
     """
 
@@ -187,11 +190,12 @@ def make_train_parts(config: BilevelConfig, problem) -> TrainParts:
     """
     kind = getattr(problem, "kind", None)
     if kind not in ESTIMATORS:
-        raise ValueError(f"problem must be a ConfigurableMDP, MarkovGame or LQProblem, got {type(problem).__name__}")
+        raise ValueError(f"problem must be a ConfigurableMDP, MarkovGame or LQProblem, "
+                         f"got {type(problem).__name__}")
     name = getattr(problem, "name", kind)
     if config.estimator not in ESTIMATORS[kind]:
-        raise ValueError(f"estimator {config.estimator!r} does not apply to problem {name!r} (a {kind!r} problem); "
-                         f"choose one of {ESTIMATORS[kind]}")
+        raise ValueError(f"estimator {config.estimator!r} does not apply to problem {name!r} "
+                         f"(a {kind!r} problem); choose one of {ESTIMATORS[kind]}")
     if config.follower_model == "estimated" and kind != "game":
         raise ValueError("follower_model='estimated' applies to Markov games only")
     if kind == "lq" and config.follower_iterations:

@@ -15,8 +15,8 @@ SETTINGS = dict(seeds=2, iterations=5, samples=50)
 @pytest.fixture(scope="module")
 def toy_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bilevel") / "run"
-    summary = experiment.compare_estimators("discrete_toy_r1", ["bchg", "bchg_no_guidance"], out, verbose=False,
-                                            **SETTINGS)
+    summary = experiment.compare_estimators("discrete_toy_r1", ["bchg", "bchg_no_guidance"], out,
+                                            verbose=False, **SETTINGS)
     return out, summary
 
 
@@ -25,7 +25,8 @@ def test_compare_estimators_writes_a_run_directory(toy_run):
     config = json.loads((run / "config.json").read_text())
     assert config["problem"] == "discrete_toy_r1" and config["estimators"] == ["bchg", "bchg_no_guidance"]
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert len(rows) == 2 * 2 * 5 and {"run", "seed", "iteration", "steps", "leader_value", "nonfinite"} <= set(rows[0])
+    assert len(rows) == 2 * 2 * 5
+    assert {"run", "seed", "iteration", "steps", "leader_value", "nonfinite"} <= set(rows[0])
     assert [r["steps"] for r in rows[:5]] == [50, 100, 150, 200, 250]
     on_disk = json.loads((run / "summary.json").read_text())
     assert set(on_disk) == {"bchg", "bchg_no_guidance"} and "final_optimality_gap" in on_disk["bchg"]
@@ -48,7 +49,7 @@ def test_a_new_run_never_touches_an_existing_directory(toy_run):
     (dict(problem_name="discrete_toy_r1", estimators="hpgd_mc"), "estimator 'hpgd_mc' does not apply"),
     (dict(problem_name="nowhere", estimators="bchg"), "unknown bi-level problem 'nowhere'"),
     (dict(problem_name="discrete_toy_r1", estimators="bchg", seeds=0), "seeds must be an integer >= 1"),
-    (dict(problem_name="discrete_toy_r1", estimators="bchg", leader_lr=-1.0), "BilevelHParams.leader_lr must be"),
+    (dict(problem_name="discrete_toy_r1", estimators="bchg", leader_lr=-1.0), "BilevelHParams.leader_lr"),
     (dict(problem_name="discrete_toy_r1", estimators="bchg", critic="mc"), "BilevelConfig.critic must be"),
 ])
 def test_bad_settings_are_refused_before_anything_is_written(tmp_path, kwargs, message):

@@ -1,4 +1,5 @@
-"""The bi-level entries of the algorithm registry: one per estimator, the problem space, refusals before compiling."""
+"""The bi-level entries of the algorithm registry: one per estimator, the problem space, refusals before
+compiling."""
 
 import jax
 import numpy as np
@@ -30,22 +31,23 @@ def test_problem_space_names_and_refusals():
     space = algorithms.get_algorithm("bchg").problems
     assert space.names() == sorted(problems.PROBLEMS)
     assert "goal (11,11)" in space.describe()["four_rooms"]
-    with pytest.raises(ValueError, match=r"unknown bi-level problem 'four_room'; choose one of \['building_thermal'"):
+    with pytest.raises(ValueError, match=r"unknown bi-level problem 'four_room'; choose one of \['building"):
         space.make("four_room")
-    with pytest.raises(ValueError, match=r"unknown override\(s\) \['slip'\]; allowed overrides: \['incentive_cost'"):
+    with pytest.raises(ValueError, match=r"unknown override\(s\) \['slip'\]; allowed overrides: \['inc"):
         space.make("four_rooms", slip=0.1)
     with pytest.raises(ValueError, match=r"allowed overrides: \['temperature'\]"):
         space.make("discrete_toy_r1", follower_payoff=3.0)  # the payoff is what names the problem
     assert space.make("discrete_toy_r2", temperature=0.1).default_temperature == 0.1
 
 
-@pytest.mark.parametrize("name, problem_name", [("hpgd_mc", "discrete_toy_r1"), ("bchg_no_guidance", "warehouse"),
-                                                ("hpgd_sarsa", "lqr_game")])
+@pytest.mark.parametrize("name, problem_name", [
+    ("hpgd_mc", "discrete_toy_r1"), ("bchg_no_guidance", "warehouse"), ("hpgd_sarsa", "lqr_game")])
 def test_estimator_that_does_not_apply_is_refused_naming_both(name, problem_name):
     algo = algorithms.get_algorithm(name)
     problem = algo.problems.make(problem_name)
     estimator = algo.config_defaults["estimator"]
-    with pytest.raises(ValueError, match=f"estimator '{estimator}' does not apply to problem '{problem.name}"):
+    message = f"estimator '{estimator}' does not apply to problem '{problem.name}'"
+    with pytest.raises(ValueError, match=message):
         algo.make_train_parts(algo.make_config(), problem)
 
 
@@ -56,4 +58,5 @@ def test_registered_entry_trains_with_problem_defaults():
     hparams = algo.hparams_for(config, problem).validate()
     assert float(hparams.follower_temperature) == problem.default_temperature
     result = jax.jit(train_from_parts(algo.make_train_parts(config, problem)))(jax.random.PRNGKey(0), hparams)
-    assert result.metrics["leader_value"].shape == (3,) and np.all(np.isfinite(result.metrics["leader_value"]))
+    values = result.metrics["leader_value"]
+    assert values.shape == (3,) and np.all(np.isfinite(values))

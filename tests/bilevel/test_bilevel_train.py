@@ -1,5 +1,5 @@
-"""The leader loop: validation, the learner contract (bit-identical to the recorded loop), vmap lanes, learning
-on tiny problems."""
+"""The leader loop: validation, the learner contract (bit-identical to the recorded loop), vmap lanes,
+learning on tiny problems."""
 
 import jax
 import jax.numpy as jnp
