@@ -20,7 +20,7 @@ Everything runs in one process on the same SFT model and the same preference dat
 5. The exact optimal front pi*_{r + lambda g} for beta = 0.5.
 
 Selection for both methods: the best exact E[r] among points with exact E[g] >= b (b = 0).
-Writes benchmarks/results/sacpo.json, sacpo.md and sacpo.png.
+Writes sacpo.json, sacpo.md and sacpo.png into ``--out`` (default benchmarks/results).
 """
 
 from __future__ import annotations
@@ -37,13 +37,15 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from jaxsafe.llm import generate as gen  # noqa: E402
+from jaxsafe import sweep  # noqa: E402
 from jaxsafe.llm import sacpo  # noqa: E402
 from jaxsafe.llm import safe_rlhf  # noqa: E402
-from jaxsafe.llm.cli import (exact_front, exact_point, front_reward_at, logprob_table, optimum_table,  # noqa: E402
-                             plot_plane, prepare_task)
+from jaxsafe.llm.sacpo_experiment import (cost_pairs, exact_front, exact_point, front_reward_at,  # noqa: E402
+                                          logprob_table, optimum_table, prepare_task, rlhf_problem,
+                                          sacpo_problem)
 from jaxsafe.llm.tasks import safety_language as lang  # noqa: E402
 from jaxsafe.logging import to_jsonable  # noqa: E402
+from jaxsafe.plotting import plot_plane  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 BETA = 0.5
@@ -51,10 +53,6 @@ LAMBDAS = (0.5, 1.0, 2.0, 4.0)
 QS = (0.25, 0.5, 0.75)
 THRESHOLD = 0.0
 COST_LIMIT_OFFSETS = (0.25, 0.5, 1.0, 1.5)  # Safe-RLHF limits: SFT's expected learned cost minus these
-
-
-def _pick(tree, index):
-    return jax.tree.map(lambda x: x[index], tree)
 
 
 def _timed(fn, *args):
@@ -76,17 +74,18 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=RESULTS,
+                        help="directory for sacpo.{json,md,png} (default benchmarks/results, the stored numbers)")
     args = parser.parse_args(argv)
     n_pairs, n_steps = (8192, 250) if args.quick else (32768, 600)
     batch_size, learning_rate = 128, 3e-3
-    key = jax.random.key(args.seed)
+    key = jax.random.PRNGKey(args.seed)
     task_key, sacpo_key, rlhf_key = jax.random.split(key, 3)
-    vocab_mask = lang.response_vocab_mask()
     started = time.perf_counter()
 
     print(f"SFT and data ({n_pairs} pairs per objective) ...", flush=True)
     task = prepare_task(task_key, n_pairs, "small", sft_steps=300)
-    datasets = {"reward": task.reward_pairs, "safety": task.safety_pairs}
+    problem = sacpo_problem(task, {"reward": task.reward_pairs, "safety": task.safety_pairs})
     front = exact_front(task, BETA)
     rows = {"sft": {"method": "SFT", "setting": "-", **exact_point(task, task.sft_table), "gradient_steps": 0}}
     # lambda* from the exact dual on the SFT policy with the known g joins the paper-style grid
@@ -95,21 +94,21 @@ def main(argv=None) -> None:
     lambdas = tuple(sorted(set(LAMBDAS) | {round(lambda_star, 3)}))
 
     # ---------------------------------------------------------------- SACPO grid, vmapped vs one by one
-    config = sacpo.SACPOConfig(n_steps=n_steps, batch_size=batch_size, learning_rate=learning_rate)
-    hparams = sacpo.stack_hparams([BETA] * len(lambdas), lambdas)
-    keys = jax.random.split(sacpo_key, len(lambdas))
+    config = sacpo.SACPOConfig(n_steps=n_steps, batch_size=batch_size)
+    hparams = config.default_hparams().replace(beta=BETA, learning_rate=learning_rate)
+    grid = sweep.make_grid(hparams, seeds=1, lagrange_multipliers=list(lambdas))
+    grid = grid._replace(keys=jnp.tile(sacpo_key[None], (grid.size, 1)))  # every lane: this run's SACPO key
+    train = sacpo.make_train(config, problem)
     print(f"SACPO grid ({len(lambdas)} points x 2 stages x {n_steps} steps), vmapped ...", flush=True)
-    grid, vmapped_first = _timed(sacpo.run_grid, config, task.graphdef, task.sft_params, datasets, hparams, keys,
-                                 vocab_mask)
-    _, vmapped_steady = _timed(sacpo.run_grid, config, task.graphdef, task.sft_params, datasets, hparams,
-                               jax.random.split(jax.random.key(99), len(lambdas)), vocab_mask)
+    result, vmapped_first = _timed(sweep.run_grid, train, grid)
+    _, vmapped_steady = _timed(sweep.run_grid, train, grid._replace(keys=jnp.tile(jax.random.PRNGKey(99)[None],
+                                                                                   (grid.size, 1))))
     print("SACPO grid point by point ...", flush=True)
-    _, sequential_first = _timed(sacpo.run_single, config, task.graphdef, task.sft_params, datasets,
-                                 _pick(hparams, 0), keys[0], vocab_mask)
+    single = jax.jit(train)
+    _, sequential_first = _timed(single, sacpo_key, sweep.lane(grid.hparams, 0))
     sequential_steady = 0.0
     for index in range(len(lambdas)):
-        _, seconds = _timed(sacpo.run_single, config, task.graphdef, task.sft_params, datasets, _pick(hparams, index),
-                            keys[index], vocab_mask)
+        _, seconds = _timed(single, sacpo_key, sweep.lane(grid.hparams, index))
         sequential_steady += seconds
     timing = {"grid_points": len(lambdas), "vmapped_first_call_s": vmapped_first, "vmapped_steady_s": vmapped_steady,
               "sequential_first_point_incl_compile_s": sequential_first, "sequential_steady_s": sequential_steady,
@@ -117,23 +116,23 @@ def main(argv=None) -> None:
               - sequential_steady / len(lambdas),
               "steady_speedup": sequential_steady / vmapped_steady}
 
-    step1_tables = [logprob_table(task.graphdef, _pick(grid.stage_params[0], i)) for i in range(len(lambdas))]
+    # the step-1 model: the same run with the reward stage only (every lane shares it: same key, same beta)
+    step1 = jax.jit(sacpo.make_train(config.replace(stages=("reward",)), problem))(sacpo_key, hparams)
     rows["step1"] = {"method": "step 1 (DPO on r)", "setting": f"β={BETA:g}",
-                     **exact_point(task, step1_tables[0], optimum_table(task, BETA, 0.0)), "gradient_steps": n_steps}
+                     **exact_point(task, logprob_table(task.graphdef, step1.params), optimum_table(task, BETA, 0.0)),
+                     "gradient_steps": n_steps}
     for index, lam in enumerate(lambdas):
-        table = logprob_table(task.graphdef, _pick(grid.stage_params[1], index))
+        table = logprob_table(task.graphdef, sweep.lane(result.params, index))
         setting = f"λ={lam:g} (β/λ={BETA / lam:.3g})" + (", dual λ*" if lam == round(lambda_star, 3) else "")
         rows[f"sacpo_{lam:g}"] = {"method": "SACPO", "setting": setting, "lagrange_multiplier": lam,
                                   **exact_point(task, table, optimum_table(task, BETA, lam)),
                                   "gradient_steps": 2 * n_steps}
 
     print("reversed order (safety first) ...", flush=True)
-    reversed_config = sacpo.SACPOConfig(stages=("safety", "reward"), n_steps=n_steps, batch_size=batch_size,
-                                        learning_rate=learning_rate)
-    reversed_grid = sacpo.run_grid(reversed_config, task.graphdef, task.sft_params, datasets, hparams, keys,
-                                   vocab_mask)
+    reversed_config = config.replace(stages=("safety", "reward"))
+    reversed_result = sweep.run_grid(sacpo.make_train(reversed_config, problem), grid)
     for index, lam in enumerate(lambdas):
-        table = logprob_table(task.graphdef, _pick(reversed_grid.stage_params[1], index))
+        table = logprob_table(task.graphdef, sweep.lane(reversed_result.params, index))
         rows[f"reversed_{lam:g}"] = {"method": "SACPO reversed", "setting": f"λ={lam:g}", "lagrange_multiplier": lam,
                                      **exact_point(task, table, optimum_table(task, BETA, lam)),
                                      "gradient_steps": 2 * n_steps}
@@ -142,7 +141,7 @@ def main(argv=None) -> None:
     print("P-SACPO merges ...", flush=True)
     bar = len(lambdas) - 1
     lambda_bar = lambdas[bar]
-    params_reward, params_bar = _pick(grid.stage_params[0], bar), _pick(grid.stage_params[1], bar)
+    params_reward, params_bar = step1.params, sweep.lane(result.params, bar)
     gaps = sacpo.merge_gaps(task.graphdef, params_reward, params_bar, QS,
                             lambda q: optimum_table(task, BETA, q * lambda_bar), logprob_table, task.prompt_probs)
     table_reward = logprob_table(task.graphdef, params_reward)
@@ -162,33 +161,29 @@ def main(argv=None) -> None:
     # ---------------------------------------------------------------- Safe-RLHF (PPO-Lagrangian)
     print("Safe-RLHF: reward / cost models ...", flush=True)
     rlhf_config = safe_rlhf.SafeRLHFConfig(n_iterations=(2 * n_steps) // 4, prompts_per_iteration=32,
-                                           samples_per_prompt=4, ppo_epochs=4, learning_rate=learning_rate,
-                                           score_steps=n_steps, score_batch_size=64, score_learning_rate=learning_rate,
-                                           default_kl_coefficient=BETA, default_multiplier_lr=0.1)
-    ids = task.safety_ids
-    cost_pairs = safe_rlhf.CostPairs(task.safety_pairs, task.safety[ids["prompt_ids"], ids["chosen_ids"]] >= 0,
-                                     task.safety[ids["prompt_ids"], ids["rejected_ids"]] >= 0)
+                                           samples_per_prompt=4, ppo_epochs=4)
+    score_config = safe_rlhf.ScoreModelConfig(n_steps=n_steps, batch_size=64, learning_rate=learning_rate)
     score_key, ppo_key = jax.random.split(rlhf_key)
-    models, score_seconds = _timed(safe_rlhf.train_score_models, rlhf_config, task.graphdef, task.sft_params,
-                                   task.reward_pairs, cost_pairs, score_key)
+    models, score_seconds = _timed(safe_rlhf.train_score_models, score_config, task.graphdef, task.sft_params,
+                                   task.reward_pairs, cost_pairs(task), score_key)
     sft_cost = expected_learned_cost(task, models, task.sft_table)
     cost_limits = [1e3] + [sft_cost - offset for offset in COST_LIMIT_OFFSETS]
     print(f"Safe-RLHF: PPO-Lagrangian over cost limits {np.round(cost_limits, 3).tolist()} ...", flush=True)
-    inputs = safe_rlhf.PolicyInputs(task.sft_params, models.reward_params, models.cost_params,
-                                    jnp.asarray(lang.prompt_tokens()), task.prompt_probs, vocab_mask)
-    sampling = gen.SamplingConfig(lang.MAX_RESPONSE_LENGTH, stop_tokens=(lang.EOS,), pad_token=lang.PAD)
-    rlhf_hparams = safe_rlhf.stack_hparams(rlhf_config, cost_limit=cost_limits)
-    (rlhf_params, rlhf_metrics), ppo_seconds = _timed(
-        safe_rlhf.run_grid, rlhf_config, task.graphdef, models, sampling, lang.response_processor, inputs,
-        rlhf_hparams, jax.random.split(ppo_key, len(cost_limits)))
+    rlhf_hparams = rlhf_config.default_hparams().replace(kl_coefficient=BETA, multiplier_lr=0.1,
+                                                         learning_rate=learning_rate)
+    rlhf_grid = sweep.make_grid(rlhf_hparams, seeds=1, cost_limit=cost_limits)
+    rlhf_grid = rlhf_grid._replace(keys=jnp.tile(ppo_key[None], (rlhf_grid.size, 1)))
+    rlhf_result, ppo_seconds = _timed(sweep.run_grid, safe_rlhf.make_train(rlhf_config, rlhf_problem(task, models)),
+                                      rlhf_grid)
+    rlhf_params, rlhf_metrics = rlhf_result.params, rlhf_result.metrics
     for index, limit in enumerate(cost_limits):
-        table = logprob_table(task.graphdef, _pick(rlhf_params, index))
+        table = logprob_table(task.graphdef, sweep.lane(rlhf_params, index))
         setting = "no limit" if index == 0 else f"limit = SFT cost − {COST_LIMIT_OFFSETS[index - 1]:g}"
         rows[f"safe_rlhf_{index}"] = {"method": "Safe-RLHF (PPO-Lag)", "setting": setting, "cost_limit": limit,
                                       **exact_point(task, table),
                                       "final_multiplier": float(rlhf_metrics["multiplier"][index, -1]),
                                       "gradient_steps": rlhf_config.policy_gradient_steps,
-                                      "score_model_steps": 2 * rlhf_config.score_steps}
+                                      "score_model_steps": 2 * score_config.n_steps}
 
     # ---------------------------------------------------------------- selection and comparison
     for row in rows.values():
@@ -223,15 +218,15 @@ def main(argv=None) -> None:
         "optimum_at_lambda_star": exact_point(task, optimum_table(task, BETA, lambda_star)),
         "front": front, "total_seconds": time.perf_counter() - started,
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "sacpo.json").write_text(json.dumps(to_jsonable(results), indent=2))
-    (RESULTS / "sacpo.md").write_text(markdown(results))
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "sacpo.json").write_text(json.dumps(to_jsonable(results), indent=2))
+    (args.out / "sacpo.md").write_text(markdown(results))
     groups = {}
     for row in rows.values():
         rewards, safeties = groups.setdefault(row["method"], ([], []))
         rewards.append(row["expected_reward"])
         safeties.append(row["expected_safety"])
-    plot_plane(RESULTS / "sacpo.png", front, groups, THRESHOLD,
+    plot_plane(args.out / "sacpo.png", front, groups, THRESHOLD,
                f"synthetic safety language, β={BETA:g}, {n_pairs} pairs, {n_steps} steps/stage")
     print(markdown(results))
 

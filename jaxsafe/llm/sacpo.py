@@ -13,10 +13,14 @@ constraints in sequence (stage ``i`` uses ``beta / lambda_i``). Each step is a d
 preference method: DPO on Bradley-Terry pairs, or KTO on unpaired desirable /
 undesirable labels.
 
-The whole pipeline is one pure function ``train(key, hparams)`` built by
-:func:`make_train`: static shapes and step counts in :class:`SACPOConfig`, the swept
-``beta`` and ``lagrange_multipliers`` in :class:`SACPOHparams` (a pytree), so a
-``beta / lambda`` grid is ``jax.jit(jax.vmap(train))(keys, stacked_hparams)``.
+The whole pipeline follows the learner contract of :mod:`jaxsafe.learner`: static stages, step counts and
+batch size in :class:`SACPOConfig`; the traced ``beta``, ``lagrange_multipliers``, learning rate, weight decay
+and label smoothing in :class:`SACPOHParams`; what it learns on (the SFT policy, one dataset per stage, the
+vocabulary mask) in a :class:`SACPOProblem`. :func:`make_train_parts` gives ``init`` / ``update`` (one update is
+one optimiser step), :func:`make_train` the pure ``train(key, hparams) -> TrainResult(params, metrics)``, and a
+``beta / lambda`` grid is ``jaxsafe.sweep.run_grid(train, make_grid(hparams, seeds, lagrange_multipliers=[...]))``
+(one vmapped program); the registry entry (:mod:`jaxsafe.llm.registry`) gives the same through ``jaxsafe train``
+and ``jaxsafe sweep`` with checkpoints and resume.
 
 Choosing ``lambda``: :func:`dual_objective` / :func:`minimize_dual` (the empirical dual
 ``D(lambda) = beta E_x log E_{y ~ pi_ref} exp((r + lambda g) / beta) - lambda b`` with a
@@ -38,18 +42,20 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 from typing import Any, Mapping, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from flax import struct
 
+from jaxsafe.learner import Config, HParams, TrainParts, make_train_from_parts
 from jaxsafe.llm import losses
 from jaxsafe.llm import merge
 from jaxsafe.llm import train as train_lib
 from jaxsafe.llm.tasks.safety_language import kl_divergence
+from jaxsafe.validation import is_int, non_negative, positive, require
 
 REWARD_STAGE = "reward"
 STAGE_LOSSES = ("dpo", "kto")
@@ -142,140 +148,144 @@ def unpaired_from_pairs(batch: losses.PreferenceBatch, key: jax.Array) -> Unpair
 # ----------------------------------------------------------------------------- config / hparams
 
 
-class SACPOHparams(NamedTuple):
-    """Swept (traced) hyperparameters; stack them for a grid.
+def _below_half(note: str = ""):
+    return (lambda v: (v >= 0) & (v < 0.5), "in [0, 0.5)" + (f" ({note})" if note else ""))
 
-    beta []: KL coefficient of the reward stage (> 0).
-    lagrange_multipliers [n_constraints]: lambda_i > 0 of each constraint stage, in the
-      order the constraint stages appear in ``SACPOConfig.stages``; stage ``i`` is trained
-      with KL coefficient ``beta / lambda_i``.
+
+@struct.dataclass
+class SACPOHParams(HParams):
+    """Traced (vmappable) hyperparameters; ``jaxsafe.sweep.make_grid`` stacks them for a grid.
+
+    beta []: KL coefficient of the reward stage, > 0.
+    lagrange_multipliers [] or [n_constraints]: lambda_i > 0 of each constraint stage, in the order the
+      constraint stages appear in ``SACPOConfig.stages`` (a scalar serves every constraint stage); stage ``i``
+      is trained with KL coefficient ``beta / lambda_i``.
+    learning_rate []: Adam step size, > 0.
+    weight_decay []: AdamW decoupled weight decay, >= 0.
+    label_smoothing []: conservative-DPO label smoothing in [0, 0.5) (unused by KTO).
     """
 
-    beta: jax.Array
-    lagrange_multipliers: jax.Array
+    rules = {"beta": positive(), "lagrange_multipliers": positive(), "learning_rate": positive(),
+             "weight_decay": non_negative(), "label_smoothing": _below_half()}
 
-
-def _require(condition: bool, field: str, message: str) -> None:
-    if not condition:
-        raise ValueError(f"SACPOConfig.{field}: {message}")
+    beta: Any = 0.5
+    lagrange_multipliers: Any = 1.0
+    learning_rate: Any = 1e-3
+    weight_decay: Any = 0.0
+    label_smoothing: Any = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
-class SACPOConfig:
+class SACPOConfig(Config):
     """Static settings of the stepwise pipeline (hashable).
 
-    stages: dataset names in alignment order; ``"reward"`` is the reward stage (coefficient
-      beta), every other name is a constraint stage (coefficient beta / lambda_i). At least
-      one stage, names unique, at most one ``"reward"``. ``("reward", "safety")`` is SACPO,
-      ``("safety", "reward")`` the reversed order.
-    n_steps: optimiser steps per stage, >= 1.
-    batch_size: pairs (DPO) or examples (KTO) per step, >= 1 (and <= dataset size).
-    learning_rate: Adam step size, finite and > 0.
-    weight_decay: AdamW decoupled weight decay, >= 0.
-    label_smoothing: conservative-DPO label smoothing in [0, 0.5).
-    default_beta, default_lagrange_multiplier: values of :meth:`default_hparams`, > 0.
+    stages: dataset names in alignment order; ``"reward"`` is the reward stage (coefficient beta), every other
+      name is a constraint stage (coefficient beta / lambda_i). At least one stage, names unique.
+      ``("reward", "safety")`` is SACPO, ``("safety", "reward")`` the reversed order.
+    n_steps: optimiser steps per stage, >= 1 (a run is ``len(stages) * n_steps`` updates).
+    batch_size: pairs (DPO) or examples (KTO) per step, >= 1 (and <= every stage's dataset size).
     """
 
     stages: tuple[str, ...] = (REWARD_STAGE, "safety")
     n_steps: int = 300
     batch_size: int = 64
-    learning_rate: float = 1e-3
-    weight_decay: float = 0.0
-    label_smoothing: float = 0.0
-    default_beta: float = 0.5
-    default_lagrange_multiplier: float = 1.0
 
     def __post_init__(self):
         object.__setattr__(self, "stages", tuple(self.stages))
-        _require(len(self.stages) >= 1 and all(isinstance(s, str) and s for s in self.stages), "stages",
-                 f"must be a non-empty tuple of non-empty names, got {self.stages!r}")
-        _require(len(set(self.stages)) == len(self.stages), "stages", f"names must be unique, got {self.stages!r}")
+        require(len(self.stages) >= 1 and all(isinstance(s, str) and s for s in self.stages), "SACPOConfig.stages",
+                "a non-empty tuple of non-empty names", self.stages)
+        require(len(set(self.stages)) == len(self.stages), "SACPOConfig.stages", "unique names", self.stages)
         for name in ("n_steps", "batch_size"):
-            value = getattr(self, name)
-            _require(isinstance(value, int) and not isinstance(value, bool) and value >= 1, name,
-                     f"must be an integer >= 1, got {value!r}")
-        _require(math.isfinite(self.learning_rate) and self.learning_rate > 0, "learning_rate",
-                 f"must be a finite float > 0, got {self.learning_rate!r}")
-        _require(math.isfinite(self.weight_decay) and self.weight_decay >= 0, "weight_decay",
-                 f"must be a finite float >= 0, got {self.weight_decay!r}")
-        _require(0 <= self.label_smoothing < 0.5, "label_smoothing",
-                 f"must be in [0, 0.5), got {self.label_smoothing!r}")
-        for name in ("default_beta", "default_lagrange_multiplier"):
-            value = getattr(self, name)
-            _require(math.isfinite(value) and value > 0, name, f"must be a finite float > 0, got {value!r}")
+            require(is_int(getattr(self, name)), f"SACPOConfig.{name}", "an integer >= 1", getattr(self, name))
 
     @property
     def constraint_stages(self) -> tuple[str, ...]:
         return tuple(s for s in self.stages if s != REWARD_STAGE)
 
-    def default_hparams(self) -> SACPOHparams:
-        return SACPOHparams(jnp.float32(self.default_beta),
-                            jnp.full((len(self.constraint_stages),), self.default_lagrange_multiplier, jnp.float32))
+    @property
+    def num_updates(self) -> int:
+        return len(self.stages) * self.n_steps
 
-    def stage_coefficients(self, hparams: SACPOHparams) -> tuple[jax.Array, ...]:
-        """KL coefficient of each stage, in order: beta for the reward, beta / lambda_i for constraint i."""
-        out, constraint = [], 0
+    def default_hparams(self) -> SACPOHParams:
+        return SACPOHParams().as_arrays()
+
+    def lagrange_multipliers(self, hparams: SACPOHParams) -> jax.Array:
+        """``hparams.lagrange_multipliers`` as ``[n_constraints]`` (a scalar fills every entry).
+
+        Raises ValueError (while tracing, before compiling) for any other shape.
+        """
+        multipliers = jnp.asarray(hparams.lagrange_multipliers, jnp.float32)
+        n_constraints = len(self.constraint_stages)
+        if multipliers.shape not in ((), (n_constraints,)):
+            raise ValueError(f"SACPOHParams.lagrange_multipliers must be a scalar or have one entry per constraint "
+                             f"stage {self.constraint_stages}, got shape {multipliers.shape}")
+        return jnp.broadcast_to(multipliers, (n_constraints,))
+
+    def stage_coefficients(self, hparams: SACPOHParams) -> jax.Array:
+        """KL coefficient of each stage ``[n_stages]``, in order: beta for the reward, beta / lambda_i for
+        constraint i."""
+        multipliers, out, constraint = self.lagrange_multipliers(hparams), [], 0
         for stage in self.stages:
             if stage == REWARD_STAGE:
                 out.append(hparams.beta)
             else:
-                out.append(hparams.beta / hparams.lagrange_multipliers[constraint])
+                out.append(hparams.beta / multipliers[constraint])
                 constraint += 1
-        return tuple(out)
+        return jnp.stack([jnp.asarray(c, jnp.float32) for c in out])
 
 
-def stack_hparams(betas: Sequence[float], lagrange_multipliers: Sequence[Sequence[float]] | Sequence[float]
-                  ) -> SACPOHparams:
-    """Stacked hparams for a grid: ``betas [G]`` and multipliers ``[G]`` or ``[G, n_constraints]``.
-
-    Raises ValueError if lengths differ or a value is not finite and > 0.
-    """
-    betas = np.asarray(betas, np.float32)
-    multipliers = np.asarray(lagrange_multipliers, np.float32)
-    if multipliers.ndim == 1:
-        multipliers = multipliers[:, None]
-    if betas.ndim != 1 or multipliers.ndim != 2 or multipliers.shape[0] != betas.shape[0]:
-        raise ValueError(f"lagrange_multipliers: need one row per beta ({betas.shape}), got {multipliers.shape}")
-    if not (np.all(np.isfinite(betas)) and np.all(betas > 0)):
-        raise ValueError(f"betas: must be finite and > 0, got {betas.tolist()}")
-    if not (np.all(np.isfinite(multipliers)) and np.all(multipliers > 0)):
-        raise ValueError(f"lagrange_multipliers: must be finite and > 0, got {multipliers.tolist()}")
-    return SACPOHparams(jnp.asarray(betas), jnp.asarray(multipliers))
+# ----------------------------------------------------------------------------- the problem and the learner
 
 
-def validate_hparams(config: SACPOConfig, hparams: SACPOHparams) -> None:
-    """Host-side check of concrete (possibly stacked) hparams against ``config``."""
-    beta, multipliers = np.asarray(hparams.beta), np.asarray(hparams.lagrange_multipliers)
-    if not (np.all(np.isfinite(beta)) and np.all(beta > 0)):
-        raise ValueError(f"SACPOHparams.beta: must be finite and > 0, got {beta.tolist()}")
-    if multipliers.shape[-1:] != (len(config.constraint_stages),):
-        raise ValueError(f"SACPOHparams.lagrange_multipliers: last axis must have one entry per constraint stage "
-                         f"{config.constraint_stages}, got shape {multipliers.shape}")
-    if not (np.all(np.isfinite(multipliers)) and np.all(multipliers > 0)):
-        raise ValueError(f"SACPOHparams.lagrange_multipliers: must be finite and > 0, got {multipliers.tolist()}")
+class SACPOProblem(NamedTuple):
+    """What SACPO learns on.
 
-
-# ----------------------------------------------------------------------------- one stage
-
-
-class StageInputs(NamedTuple):
-    """One minibatch of a stage, with everything the loss needs passed in (nothing closed over).
-
-    data: PreferenceBatch or UnpairedBatch minibatch [B, ...].
-    reference_logps: frozen reference log-probs, (chosen [B], rejected [B]) or (own [B], mismatched [B]),
-      precomputed once per stage because the reference does not change within a stage.
+    graphdef: the policy's static ``nnx.GraphDef`` (closed over by the learner, never traced).
+    initial_params: the SFT policy, the start of stage 1 and its frozen reference.
+    datasets: ``{stage name: PreferenceBatch (DPO) or UnpairedBatch (KTO)}``, one per name in
+      ``SACPOConfig.stages``; every stage uses the same loss.
     vocab_mask: [V] bool sub-vocabulary of the policy, or None.
-    undesirable_weight: [] KTO weight of undesirable examples (unused by DPO).
     """
 
-    data: Any
-    reference_logps: Any
-    vocab_mask: Any
-    undesirable_weight: jax.Array
+    graphdef: Any
+    initial_params: Any
+    datasets: Mapping[str, StageData]
+    vocab_mask: Any = None
+
+
+class SACPOState(NamedTuple):
+    """Learner state (arrays only). ``step`` counts updates; stage ``step // n_steps`` is running."""
+
+    params: Any
+    reference_params: Any
+    adam_state: Any
+    key: jax.Array
+    step: jax.Array
+
+
+def check_datasets(config: SACPOConfig, datasets: Mapping[str, StageData]) -> str:
+    """The stages' common loss ("dpo" or "kto"); ValueError if a stage has no dataset, a dataset is malformed,
+    smaller than a batch, or the stages mix DPO and KTO data."""
+    loss_types = {}
+    for stage in config.stages:
+        if stage not in datasets:
+            raise ValueError(f"datasets: no dataset for stage {stage!r}; have {sorted(datasets)}")
+        data = datasets[stage]
+        loss_types[stage] = stage_loss_type(data)
+        sizes = {x.shape[0] for x in jax.tree.leaves(data)}
+        if len(sizes) != 1:
+            raise ValueError(f"datasets[{stage!r}]: fields disagree on the number of examples: {sorted(sizes)}")
+        (size,) = sizes
+        if size < config.batch_size:
+            raise ValueError(f"datasets[{stage!r}]: {size} examples < SACPOConfig.batch_size={config.batch_size}")
+    if len(set(loss_types.values())) != 1:
+        raise ValueError(f"datasets: every stage must use the same loss (all PreferenceBatch for DPO or all "
+                         f"UnpairedBatch for KTO), got {loss_types}")
+    return next(iter(loss_types.values()))
 
 
 def _stage_logps(graphdef, params, data: StageData, vocab_mask):
-    """Sequence log-probs of a stage's data: (chosen, rejected) [N] or (own, mismatched) [N]."""
+    """Sequence log-probs of a stage's data: (chosen, rejected) [N] or (own, mismatched) [N], one forward."""
     if isinstance(data, losses.PreferenceBatch):
         return losses.concatenated_logprobs(graphdef, params, data, vocab_mask=vocab_mask)
     tokens = jnp.concatenate([data.tokens, data.kl_tokens])
@@ -286,166 +296,113 @@ def _stage_logps(graphdef, params, data: StageData, vocab_mask):
     return logps[:n], logps[n:]
 
 
-@functools.lru_cache(maxsize=32)
-def stage_loss_fn(graphdef, loss_type: str, label_smoothing: float = 0.0):
-    """``loss_fn(params, StageInputs, kl_coefficient) -> (loss, metrics)`` for one stage.
+def stage_loss(graphdef, loss_type: str, params, data: StageData, reference_logps, kl_coefficient,
+               label_smoothing, undesirable_weight, vocab_mask=None):
+    """One stage's loss ``(loss [], metrics)`` on a minibatch, against frozen reference log-probs.
 
-    loss_type "dpo": sigmoid DPO with label smoothing on pairs; "kto": KTO (TRL semantics)
-    on unpaired data, desirable weight 1 and ``inputs.undesirable_weight`` (the SACPO repo
-    uses n_desirable / n_undesirable). One policy forward pass per step. Memoised, so the
-    jitted train step built from it is reused.
+    loss_type "dpo": sigmoid DPO with label smoothing on pairs (metrics loss, accuracy, margin); "kto": KTO (TRL
+    semantics) on unpaired data, desirable weight 1 and ``undesirable_weight`` (the SACPO repository uses
+    n_desirable / n_undesirable; metrics loss, kl, reward). ``reference_logps``: the :func:`_stage_logps` pair
+    of the reference. One policy forward pass.
     """
-    if loss_type not in STAGE_LOSSES:
-        raise ValueError(f"loss_type: must be one of {STAGE_LOSSES}, got {loss_type!r}")
-
-    def dpo(params, inputs: StageInputs, kl_coefficient):
-        chosen, rejected = losses.concatenated_logprobs(graphdef, params, inputs.data, vocab_mask=inputs.vocab_mask)
-        out = losses.dpo_loss(chosen, rejected, *inputs.reference_logps, kl_coefficient, label_smoothing)
+    first, second = _stage_logps(graphdef, params, data, vocab_mask)
+    if loss_type == "dpo":
+        out = losses.dpo_loss(first, second, *reference_logps, kl_coefficient, label_smoothing)
         return out.loss, {"loss": out.loss, "accuracy": out.accuracy,
                           "margin": jnp.mean(out.chosen_rewards - out.rejected_rewards)}
-
-    def kto(params, inputs: StageInputs, kl_coefficient):
-        own, mismatched = _stage_logps(graphdef, params, inputs.data, inputs.vocab_mask)
-        out = losses.kto_loss(own, inputs.reference_logps[0], inputs.data.desirable, mismatched,
-                              inputs.reference_logps[1], kl_coefficient, 1.0, inputs.undesirable_weight)
-        return out.loss, {"loss": out.loss, "kl": out.kl, "reward": jnp.mean(out.rewards)}
-
-    return dpo if loss_type == "dpo" else kto
-
-
-@functools.lru_cache(maxsize=32)
-def _optimizer(learning_rate: float, weight_decay: float) -> optax.GradientTransformation:
-    return optax.adamw(learning_rate, weight_decay=weight_decay)
-
-
-def align_stage(graphdef, config: SACPOConfig, params, data: StageData, kl_coefficient, key: jax.Array,
-                vocab_mask=None):
-    """One SACPO step: initialise at ``params``, freeze ``params`` as the reference, and
-    minimise DPO (pairs) or KTO (unpaired) with ``kl_coefficient`` for ``config.n_steps``.
-
-    Pure and traceable (vmap over ``kl_coefficient``, ``key`` or ``params``). Returns
-    ``(params, metrics [n_steps])``.
-    """
-    loss_type = stage_loss_type(data)
-    n_examples = jax.tree.leaves(data)[0].shape[0]
-    reference_logps = jax.lax.stop_gradient(_stage_logps(graphdef, params, data, vocab_mask))
-    undesirable_weight = jnp.float32(1.0)
     if loss_type == "kto":
-        n_desirable = jnp.sum(data.desirable)
-        undesirable_weight = n_desirable / jnp.maximum(n_examples - n_desirable, 1)
-    optimizer = _optimizer(config.learning_rate, config.weight_decay)
-    step = train_lib.make_train_step(stage_loss_fn(graphdef, loss_type, config.label_smoothing), optimizer,
-                                     jit=False)
-    indices = train_lib.minibatches(key, n_examples, config.batch_size, config.n_steps)
-
-    def body(carry, batch_indices):
-        params, opt_state = carry
-        inputs = StageInputs(jax.tree.map(lambda x: x[batch_indices], data),
-                             jax.tree.map(lambda x: x[batch_indices], reference_logps), vocab_mask,
-                             undesirable_weight)
-        params, opt_state, metrics = step(params, opt_state, inputs, kl_coefficient)
-        return (params, opt_state), metrics
-
-    (params, _), metrics = jax.lax.scan(body, (params, optimizer.init(params)), indices)
-    return params, metrics
+        out = losses.kto_loss(first, reference_logps[0], data.desirable, second, reference_logps[1],
+                              kl_coefficient, 1.0, undesirable_weight)
+        return out.loss, {"loss": out.loss, "kl": out.kl, "reward": jnp.mean(out.rewards)}
+    raise ValueError(f"loss_type: must be one of {STAGE_LOSSES}, got {loss_type!r}")
 
 
-# ----------------------------------------------------------------------------- the pipeline
+def _pad_rows(x: jax.Array, rows: int, length: int | None) -> jax.Array:
+    """Zero-pad ``x [N, ...]`` to ``rows`` rows (and its second axis to ``length``): padding is never sampled
+    (rows) or masked out (columns: attention and response masks are False there)."""
+    widths = [(0, rows - x.shape[0])] + [(0, 0)] * (x.ndim - 1)
+    if length is not None and x.ndim >= 2:
+        widths[1] = (0, length - x.shape[1])
+    return jnp.pad(jnp.asarray(x), widths)
 
 
-class SACPOResult(NamedTuple):
-    """stage_params: tuple of params after each stage (the last one is the SACPO output);
-    metrics: ``{"<stage>/<name>": [n_steps]}``. Under vmap every leaf gets the grid axis."""
-
-    stage_params: tuple
-    metrics: dict
-
-
-def check_datasets(config: SACPOConfig, datasets: Mapping[str, StageData]) -> None:
-    """Raise ValueError if a stage has no dataset, a dataset is malformed or smaller than a batch."""
-    for stage in config.stages:
-        if stage not in datasets:
-            raise ValueError(f"datasets: no dataset for stage {stage!r}; have {sorted(datasets)}")
-        data = datasets[stage]
-        stage_loss_type(data)
-        sizes = {x.shape[0] for x in jax.tree.leaves(data)}
-        if len(sizes) != 1:
-            raise ValueError(f"datasets[{stage!r}]: fields disagree on the number of examples: {sorted(sizes)}")
-        (size,) = sizes
-        if size < config.batch_size:
-            raise ValueError(f"datasets[{stage!r}]: {size} examples < SACPOConfig.batch_size={config.batch_size}")
+def _stack_stages(config: SACPOConfig, datasets: Mapping[str, StageData]):
+    """Every stage's dataset stacked along a leading stage axis, padded to the largest (N, T)."""
+    stage_data = [datasets[stage] for stage in config.stages]
+    sizes = [jax.tree.leaves(d)[0].shape[0] for d in stage_data]
+    length = max(x.shape[1] for d in stage_data for x in jax.tree.leaves(d) if x.ndim >= 2)
+    padded = [jax.tree.map(lambda x: _pad_rows(x, max(sizes), length), d) for d in stage_data]
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *padded), sizes
 
 
-def sacpo_pipeline(config: SACPOConfig, graphdef, key: jax.Array, hparams: SACPOHparams, initial_params,
-                   datasets: Mapping[str, StageData], vocab_mask=None) -> SACPOResult:
-    """The stepwise pipeline as a pure function of arrays (config and graphdef are static).
+def make_train_parts(config: SACPOConfig, problem: SACPOProblem) -> TrainParts:
+    """SACPO as ``init`` / ``update`` (:mod:`jaxsafe.learner`); one update is one optimiser step.
 
-    initial_params: the SFT policy (start and first reference).
-    datasets: one dataset per name in ``config.stages`` (PreferenceBatch -> DPO,
-      UnpairedBatch -> KTO). Stage ``k`` starts from, and is regularised towards, the
-      output of stage ``k - 1``, with KL coefficient ``config.stage_coefficients(hparams)[k]``.
-    vocab_mask [V]: optional restriction of the policy to a sub-vocabulary.
+    Stage ``k = step // n_steps`` starts from, and is regularised towards, the output of stage ``k - 1`` (the
+    SFT policy for ``k = 0``) with KL coefficient ``config.stage_coefficients(hparams)[k]``: at a stage boundary
+    the current params become the frozen reference and Adam restarts. The reference log-probs are computed per
+    minibatch. Stage ``k`` draws its minibatches (shuffled epochs) from ``fold_in(key, k)``, so the first ``j``
+    stages of a run are exactly the run of ``config.replace(stages=config.stages[:j])``: that is how to get the
+    step-1 model. Metrics per update: the stage loss's metrics, ``grad_norm``, ``stage`` (index) and
+    ``nonfinite``; :func:`stage_metrics` splits them by stage.
     """
-    coefficients = config.stage_coefficients(hparams)
-    params, outputs, metrics = initial_params, [], {}
-    for stage, coefficient, stage_key in zip(config.stages, coefficients, jax.random.split(key, len(config.stages))):
-        params, stage_metrics = align_stage(graphdef, config, params, datasets[stage], coefficient, stage_key,
-                                            vocab_mask)
-        outputs.append(params)
-        metrics.update({f"{stage}/{name}": value for name, value in stage_metrics.items()})
-    return SACPOResult(tuple(outputs), metrics)
+    loss_type = check_datasets(config, problem.datasets)
+    graphdef, vocab_mask, n_steps = problem.graphdef, problem.vocab_mask, config.n_steps
+    stacked, sizes = _stack_stages(config, problem.datasets)
+    if loss_type == "kto":
+        desirable = [jnp.sum(jnp.asarray(problem.datasets[stage].desirable)) for stage in config.stages]
+        undesirable_weights = jnp.stack([d / jnp.maximum(n - d, 1) for d, n in zip(desirable, sizes)])
+    else:
+        undesirable_weights = jnp.ones((len(config.stages),), jnp.float32)
+
+    def init(key, hparams):
+        config.lagrange_multipliers(hparams)  # shape check while tracing
+        params = problem.initial_params
+        return SACPOState(params, params, train_lib.ADAM.init(params), key, jnp.zeros((), jnp.int32))
+
+    def update(state: SACPOState, hparams: SACPOHParams):
+        stage = jnp.minimum(state.step // n_steps, len(config.stages) - 1)
+        within = state.step - stage * n_steps
+        boundary = (within == 0) & (state.step > 0)
+
+        def at_boundary(new, old):
+            return jax.tree.map(lambda a, b: jnp.where(boundary, a, b), new, old)
+
+        reference = at_boundary(state.params, state.reference_params)
+        adam_state = at_boundary(train_lib.ADAM.init(state.params), state.adam_state)
+        stage_key = jax.random.fold_in(state.key, stage)
+        indices = jnp.stack([train_lib.minibatch_at(stage_key, size, config.batch_size, n_steps, within)
+                             for size in sizes])[stage]
+        batch = jax.tree.map(lambda x: x[stage, indices], stacked)
+        reference_logps = jax.lax.stop_gradient(_stage_logps(graphdef, reference, batch, vocab_mask))
+        coefficient = config.stage_coefficients(hparams)[stage]
+
+        def loss_fn(params):
+            return stage_loss(graphdef, loss_type, params, batch, reference_logps, coefficient,
+                              hparams.label_smoothing, undesirable_weights[stage], vocab_mask)
+
+        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        params, adam_state = train_lib.adamw_update(grads, adam_state, state.params, hparams.learning_rate,
+                                                    hparams.weight_decay)
+        grad_norm = optax.tree.norm(grads)
+        metrics = {**metrics, "grad_norm": grad_norm, "stage": stage,
+                   "nonfinite": ~(jnp.isfinite(loss) & jnp.isfinite(grad_norm))}
+        return SACPOState(params, reference, adam_state, state.key, state.step + 1), metrics
+
+    return TrainParts(init, update, config.num_updates, config.batch_size)
 
 
-def make_train(config: SACPOConfig, graphdef, initial_params, datasets: Mapping[str, StageData],
-               vocab_mask=None):
-    """``train(key, hparams: SACPOHparams) -> SACPOResult`` (the learner contract of DESIGN.md).
-
-    Closes over the SFT params and datasets (see :func:`sacpo_pipeline`). A grid is
-    ``jax.jit(jax.vmap(train))(keys [G], stacked hparams)``; for large datasets prefer
-    :func:`run_grid`, which passes them as arguments instead of compile-time constants.
-    """
-    check_datasets(config, datasets)
-    datasets = {stage: datasets[stage] for stage in config.stages}
-
-    def train(key: jax.Array, hparams: SACPOHparams) -> SACPOResult:
-        return sacpo_pipeline(config, graphdef, key, hparams, initial_params, datasets, vocab_mask)
-
-    return train
+make_train = make_train_from_parts(make_train_parts)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def _grid_program(config, graphdef, keys, hparams, initial_params, datasets, vocab_mask):
-    pipeline = functools.partial(sacpo_pipeline, config, graphdef)
-    return jax.vmap(pipeline, in_axes=(0, 0, None, None, None))(keys, hparams, initial_params, datasets, vocab_mask)
-
-
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def _single_program(config, graphdef, key, hparams, initial_params, datasets, vocab_mask):
-    return sacpo_pipeline(config, graphdef, key, hparams, initial_params, datasets, vocab_mask)
-
-
-def run_grid(config: SACPOConfig, graphdef, initial_params, datasets: Mapping[str, StageData],
-             hparams: SACPOHparams, keys: jax.Array, vocab_mask=None) -> SACPOResult:
-    """The pipeline over a stacked grid ``hparams [G, ...]`` and ``keys [G]`` as ONE vmapped, jitted program.
-
-    Compiled once per (config, graphdef, shapes); the data and SFT params are arguments,
-    not constants. Every leaf of the result has a leading [G] axis.
-    """
-    validate_hparams(config, hparams)
-    check_datasets(config, datasets)
-    if jnp.ndim(hparams.beta) != 1 or keys.shape[0] != hparams.beta.shape[0]:
-        raise ValueError(f"keys: need one key per grid point ({jnp.shape(hparams.beta)}), got {keys.shape}")
-    datasets = {stage: datasets[stage] for stage in config.stages}
-    return _grid_program(config, graphdef, keys, hparams, initial_params, datasets, vocab_mask)
-
-
-def run_single(config: SACPOConfig, graphdef, initial_params, datasets: Mapping[str, StageData],
-               hparams: SACPOHparams, key: jax.Array, vocab_mask=None) -> SACPOResult:
-    """One grid point, jitted (the unvmapped program; used to time a grid point by point)."""
-    validate_hparams(config, hparams)
-    check_datasets(config, datasets)
-    datasets = {stage: datasets[stage] for stage in config.stages}
-    return _single_program(config, graphdef, key, hparams, initial_params, datasets, vocab_mask)
+def stage_metrics(config: SACPOConfig, metrics: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+    """``{"<stage>/<name>": [..., n_steps]}`` from a run's metrics ``[..., num_updates]`` (any leading grid axes)."""
+    out = {}
+    for index, stage in enumerate(config.stages):
+        window = slice(index * config.n_steps, (index + 1) * config.n_steps)
+        out.update({f"{stage}/{name}": values[..., window] for name, values in metrics.items()
+                    if name not in ("stage", "nonfinite")})
+    return out
 
 
 # ----------------------------------------------------------------------------- exact targets and lambda

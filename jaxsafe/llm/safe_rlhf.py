@@ -21,103 +21,94 @@ Pipeline (kept small but complete):
 Responses are *sampled* (not enumerated), as an RLHF pipeline would; the exact oracle is
 only used by callers to evaluate the result.
 
-``make_train(...) -> train(key, hparams)`` is pure, so cost limits, KL coefficients and
-seeds are vmapped like any other learner.
+The PPO stage follows the learner contract of :mod:`jaxsafe.learner`: :class:`SafeRLHFConfig` (static loop
+counts), :class:`SafeRLHFHParams` (traced: KL coefficient, cost limit, multiplier settings, learning rate, clip),
+a :class:`SafeRLHFProblem` (the SFT policy, the frozen score models, the prompts), and
+:func:`make_train_parts` whose ``update`` is one PPO iteration; :func:`make_train` gives the pure
+``train(key, hparams) -> TrainResult(params, metrics)``, so cost limits, KL coefficients and seeds are swept with
+``jaxsafe.sweep.run_grid`` like any other learner.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import math
-from typing import Callable, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
+from flax import struct
 
+from jaxsafe import constraints
+from jaxsafe import losses as pg_losses
+from jaxsafe.learner import Config, HParams, TrainParts, make_train_from_parts
 from jaxsafe.llm import generate as generate_lib
 from jaxsafe.llm import losses
 from jaxsafe.llm import model as model_lib
 from jaxsafe.llm import train as train_lib
-from jaxsafe import constraints
+from jaxsafe.validation import finite, is_int, non_negative, open_unit_interval, positive, require
+
+#: Multiplier rules a Safe-RLHF run may use (the names of :data:`jaxsafe.constraints.HANDLERS` it reads hparams
+#: for; CPO's learned margin is not one of them).
+MULTIPLIERS = ("none", "lagrangian", "pid", "fixed")
 
 
 # ----------------------------------------------------------------------------- config / hparams
 
 
-class SafeRLHFHparams(NamedTuple):
-    """Swept (traced) hyperparameters; attribute names follow :mod:`jaxsafe.constraints`.
+@struct.dataclass
+class SafeRLHFHParams(HParams):
+    """Traced (vmappable) hyperparameters; attribute names follow :mod:`jaxsafe.constraints`.
 
-    kl_coefficient []: weight of the sequence KL penalty to the SFT reference (>= 0).
-    cost_limit []: limit on the expected learned cost (Safe-RLHF uses 0, the sign boundary).
-    multiplier_lr, initial_multiplier, pid_kp, pid_ki, pid_kd []: multiplier updater settings.
+    kl_coefficient []: weight of the sequence KL penalty to the SFT reference, >= 0.
+    cost_limit []: limit on the expected learned cost (Safe-RLHF uses 0, the sign boundary); any finite value.
+    multiplier_lr, initial_multiplier, pid_kp, pid_ki, pid_kd []: multiplier updater settings, >= 0.
+    learning_rate []: policy Adam step size, > 0.
+    clip_eps []: PPO ratio clip, in (0, 1).
     """
 
-    kl_coefficient: jax.Array
-    cost_limit: jax.Array
-    multiplier_lr: jax.Array
-    initial_multiplier: jax.Array
-    pid_kp: jax.Array
-    pid_ki: jax.Array
-    pid_kd: jax.Array
+    rules = {"kl_coefficient": non_negative(), "cost_limit": finite("learned-cost units"),
+             "multiplier_lr": non_negative(), "initial_multiplier": non_negative(), "pid_kp": non_negative(),
+             "pid_ki": non_negative(), "pid_kd": non_negative(), "learning_rate": positive(),
+             "clip_eps": open_unit_interval()}
 
-
-def _require(condition: bool, field: str, message: str) -> None:
-    if not condition:
-        raise ValueError(f"SafeRLHFConfig.{field}: {message}")
+    kl_coefficient: Any = 0.5
+    cost_limit: Any = 0.0
+    multiplier_lr: Any = 0.05
+    initial_multiplier: Any = 0.0
+    pid_kp: Any = 0.1
+    pid_ki: Any = 0.01
+    pid_kd: Any = 0.0
+    learning_rate: Any = 1e-3
+    clip_eps: Any = 0.2
 
 
 @dataclasses.dataclass(frozen=True)
-class SafeRLHFConfig:
+class SafeRLHFConfig(Config):
     """Static settings (hashable).
 
-    n_iterations: PPO iterations (sample, then ``ppo_epochs`` policy steps), >= 1.
-    prompts_per_iteration, samples_per_prompt: rollout batch = their product, each >= 1;
-      samples_per_prompt >= 2 (the group-mean baseline needs two).
+    n_iterations: PPO iterations (sample, then ``ppo_epochs`` policy steps), >= 1; one update each.
+    prompts_per_iteration: prompts per rollout, >= 1.
+    samples_per_prompt: responses per prompt, >= 2 (the group-mean baseline needs two); the rollout batch is
+      ``prompts_per_iteration * samples_per_prompt``.
     ppo_epochs: full-batch policy steps per rollout, >= 1.
-    clip_epsilon: PPO ratio clip in (0, 1).
-    learning_rate: policy Adam step size, > 0.
-    score_steps, score_batch_size, score_learning_rate: reward / cost model training, >= 1 / > 0.
-    multiplier: multiplier updater name in :data:`jaxsafe.constraints.HANDLERS`.
-    default_*: values of :meth:`default_hparams`.
+    multiplier: multiplier updater, one of :data:`MULTIPLIERS` (:mod:`jaxsafe.constraints`).
     """
 
     n_iterations: int = 150
     prompts_per_iteration: int = 32
     samples_per_prompt: int = 4
     ppo_epochs: int = 4
-    clip_epsilon: float = 0.2
-    learning_rate: float = 1e-3
-    score_steps: int = 300
-    score_batch_size: int = 64
-    score_learning_rate: float = 1e-3
     multiplier: str = "lagrangian"
-    default_kl_coefficient: float = 0.5
-    default_cost_limit: float = 0.0
-    default_multiplier_lr: float = 0.05
-    default_initial_multiplier: float = 0.0
 
     def __post_init__(self):
-        for name in ("n_iterations", "prompts_per_iteration", "ppo_epochs", "score_steps", "score_batch_size"):
-            value = getattr(self, name)
-            _require(isinstance(value, int) and not isinstance(value, bool) and value >= 1, name,
-                     f"must be an integer >= 1, got {value!r}")
-        _require(isinstance(self.samples_per_prompt, int) and self.samples_per_prompt >= 2, "samples_per_prompt",
-                 f"must be an integer >= 2 (group baseline), got {self.samples_per_prompt!r}")
-        _require(0 < self.clip_epsilon < 1, "clip_epsilon", f"must be in (0, 1), got {self.clip_epsilon!r}")
-        for name in ("learning_rate", "score_learning_rate"):
-            value = getattr(self, name)
-            _require(math.isfinite(value) and value > 0, name, f"must be a finite float > 0, got {value!r}")
-        _require(self.multiplier in constraints.HANDLERS, "multiplier",
-                 f"must be one of {sorted(constraints.HANDLERS)}, got {self.multiplier!r}")
-        _require(math.isfinite(self.default_kl_coefficient) and self.default_kl_coefficient >= 0,
-                 "default_kl_coefficient", f"must be a finite float >= 0, got {self.default_kl_coefficient!r}")
-        _require(math.isfinite(self.default_cost_limit), "default_cost_limit",
-                 f"must be finite, got {self.default_cost_limit!r}")
-        for name in ("default_multiplier_lr", "default_initial_multiplier"):
-            value = getattr(self, name)
-            _require(math.isfinite(value) and value >= 0, name, f"must be a finite float >= 0, got {value!r}")
+        for name in ("n_iterations", "prompts_per_iteration", "ppo_epochs"):
+            require(is_int(getattr(self, name)), f"SafeRLHFConfig.{name}", "an integer >= 1", getattr(self, name))
+        require(is_int(self.samples_per_prompt, 2), "SafeRLHFConfig.samples_per_prompt",
+                "an integer >= 2 (group baseline)", self.samples_per_prompt)
+        require(self.multiplier in MULTIPLIERS, "SafeRLHFConfig.multiplier", f"one of {MULTIPLIERS}",
+                self.multiplier)
 
     @property
     def rollout_batch(self) -> int:
@@ -127,11 +118,12 @@ class SafeRLHFConfig:
     def policy_gradient_steps(self) -> int:
         return self.n_iterations * self.ppo_epochs
 
-    def default_hparams(self) -> SafeRLHFHparams:
-        f = jnp.float32
-        return SafeRLHFHparams(f(self.default_kl_coefficient), f(self.default_cost_limit),
-                               f(self.default_multiplier_lr), f(self.default_initial_multiplier), f(0.1), f(0.01),
-                               f(0.0))
+    @property
+    def num_updates(self) -> int:
+        return self.n_iterations
+
+    def default_hparams(self) -> SafeRLHFHParams:
+        return SafeRLHFHParams().as_arrays()
 
 
 # ----------------------------------------------------------------------------- reward and cost models
@@ -178,25 +170,67 @@ class ScoreModels(NamedTuple):
     metrics: dict
 
 
-def train_score_models(config: SafeRLHFConfig, policy_graphdef, sft_params, helpfulness_pairs: losses.PreferenceBatch,
-                       cost_pairs: CostPairs, key: jax.Array) -> ScoreModels:
-    """Reward and cost models (scalar heads on a copy of the SFT decoder), ``config.score_steps`` Adam steps each."""
+@dataclasses.dataclass(frozen=True)
+class ScoreModelConfig:
+    """Training of the reward and cost models: ``n_steps`` Adam steps (>= 1) of ``batch_size`` pairs (>= 1)
+    at ``learning_rate`` (> 0) each."""
+
+    n_steps: int = 300
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+
+    def __post_init__(self):
+        for name in ("n_steps", "batch_size"):
+            require(is_int(getattr(self, name)), f"ScoreModelConfig.{name}", "an integer >= 1", getattr(self, name))
+        require(isinstance(self.learning_rate, (int, float)) and 0 < self.learning_rate < float("inf"),
+                "ScoreModelConfig.learning_rate", "a finite float > 0", self.learning_rate)
+
+
+def train_score_models(config: ScoreModelConfig, policy_graphdef, sft_params,
+                       helpfulness_pairs: losses.PreferenceBatch, cost_pairs: CostPairs,
+                       key: jax.Array) -> ScoreModels:
+    """Reward and cost models (scalar heads on a copy of the SFT decoder), ``config.n_steps`` Adam steps each."""
     reward_key, cost_key, init_key = jax.random.split(key, 3)
     graphdef, reward_init = model_lib.score_model_from_decoder(policy_graphdef, sft_params, init_key)
     _, cost_init = model_lib.score_model_from_decoder(policy_graphdef, sft_params, init_key)
-    optimizer = optax.adam(config.score_learning_rate)
+    optimizer = optax.adam(config.learning_rate)
     reward_params, reward_metrics = train_lib.run_training(
         _score_loss_fn(graphdef, "reward"), optimizer, reward_init, helpfulness_pairs, None, reward_key,
-        n_steps=config.score_steps, batch_size=config.score_batch_size)
+        n_steps=config.n_steps, batch_size=config.batch_size)
     cost_params, cost_metrics = train_lib.run_training(
         _score_loss_fn(graphdef, "cost"), optimizer, cost_init, cost_pairs, None, cost_key,
-        n_steps=config.score_steps, batch_size=config.score_batch_size)
+        n_steps=config.n_steps, batch_size=config.batch_size)
     metrics = {**{f"reward_model/{k}": v for k, v in reward_metrics.items()},
                **{f"cost_model/{k}": v for k, v in cost_metrics.items()}}
     return ScoreModels(graphdef, reward_params, cost_params, metrics)
 
 
 # ----------------------------------------------------------------------------- PPO-Lagrangian
+
+
+class SafeRLHFProblem(NamedTuple):
+    """What the PPO stage learns on.
+
+    policy_graphdef, score_graphdef: static ``nnx.GraphDef``s of the policy and of the score models (closed over
+      by the learner, never traced).
+    sft_params: the SFT policy (initialisation and KL reference).
+    reward_params, cost_params: frozen score models (sharing ``score_graphdef``).
+    prompt_tokens [P, Lp] int (all real tokens); prompt_probs [P].
+    vocab_mask [V] bool or None: the policy's sub-vocabulary (must match ``processor``).
+    sampling: the (static, hashable) :class:`~jaxsafe.llm.generate.SamplingConfig` of the rollouts.
+    processor: a static, hashable logit processor for generation (e.g. a module-level function), or None.
+    """
+
+    policy_graphdef: Any
+    score_graphdef: Any
+    sft_params: Any
+    reward_params: Any
+    cost_params: Any
+    prompt_tokens: jax.Array
+    prompt_probs: jax.Array
+    vocab_mask: jax.Array | None
+    sampling: generate_lib.SamplingConfig
+    processor: Callable | None = None
 
 
 class Rollout(NamedTuple):
@@ -207,148 +241,100 @@ class Rollout(NamedTuple):
     response_mask: jax.Array
     old_token_logprobs: jax.Array
     advantages: jax.Array
-    vocab_mask: jax.Array | None
 
 
-@functools.lru_cache(maxsize=16)
-def ppo_loss_fn(graphdef, clip_epsilon: float):
-    """Token-level clipped surrogate, averaged over response tokens: ``(params, Rollout, _) -> (loss, metrics)``."""
+class SafeRLHFState(NamedTuple):
+    """Learner state (arrays only): policy params, Adam moments, the multiplier, the key, the update count."""
 
-    def loss_fn(params, rollout: Rollout, hparams):
-        del hparams
-        new = losses.per_token_logprobs(graphdef, params, rollout.tokens, rollout.attention_mask, rollout.vocab_mask)
-        mask = rollout.response_mask.astype(bool)
-        log_ratio = jnp.where(mask, new - rollout.old_token_logprobs, 0.0)
-        ratio = jnp.exp(log_ratio)
-        advantages = rollout.advantages[:, None]
-        surrogate = jnp.minimum(ratio * advantages, jnp.clip(ratio, 1 - clip_epsilon, 1 + clip_epsilon) * advantages)
-        n_tokens = jnp.maximum(mask.sum(), 1)
-        loss = -jnp.sum(jnp.where(mask, surrogate, 0.0)) / n_tokens
-        clipped = jnp.sum(jnp.where(mask, jnp.abs(ratio - 1) > clip_epsilon, False)) / n_tokens
-        return loss, {"policy_loss": loss, "clip_fraction": clipped}
-
-    return loss_fn
+    params: Any
+    adam_state: Any
+    constraint: constraints.MultiplierState
+    key: jax.Array
+    step: jax.Array
 
 
-def _group_centred(values: jax.Array, group_size: int) -> jax.Array:
-    """``values [N]`` minus the mean of its group of ``group_size`` consecutive entries."""
-    grouped = values.reshape(-1, group_size)
-    return (grouped - grouped.mean(axis=1, keepdims=True)).reshape(-1)
+def ppo_loss(graphdef, params, rollout: Rollout, clip_eps, vocab_mask=None):
+    """Token-level clipped surrogate (:func:`jaxsafe.losses.clipped_surrogate`) over response tokens:
+    ``(loss [], metrics)``; every response token carries its sequence's advantage."""
+    new = losses.per_token_logprobs(graphdef, params, rollout.tokens, rollout.attention_mask, vocab_mask)
+    mask = rollout.response_mask.astype(bool)
+    advantages = jnp.broadcast_to(rollout.advantages[:, None], new.shape)
+    out = pg_losses.clipped_surrogate(new, rollout.old_token_logprobs, advantages, clip_eps, mask)
+    return out.loss, {"policy_loss": out.loss, "clip_fraction": out.clip_fraction, "approx_kl": out.approx_kl}
 
 
-class PolicyInputs(NamedTuple):
-    """Array inputs of the PPO stage (arguments, not compile-time constants).
-
-    sft_params: the SFT policy (initialisation and KL reference).
-    reward_params, cost_params: frozen score models (sharing ``ScoreModels.graphdef``).
-    prompt_tokens [P, Lp] int (all real tokens); prompt_probs [P].
-    vocab_mask [V] bool or None: the policy's sub-vocabulary (must match ``processor``).
-    """
-
-    sft_params: object
-    reward_params: object
-    cost_params: object
-    prompt_tokens: jax.Array
-    prompt_probs: jax.Array
-    vocab_mask: jax.Array | None
+def group_centred(values: jax.Array, group_size: int) -> jax.Array:
+    """``values [N]`` minus the mean of its group of ``group_size`` consecutive entries (the per-prompt
+    baseline)."""
+    return jax.vmap(pg_losses.centre)(values.reshape(-1, group_size)).reshape(-1)
 
 
-def ppo_lagrangian(config: SafeRLHFConfig, policy_graphdef, score_graphdef, sampling: generate_lib.SamplingConfig,
-                   processor: Callable | None, key: jax.Array, hparams: SafeRLHFHparams, inputs: PolicyInputs):
-    """PPO-Lagrangian from the SFT policy; pure. Returns ``(params, metrics [n_iterations])``.
+def make_train_parts(config: SafeRLHFConfig, problem: SafeRLHFProblem) -> TrainParts:
+    """PPO-Lagrangian from the SFT policy as ``init`` / ``update``; one update is one PPO iteration.
 
-    Static: config, graphdefs, sampling settings and ``processor`` (hashable, e.g. a
-    module-level function). metrics: ``measured_cost`` / ``measured_reward`` (learned
-    models, batch mean), ``kl`` (sequence KL estimate to the reference), ``multiplier``,
-    ``policy_loss``, ``clip_fraction``.
+    An iteration draws ``prompts_per_iteration`` prompts (``samples_per_prompt`` responses each, key
+    ``fold_in(key, step)``), scores them with the frozen models, updates the multiplier from the mean learned
+    cost against ``cost_limit`` (multiplier first, as OmniSafe does), forms the advantage
+    ``standardise(mix_advantages(centred r_hat - kl * KL, centred c_hat, multiplier))`` and takes ``ppo_epochs``
+    full-batch AdamW steps on the clipped surrogate. Metrics per update: ``measured_cost`` / ``measured_reward``
+    (learned models, batch mean), ``kl`` (sequence KL estimate to the reference), ``multiplier``, the last
+    epoch's ``policy_loss``, ``clip_fraction``, ``approx_kl`` and ``grad_norm``, and ``nonfinite``.
     """
     handler = constraints.make_handler(config.multiplier)
-    optimizer = optax.adam(config.learning_rate)
-    step = train_lib.make_train_step(ppo_loss_fn(policy_graphdef, config.clip_epsilon), optimizer, jit=False)
-    log_prompt_probs = jnp.log(inputs.prompt_probs)
+    graphdef, score_graphdef, vocab_mask = problem.policy_graphdef, problem.score_graphdef, problem.vocab_mask
+    log_prompt_probs = jnp.log(problem.prompt_probs)
     group = config.samples_per_prompt
 
     def rollout_signals(params, key):
         prompt_key, sample_key = jax.random.split(key)
         prompt_ids = jax.random.categorical(prompt_key, log_prompt_probs, shape=(config.prompts_per_iteration,))
-        prompts = inputs.prompt_tokens[jnp.repeat(prompt_ids, group)]
-        out = generate_lib.generate(policy_graphdef, params, prompts, jnp.ones(prompts.shape, bool), sample_key,
-                                    sampling, processor)
+        prompts = problem.prompt_tokens[jnp.repeat(prompt_ids, group)]
+        out = generate_lib.generate(graphdef, params, prompts, jnp.ones(prompts.shape, bool), sample_key,
+                                    problem.sampling, problem.processor)
         token_logprobs = jax.lax.stop_gradient(losses.per_token_logprobs(
-            policy_graphdef, params, out.sequences, out.attention_mask, inputs.vocab_mask))
-        reference_logprobs = losses.per_token_logprobs(policy_graphdef, inputs.sft_params, out.sequences,
-                                                       out.attention_mask, inputs.vocab_mask)
+            graphdef, params, out.sequences, out.attention_mask, vocab_mask))
+        reference_logprobs = losses.per_token_logprobs(graphdef, problem.sft_params, out.sequences,
+                                                       out.attention_mask, vocab_mask)
         kl = losses.sum_response_logprobs(token_logprobs - reference_logprobs, out.response_mask)
-        rewards = model_lib.scores(score_graphdef, inputs.reward_params, out.sequences,
+        rewards = model_lib.scores(score_graphdef, problem.reward_params, out.sequences,
                                    attention_mask=out.attention_mask)[:, 0]
-        costs = model_lib.scores(score_graphdef, inputs.cost_params, out.sequences,
+        costs = model_lib.scores(score_graphdef, problem.cost_params, out.sequences,
                                  attention_mask=out.attention_mask)[:, 0]
         return out, token_logprobs, kl, rewards, costs
 
-    def iteration(carry, iteration_key):
-        params, opt_state, multiplier_state = carry
-        out, token_logprobs, kl, rewards, costs = rollout_signals(params, iteration_key)
+    def init(key, hparams):
+        params = problem.sft_params
+        return SafeRLHFState(params, train_lib.ADAM.init(params), handler.init(hparams), key,
+                             jnp.zeros((), jnp.int32))
+
+    def update(state: SafeRLHFState, hparams: SafeRLHFHParams):
+        out, token_logprobs, kl, rewards, costs = rollout_signals(state.params,
+                                                                  jax.random.fold_in(state.key, state.step))
         measured_cost = jnp.mean(costs)
-        multiplier_state = handler.update(multiplier_state, measured_cost, hparams.cost_limit, hparams)
-        multiplier = multiplier_state.multiplier
-        reward_signal = _group_centred(rewards - hparams.kl_coefficient * kl, group)
-        cost_signal = _group_centred(costs, group)
-        advantages = (reward_signal - multiplier * cost_signal) / (1.0 + multiplier)
-        advantages = advantages / (jnp.std(advantages) + 1e-6)
+        constraint = handler.update(state.constraint, measured_cost, hparams.cost_limit, hparams)
+        multiplier = constraint.multiplier
+        reward_advantage = group_centred(rewards - hparams.kl_coefficient * kl, group)
+        advantages = pg_losses.standardise(pg_losses.mix_advantages(reward_advantage, group_centred(costs, group),
+                                                                    multiplier))
         rollout = Rollout(out.sequences, out.attention_mask, out.response_mask, token_logprobs,
-                          jax.lax.stop_gradient(advantages), inputs.vocab_mask)
+                          jax.lax.stop_gradient(advantages))
 
-        def epoch(state, _):
-            params, opt_state = state
-            params, opt_state, metrics = step(params, opt_state, rollout, None)
-            return (params, opt_state), metrics
+        def epoch(carry, _):
+            params, adam_state = carry
+            (_, metrics), grads = jax.value_and_grad(ppo_loss, argnums=1, has_aux=True)(
+                graphdef, params, rollout, hparams.clip_eps, vocab_mask)
+            params, adam_state = train_lib.adamw_update(grads, adam_state, params, hparams.learning_rate)
+            return (params, adam_state), {**metrics, "grad_norm": optax.tree.norm(grads)}
 
-        (params, opt_state), epoch_metrics = jax.lax.scan(epoch, (params, opt_state), None, length=config.ppo_epochs)
+        (params, adam_state), epoch_metrics = jax.lax.scan(epoch, (state.params, state.adam_state), None,
+                                                           length=config.ppo_epochs)
         metrics = {"measured_cost": measured_cost, "measured_reward": jnp.mean(rewards), "kl": jnp.mean(kl),
                    "multiplier": multiplier, **{k: v[-1] for k, v in epoch_metrics.items()}}
-        return (params, opt_state, multiplier_state), metrics
+        metrics["nonfinite"] = ~(jnp.all(jnp.isfinite(epoch_metrics["policy_loss"]))
+                                 & jnp.all(jnp.isfinite(epoch_metrics["grad_norm"])))
+        return SafeRLHFState(params, adam_state, constraint, state.key, state.step + 1), metrics
 
-    carry = (inputs.sft_params, optimizer.init(inputs.sft_params), handler.init(hparams))
-    (params, _, _), metrics = jax.lax.scan(iteration, carry, jax.random.split(key, config.n_iterations))
-    return params, metrics
-
-
-def make_train(config: SafeRLHFConfig, policy_graphdef, score_models: ScoreModels, sampling, processor,
-               inputs: PolicyInputs):
-    """``train(key, hparams: SafeRLHFHparams) -> (params, metrics)``: the learner contract (closes over inputs)."""
-
-    def train(key: jax.Array, hparams: SafeRLHFHparams):
-        return ppo_lagrangian(config, policy_graphdef, score_models.graphdef, sampling, processor, key, hparams, inputs)
-
-    return train
+    return TrainParts(init, update, config.n_iterations, config.rollout_batch)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4))
-def _grid_program(config, policy_graphdef, score_graphdef, sampling, processor, keys, hparams, inputs):
-    run = functools.partial(ppo_lagrangian, config, policy_graphdef, score_graphdef, sampling, processor)
-    return jax.vmap(run, in_axes=(0, 0, None))(keys, hparams, inputs)
-
-
-def run_grid(config: SafeRLHFConfig, policy_graphdef, score_models: ScoreModels, sampling, processor,
-             inputs: PolicyInputs, hparams: SafeRLHFHparams, keys: jax.Array):
-    """PPO-Lagrangian over stacked ``hparams [G]`` and ``keys [G]`` as one vmapped, jitted program."""
-    if keys.shape[0] != jnp.shape(hparams.cost_limit)[0]:
-        raise ValueError(f"keys: need one key per grid point ({jnp.shape(hparams.cost_limit)}), got {keys.shape}")
-    return _grid_program(config, policy_graphdef, score_models.graphdef, sampling, processor, keys, hparams, inputs)
-
-
-def stack_hparams(config: SafeRLHFConfig, **fields) -> SafeRLHFHparams:
-    """Stack a grid: every given field is a sequence of G values; the rest take the defaults."""
-    if not fields:
-        raise ValueError("fields: give at least one swept field, e.g. cost_limit=[...]")
-    unknown = set(fields) - set(SafeRLHFHparams._fields)
-    if unknown:
-        raise ValueError(f"fields: unknown {sorted(unknown)}; allowed {SafeRLHFHparams._fields}")
-    sizes = {len(v) for v in fields.values()}
-    if len(sizes) != 1:
-        raise ValueError(f"fields: all swept fields need the same length, got {sorted(sizes)}")
-    (size,) = sizes
-    defaults = config.default_hparams()
-    return SafeRLHFHparams(*(jnp.asarray(fields[name], jnp.float32) if name in fields
-                             else jnp.full((size,), getattr(defaults, name), jnp.float32)
-                             for name in SafeRLHFHparams._fields))
+make_train = make_train_from_parts(make_train_parts)

@@ -72,15 +72,53 @@ def dpo_loss_fn(graphdef, reference_params, loss_type: str = "sigmoid", vocab_ma
     return loss_fn
 
 
-def minibatches(key: jax.Array, n_examples: int, batch_size: int, n_steps: int) -> jax.Array:
-    """Index array [n_steps, batch_size]: shuffled epochs, drawn from ``key``."""
+def _epoch_order(key: jax.Array, n_examples: int, batch_size: int) -> jax.Array:
+    """One shuffled epoch as ``[n_examples // batch_size, batch_size]`` indices (the remainder is dropped)."""
+    per_epoch = n_examples // batch_size
+    return jax.random.permutation(key, n_examples)[: per_epoch * batch_size].reshape(per_epoch, batch_size)
+
+
+def _check_batch_size(n_examples: int, batch_size: int) -> None:
     if not 1 <= batch_size <= n_examples:
         raise ValueError(f"batch_size: must be in [1, {n_examples}], got {batch_size}")
+
+
+def minibatches(key: jax.Array, n_examples: int, batch_size: int, n_steps: int) -> jax.Array:
+    """Index array [n_steps, batch_size]: shuffled epochs, epoch ``e`` drawn from ``split(key, n_epochs)[e]``."""
+    _check_batch_size(n_examples, batch_size)
+    n_epochs = -(-n_steps // (n_examples // batch_size))
+    keys = jax.random.split(key, n_epochs)
+    order = jax.vmap(lambda k: _epoch_order(k, n_examples, batch_size))(keys)
+    return order.reshape(-1, batch_size)[:n_steps]
+
+
+def minibatch_at(key: jax.Array, n_examples: int, batch_size: int, n_steps: int, step) -> jax.Array:
+    """Row ``step`` [batch_size] of :func:`minibatches` (same key, same result), drawing only its own epoch.
+
+    ``step`` may be traced (``0 <= step < n_steps``), so an update that is one optimiser step can draw its
+    minibatch without materialising the whole ``[n_steps, batch_size]`` schedule.
+    """
+    _check_batch_size(n_examples, batch_size)
     per_epoch = n_examples // batch_size
     n_epochs = -(-n_steps // per_epoch)
-    keys = jax.random.split(key, n_epochs)
-    order = jax.vmap(lambda k: jax.random.permutation(k, n_examples)[: per_epoch * batch_size])(keys)
-    return order.reshape(-1, batch_size)[:n_steps]
+    epoch_key = jax.random.split(key, n_epochs)[step // per_epoch]
+    return _epoch_order(epoch_key, n_examples, batch_size)[step % per_epoch]
+
+
+#: The moment estimates of Adam (optax's defaults); :func:`adamw_update` turns them into a step.
+ADAM = optax.scale_by_adam()
+
+
+def adamw_update(grads, adam_state, params, learning_rate, weight_decay=0.0):
+    """One AdamW step with traced ``learning_rate`` and ``weight_decay``: ``(params, adam_state)``.
+
+    The same arithmetic as ``optax.adamw(learning_rate, weight_decay=weight_decay)``
+    (``p <- p - lr (adam_direction + wd p)``), but both rates are arrays, so a grid can sweep them.
+    ``adam_state`` comes from ``ADAM.init(params)``.
+    """
+    direction, adam_state = ADAM.update(grads, adam_state, params)
+    step = jax.tree.map(lambda d, p: -learning_rate * (d + weight_decay * p), direction, params)
+    return optax.apply_updates(params, step), adam_state
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2))
