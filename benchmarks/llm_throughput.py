@@ -73,7 +73,7 @@ def run_jax(name, spec, checkpoint_dir):
     from jaxsafe.llm import convert, generate, losses, model, train
 
     config = model.preset(spec["preset"], **spec["overrides"])
-    graphdef, params = model.init_params(config, jax.random.key(0))
+    graphdef, params = model.init_params(config, jax.random.PRNGKey(0))
     convert.save_hf_checkpoint(config, params, checkpoint_dir)
     prompts, sequences = _inputs(config.vocab_size)
     prompts, sequences = jnp.asarray(prompts), jnp.asarray(sequences)
@@ -81,7 +81,7 @@ def run_jax(name, spec, checkpoint_dir):
     prompt_mask = jnp.ones(prompts.shape, bool)
 
     def run_generation():
-        jax.block_until_ready(generate.generate(graphdef, params, prompts, prompt_mask, jax.random.key(0),
+        jax.block_until_ready(generate.generate(graphdef, params, prompts, prompt_mask, jax.random.PRNGKey(0),
                                                 sampling).sequences)
 
     start = time.perf_counter()

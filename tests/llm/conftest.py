@@ -14,7 +14,7 @@ def tiny_config():
 @pytest.fixture(scope="session")
 def tiny_model(tiny_config):
     """(graphdef, params) of a random tiny llama (GQA 4/2, tied embeddings)."""
-    return model_lib.init_params(tiny_config, jax.random.key(0))
+    return model_lib.init_params(tiny_config, jax.random.PRNGKey(0))
 
 
 # Jitted views of the functional API (graphdef is static), shared by all tests.

@@ -21,7 +21,7 @@ def prompts():
 @pytest.fixture(scope="module")
 def greedy_output(tiny_model, prompts):
     tokens, mask = prompts
-    return gen.generate(*tiny_model, tokens, mask, jax.random.key(0), gen.SamplingConfig(8, temperature=0.0))
+    return gen.generate(*tiny_model, tokens, mask, jax.random.PRNGKey(0), gen.SamplingConfig(8, temperature=0.0))
 
 
 def test_greedy_kv_cache_matches_full_recomputation(tiny_model, prompts, greedy_output):
@@ -53,12 +53,12 @@ def test_generation_compiles_once_per_shape(tiny_model, prompts):
     before = gen._generate_jit._cache_size()
     with jax.log_compiles(False):
         for seed in range(3):
-            out = gen.generate(*tiny_model, (tokens + seed) % 32, mask, jax.random.key(seed), sampling,
+            out = gen.generate(*tiny_model, (tokens + seed) % 32, mask, jax.random.PRNGKey(seed), sampling,
                                processor=counting_processor)
     assert out.response_tokens.shape == (3, 6)
     assert len(traces) == 1  # traced once for 3 calls x 6 tokens
     assert gen._generate_jit._cache_size() == before + 1
-    gen.generate(*tiny_model, *gen.left_pad(PROMPTS + [[4, 4]]), jax.random.key(0), sampling,
+    gen.generate(*tiny_model, *gen.left_pad(PROMPTS + [[4, 4]]), jax.random.PRNGKey(0), sampling,
                  processor=counting_processor)  # a new batch size is a new shape
     assert len(traces) == 2
 
@@ -66,7 +66,7 @@ def test_generation_compiles_once_per_shape(tiny_model, prompts):
 def test_stop_tokens_pad_and_mask(tiny_model, prompts, greedy_output):
     tokens, mask = prompts
     stop = int(greedy_output.response_tokens[0, 2])  # row 0 emits this at step 2 (or earlier)
-    out = gen.generate(*tiny_model, tokens, mask, jax.random.key(0),
+    out = gen.generate(*tiny_model, tokens, mask, jax.random.PRNGKey(0),
                        gen.SamplingConfig(8, temperature=0.0, stop_tokens=(stop,), pad_token=31))
     for row in range(3):
         response = np.asarray(out.response_tokens[row])
@@ -98,7 +98,7 @@ def force_token_seven(logits, step, tokens_so_far):
 
 def test_processor_is_applied_every_step(tiny_model, prompts):
     tokens, mask = prompts
-    out = gen.generate(*tiny_model, tokens, mask, jax.random.key(0), gen.SamplingConfig(8, temperature=1.0),
+    out = gen.generate(*tiny_model, tokens, mask, jax.random.PRNGKey(0), gen.SamplingConfig(8, temperature=1.0),
                        processor=force_token_seven)
     response = np.asarray(out.response_tokens)
     assert (response[:, ::2] == 7).all()
@@ -107,10 +107,10 @@ def test_processor_is_applied_every_step(tiny_model, prompts):
 
 def test_top_k_one_and_tiny_top_p_are_greedy(tiny_model, prompts, greedy_output):
     tokens, mask = prompts
-    out = gen.generate(*tiny_model, tokens, mask, jax.random.key(5), gen.SamplingConfig(8, temperature=1.5, top_k=1))
+    out = gen.generate(*tiny_model, tokens, mask, jax.random.PRNGKey(5), gen.SamplingConfig(8, temperature=1.5, top_k=1))
     np.testing.assert_array_equal(out.response_tokens, greedy_output.response_tokens)
-    logits = jax.random.normal(jax.random.key(1), (64, 32))
-    nucleus = jax.jit(gen.sample_tokens, static_argnums=2)(jax.random.key(2), logits, gen.SamplingConfig(1, top_p=1e-6))
+    logits = jax.random.normal(jax.random.PRNGKey(1), (64, 32))
+    nucleus = jax.jit(gen.sample_tokens, static_argnums=2)(jax.random.PRNGKey(2), logits, gen.SamplingConfig(1, top_p=1e-6))
     np.testing.assert_array_equal(nucleus, jnp.argmax(logits, axis=-1))
 
 
@@ -127,7 +127,7 @@ def test_filter_logits_hand_values():
 def test_sampling_follows_the_distribution():
     logits = jnp.log(jnp.array([[0.6, 0.3, 0.1, 0.0]]))
     samples = jax.vmap(lambda k: gen.sample_tokens(k, logits, gen.SamplingConfig(1)))(
-        jax.random.split(jax.random.key(0), 20000))
+        jax.random.split(jax.random.PRNGKey(0), 20000))
     frequencies = np.bincount(np.asarray(samples).ravel(), minlength=4) / 20000
     np.testing.assert_allclose(frequencies, [0.6, 0.3, 0.1, 0.0], atol=0.015)
 
@@ -153,7 +153,7 @@ def test_bad_sampling_config(kwargs, match):
 
 def test_bad_generation_inputs(tiny_model, prompts):
     tokens, mask = prompts
-    key = jax.random.key(0)
+    key = jax.random.PRNGKey(0)
     with pytest.raises(ValueError, match="left-padded"):
         gen.generate(*tiny_model, jnp.array([[1, 2, 0]]), jnp.array([[1, 1, 0]]), key, gen.SamplingConfig(2))
     with pytest.raises(ValueError, match="max_seq_len"):

@@ -167,7 +167,7 @@ def test_dpo_objective_vmaps_over_beta_and_differentiates_twice(tiny_model, refe
 
 
 def test_reward_model_objective_matches_bradley_terry(tiny_config):
-    graphdef, params = model_lib.init_score_model(tiny_config, jax.random.key(4))
+    graphdef, params = model_lib.init_score_model(tiny_config, jax.random.PRNGKey(4))
     batch = _preference_batch()
     loss, _ = jax.jit(losses.reward_model_objective, static_argnums=0)(graphdef, params, batch, 0.7)
     score = jax.jit(model_lib.scores, static_argnums=0)

@@ -36,10 +36,10 @@ def test_logit_mixing_hand_values():
 
 def test_logit_mixture_model_generates_like_its_mixed_logits(tiny_model, tiny_config):
     graphdef, params = tiny_model
-    _, other = model_lib.init_params(tiny_config, jax.random.key(7))
+    _, other = model_lib.init_params(tiny_config, jax.random.PRNGKey(7))
     mix_graphdef, mix_state = merge.make_logit_mixture(graphdef, params, graphdef, other, 0.3)
     tokens, mask = gen.left_pad([[3, 4, 5], [6, 7]])
-    out = gen.generate(mix_graphdef, mix_state, tokens, mask, jax.random.key(0), gen.SamplingConfig(4, temperature=0))
+    out = gen.generate(mix_graphdef, mix_state, tokens, mask, jax.random.PRNGKey(0), gen.SamplingConfig(4, temperature=0))
     full_mask = jnp.concatenate([mask, jnp.ones((2, 4), bool)], axis=1)
     mixed = merge.mix_logits(jit_logits(graphdef, params, out.sequences, None, full_mask),
                              jit_logits(graphdef, other, out.sequences, None, full_mask), 0.3)

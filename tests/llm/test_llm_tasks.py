@@ -19,7 +19,7 @@ logprob_table = jax.jit(lang.response_logprob_table, static_argnums=0)
 @pytest.fixture(scope="module")
 def policy():
     config = model_lib.preset("tiny", vocab_size=lang.VOCAB_SIZE, max_seq_len=8)
-    return model_lib.init_params(config, jax.random.key(0))
+    return model_lib.init_params(config, jax.random.PRNGKey(0))
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +50,7 @@ def test_enumeration_matches_generation(policy, reference_table):
     n_samples = 3000
     weapon_row = lang.TOPICS.index(lang.TOKEN_ID["weapon"])
     prompts = jnp.tile(jnp.asarray(lang.prompt_tokens())[weapon_row][None], (n_samples, 1))
-    out = gen.generate(graphdef, params, prompts, jnp.ones_like(prompts, bool), jax.random.key(1),
+    out = gen.generate(graphdef, params, prompts, jnp.ones_like(prompts, bool), jax.random.PRNGKey(1),
                        gen.SamplingConfig(lang.MAX_RESPONSE_LENGTH, stop_tokens=(lang.EOS,), pad_token=lang.PAD),
                        processor=lang.response_processor)
     responses = np.asarray(out.response_tokens)
@@ -82,7 +82,7 @@ def test_optimal_policy_closed_form(reference_table):
 
     best = objective(star)
     for seed in range(3):  # any perturbation of pi* is worse
-        noise = 0.3 * jax.random.normal(jax.random.key(seed), star.shape)
+        noise = 0.3 * jax.random.normal(jax.random.PRNGKey(seed), star.shape)
         assert objective(jax.nn.log_softmax(star + noise, axis=-1)) < best
     assert objective(reference_table) < best
     assert float(lang.kl_divergence(star, star, prompt_probs)) == pytest.approx(0.0, abs=1e-6)
@@ -92,7 +92,7 @@ def test_optimal_policy_closed_form(reference_table):
 
 
 def test_preference_labels_follow_bradley_terry(reference_table):
-    batch, ids = lang.preference_pairs(jax.random.key(3), reference_table, lang.prompt_distribution(), 4000,
+    batch, ids = lang.preference_pairs(jax.random.PRNGKey(3), reference_table, lang.prompt_distribution(), 4000,
                                        label_by="safety")
     _, g = lang.reward_tables()
     chosen_g = g[np.asarray(ids["prompt_ids"]), np.asarray(ids["chosen_ids"])]
@@ -105,7 +105,7 @@ def test_preference_labels_follow_bradley_terry(reference_table):
     assert abs(observed - expected) < 0.03
     np.testing.assert_array_equal(batch.chosen_tokens[:, :2], batch.rejected_tokens[:, :2])
     with pytest.raises(ValueError, match="label_by"):
-        lang.preference_pairs(jax.random.key(0), reference_table, lang.prompt_distribution(), 4, label_by="cost")
+        lang.preference_pairs(jax.random.PRNGKey(0), reference_table, lang.prompt_distribution(), 4, label_by="cost")
 
 
 def test_dpo_moves_policy_toward_optimum(policy, reference_table):
@@ -114,10 +114,10 @@ def test_dpo_moves_policy_toward_optimum(policy, reference_table):
     prompt_probs = lang.prompt_distribution()
     r, g = (jnp.asarray(t) for t in lang.reward_tables())
     target = lang.optimal_policy_logprobs(reference_table, r, g, beta)
-    batch, _ = lang.preference_pairs(jax.random.key(1), reference_table, prompt_probs, 4096, label_by="reward")
+    batch, _ = lang.preference_pairs(jax.random.PRNGKey(1), reference_table, prompt_probs, 4096, label_by="reward")
     loss_fn = train.dpo_loss_fn(graphdef, reference_params, vocab_mask=lang.response_vocab_mask())
     params, metrics = train.run_training(loss_fn, optax.adam(3e-3), reference_params, batch,
-                                         losses.DPOHparams(jnp.float32(beta)), jax.random.key(2), n_steps=100,
+                                         losses.DPOHparams(jnp.float32(beta)), jax.random.PRNGKey(2), n_steps=100,
                                          batch_size=64)
     trained = logprob_table(graphdef, params)
     kl_before = float(lang.kl_divergence(reference_table, target, prompt_probs))
@@ -129,10 +129,10 @@ def test_dpo_moves_policy_toward_optimum(policy, reference_table):
 
 def test_sft_fits_the_corpus_distribution(policy, reference_table):
     graphdef, params = policy
-    corpus = lang.sft_corpus(jax.random.key(4), 4096)
+    corpus = lang.sft_corpus(jax.random.PRNGKey(4), 4096)
     base = lang.base_policy_logprobs()
     prompt_probs = lang.prompt_distribution()
-    trained, metrics = train.train_sft(graphdef, params, corpus, jax.random.key(5), n_steps=100, batch_size=64,
+    trained, metrics = train.train_sft(graphdef, params, corpus, jax.random.PRNGKey(5), n_steps=100, batch_size=64,
                                        learning_rate=3e-3, vocab_mask=lang.response_vocab_mask())
     kl_before = float(lang.kl_divergence(base, reference_table, prompt_probs))
     kl_after = float(lang.kl_divergence(base, logprob_table(graphdef, trained), prompt_probs))
@@ -142,10 +142,10 @@ def test_sft_fits_the_corpus_distribution(policy, reference_table):
 
 def test_training_is_deterministic_and_compiled_once(policy):
     graphdef, params = policy
-    corpus = lang.sft_corpus(jax.random.key(4), 256)
+    corpus = lang.sft_corpus(jax.random.PRNGKey(4), 256)
     loss_fn, optimizer = train.sft_loss_fn(graphdef), optax.adam(1e-3)
     before = train._run_steps._cache_size()
-    runs = [train.run_training(loss_fn, optimizer, params, corpus, None, jax.random.key(6), n_steps=3,
+    runs = [train.run_training(loss_fn, optimizer, params, corpus, None, jax.random.PRNGKey(6), n_steps=3,
                                batch_size=32)[1]["loss"] for _ in range(2)]
     np.testing.assert_array_equal(runs[0], runs[1])
     assert train._run_steps._cache_size() == before + 1
@@ -163,7 +163,7 @@ def test_arithmetic_verifier_and_enumeration():
     assert int(answers[(3 * 5) + 4]) == arithmetic.DIGIT_OFFSET + (3 + 4) % 5
 
     config = model_lib.preset("tiny", vocab_size=task.vocab_size, max_seq_len=8)
-    graphdef, params = model_lib.init_params(config, jax.random.key(0))
+    graphdef, params = model_lib.init_params(config, jax.random.PRNGKey(0))
     table = jax.jit(arithmetic.answer_logprobs, static_argnums=(0, 2))(graphdef, params, task, prompts)
     assert table.shape == (25, 5)
     np.testing.assert_allclose(jnp.exp(table).sum(-1), 1.0, atol=1e-5)
