@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 from jax.scipy.special import logsumexp
 
-from jaxsafe.exact.tabular import soft_state_values
+from jaxsafe.exact.tabular import action_values, policy_evaluation, soft_state_values
 
 Array = jax.Array
 ValueFn = Callable[[Array, Any], Array]
@@ -142,14 +142,11 @@ def _structured_solve(weights: Array, transitions: Array, gamma: Array, rhs_q: A
 
     ``P W`` maps a Q-table to ``P @ (sum_a W(s', a) q(s', a))``; by the push-through identity
     ``(I - gamma P W)^-1 = I + gamma P (I - gamma W P)^-1 W`` and ``W P`` is the state chain ``[S, S]`` of the
-    policy ``W``. This is the linear system of implicit differentiation and of each Newton step.
+    policy ``W``. This is the linear system of implicit differentiation and of each Newton step: the solve is
+    the policy evaluation of ``W`` with ``rhs_q`` as reward, and ``dq`` its action values.
     """
-    num_states = transitions.shape[0]
-    action_axes = tuple(range(1, weights.ndim))
-    state_chain = jnp.einsum("s...,s...t->st", weights, transitions)  # [S, S]
-    weighted_rhs = jnp.sum(weights * rhs_q, axis=action_axes)  # [S]
-    y = jnp.linalg.solve(jnp.eye(num_states, dtype=state_chain.dtype) - gamma * state_chain, weighted_rhs)
-    return rhs_q + gamma * jnp.tensordot(transitions, y, axes=1)
+    state_values = policy_evaluation(weights, rhs_q, transitions, gamma)  # (I - gamma W P)^-1 W rhs_q, [S]
+    return action_values(state_values, rhs_q, transitions, gamma)
 
 
 class NewtonInfo(NamedTuple):
