@@ -221,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     # Method families add their own subcommands (`jaxsafe bilevel ...`, `jaxsafe align ...`).
     import importlib
 
-    for module_name in ("jaxsafe.bilevel.cli", "jaxsafe.llm.cli"):
+    for module_name in ("jaxsafe.bilevel.cli", "jaxsafe.llm.cli", "jaxsafe.offline.cli"):
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as err:
