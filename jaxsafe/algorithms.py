@@ -77,7 +77,9 @@ class Algorithm(NamedTuple):
 _ALGORITHMS: dict[str, Algorithm] = {}
 
 #: Modules whose import registers a family's algorithms (imported on first use, so ``import jaxsafe`` stays light).
-_FAMILY_MODULES = ("jaxsafe.rl.registry", "jaxsafe.bilevel.registry", "jaxsafe.llm.registry", "jaxsafe.offline.registry")
+_FAMILY_MODULES = (
+    "jaxsafe.rl.registry", "jaxsafe.bilevel.registry", "jaxsafe.llm.registry", "jaxsafe.offline.registry",
+)
 _loaded = False
 
 
