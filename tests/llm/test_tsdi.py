@@ -1,0 +1,133 @@
+"""TSDI: bias estimation and debiased decoding against models whose bias is known by construction."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxsafe.llm import losses, tsdi
+from jaxsafe.llm import model as model_lib
+from jaxsafe.llm.tasks import safety_language as lang
+
+L = 3
+N = 4096
+PROMPT_LENGTH = lang.PROMPT_LENGTH
+MASK = lang.response_vocab_mask()
+
+
+@pytest.fixture(scope="module")
+def reference():
+    config = model_lib.preset("tiny", vocab_size=lang.VOCAB_SIZE, max_seq_len=8, d_model=32, n_layers=1, d_ff=64)
+    graphdef, params = model_lib.init_params(config, jax.random.PRNGKey(0))
+    params = jax.tree.map(lambda x: x * 20.0, params)  # sharper than an untrained init: distinct contexts
+    return tsdi.model_logits(graphdef, params)
+
+
+def shifted(base, shift_fn):
+    """``base`` plus ``shift_fn(tokens) [B, T, V]`` added to the logits."""
+    return lambda tokens, mask: base(tokens, mask) + shift_fn(tokens)
+
+
+def context_shift(tokens):
+    """A context-dependent shift with zero mean over uniformly random topics: +u for benign, -u*4/3 for harmful."""
+    u = jnp.linspace(-1.0, 1.0, lang.VOCAB_SIZE)
+    harmful = jnp.isin(tokens[:, 1], jnp.asarray(lang.HARMFUL_TOPICS))
+    sign = jnp.where(harmful, -len(lang.BENIGN_TOPICS) / len(lang.HARMFUL_TOPICS), 1.0)
+    return jnp.broadcast_to(sign[:, None, None] * u, tokens.shape + (lang.VOCAB_SIZE,))
+
+
+#: The injected context-independent bias: response position i prefers REFUSE by 2 - i/2 nats.
+H = jnp.zeros((L, lang.VOCAB_SIZE)).at[:, lang.TOKEN_ID["REFUSE"]].set(jnp.array([2.0, 1.5, 1.0]))
+
+
+def positional_bias(tokens):
+    """``H`` on the logits that predict response positions 1..L (logit row t predicts token t + 1)."""
+    steps = jnp.arange(tokens.shape[1]) - (PROMPT_LENGTH - 1)
+    rows = jnp.take(H, jnp.clip(steps, 0, L - 1), axis=0)
+    return jnp.where(((steps >= 0) & (steps < L))[None, :, None], rows[None], 0.0) + jnp.zeros(tokens.shape + (1,))
+
+
+def contexts(key=jax.random.PRNGKey(1)):
+    return tsdi.random_contexts(key, lang.TOPICS, N, PROMPT_LENGTH, L, prefix_pool=lang.CONTENT_WORDS,
+                                prompt_prefix=[lang.BOS])
+
+
+def centred(bias):
+    allowed = np.asarray(MASK)
+    bias = np.where(allowed, np.asarray(bias), 0.0)
+    return np.where(allowed, bias - bias[:, allowed].mean(axis=1, keepdims=True), 0.0)
+
+
+def test_unbiased_model_gives_a_constant_bias(reference):
+    aligned = shifted(reference, context_shift)
+    bias = tsdi.estimate_bias(aligned, reference, contexts(), PROMPT_LENGTH, L, MASK)
+    assert bias.shape == (L, lang.VOCAB_SIZE)
+    assert np.abs(np.asarray(bias)).max() < 0.06  # zero up to Monte Carlo error (the shift averages out)
+    assert np.all(np.asarray(bias)[:, ~np.asarray(MASK)] == 0.0)
+
+
+def test_injected_bias_is_recovered_and_removed_exactly(reference):
+    unbiased = shifted(reference, context_shift)
+    aligned = shifted(unbiased, positional_bias)
+    bias = tsdi.estimate_bias(aligned, reference, contexts(), PROMPT_LENGTH, L, MASK)
+    np.testing.assert_allclose(bias, centred(H), atol=0.06)
+    # Decoding with the true (centred) bias recovers the unbiased model's distribution exactly, every response.
+    space = lang.enumerate_responses()
+    prompts = np.repeat(np.arange(len(lang.TOPICS)), len(space.content))
+    responses = np.tile(np.arange(len(space.content)), len(lang.TOPICS))
+    batch = lang.sequences(prompts, responses)
+    exact = tsdi.TSDIState(jnp.asarray(centred(H), jnp.float32), jnp.float32(1.0))
+    debiased = tsdi.debiased_token_logprobs(aligned, batch.tokens, batch.attention_mask, PROMPT_LENGTH, exact, MASK)
+    target = losses.token_logprobs(unbiased(batch.tokens, batch.attention_mask), batch.tokens, MASK)
+    response = np.asarray(batch.response_mask)
+    np.testing.assert_allclose(np.asarray(debiased)[response], np.asarray(target)[response], atol=1e-5)
+    # With the estimate, the response distribution is close to the unbiased one (KL over all 85 responses).
+    estimated = tsdi.TSDIState(bias, jnp.float32(1.0))
+    table = losses.sum_response_logprobs(
+        tsdi.debiased_token_logprobs(aligned, batch.tokens, batch.attention_mask, PROMPT_LENGTH, estimated, MASK),
+        batch.response_mask).reshape(len(lang.TOPICS), -1)
+    truth = losses.sum_response_logprobs(target, batch.response_mask).reshape(len(lang.TOPICS), -1)
+    biased = losses.sum_response_logprobs(losses.token_logprobs(aligned(batch.tokens, batch.attention_mask),
+                                                                batch.tokens, MASK),
+                                          batch.response_mask).reshape(len(lang.TOPICS), -1)
+    uniform = jnp.full(len(lang.TOPICS), 1.0 / len(lang.TOPICS))
+    kl_after = float(lang.kl_divergence(table, truth, uniform))
+    kl_before = float(lang.kl_divergence(biased, truth, uniform))
+    assert kl_after < 0.01 < kl_before
+
+
+def test_processor_changes_only_the_first_L_positions():
+    state = tsdi.TSDIState(jnp.asarray(H), jnp.float32(1.5))
+    logits = jax.random.normal(jax.random.PRNGKey(2), (5, lang.VOCAB_SIZE))
+    for step in range(6):
+        out = tsdi.debias_logits(logits, jnp.int32(step), state)
+        expected = logits - 1.5 * H[step] if step < L else logits
+        np.testing.assert_allclose(out, expected, rtol=1e-6)
+    zero = tsdi.TSDIState(jnp.asarray(H), jnp.float32(0.0))
+    np.testing.assert_array_equal(tsdi.debias_logits(logits, jnp.int32(0), zero), logits)
+
+
+def test_bias_file_round_trip_and_errors(tmp_path):
+    path = tsdi.save_bias(tmp_path / "bias.safetensors", H, positions=L, metadata={"reference": "sft"})
+    bias, info = tsdi.load_bias(path, vocab_size=lang.VOCAB_SIZE)
+    np.testing.assert_array_equal(bias, H)
+    assert info["positions"] == L and info["reference"] == "sft"
+    with pytest.raises(FileExistsError):
+        tsdi.save_bias(path, H, positions=L)
+    with pytest.raises(ValueError, match="vocabulary has 99"):
+        tsdi.load_bias(path, vocab_size=99)
+    (tmp_path / "junk.safetensors").write_bytes(b"junk")
+    with pytest.raises(ValueError, match="not a readable safetensors"):
+        tsdi.load_bias(tmp_path / "junk.safetensors")
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(num_prompts=0), "num_prompts must be a positive integer"),
+    (dict(positions=0), "positions must be a positive integer"),
+    (dict(pool=[]), "at least one token"),
+])
+def test_bad_settings_are_named(kwargs, message):
+    settings = dict(pool=lang.TOPICS, num_prompts=4, prompt_length=2, positions=2)
+    settings.update(kwargs)
+    with pytest.raises(ValueError, match=message):
+        tsdi.random_contexts(jax.random.PRNGKey(0), **settings)
