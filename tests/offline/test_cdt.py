@@ -1,0 +1,121 @@
+"""CDT: the causal mask, reproducing conditioned behaviour on a deterministic chain, targets at deployment, bad input."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from jaxsafe.evaluate import rollout_episodes
+from jaxsafe.learner import train_from_parts
+from jaxsafe.offline import cdt
+from jaxsafe.offline.dataset import collect_dataset
+from jaxsafe.offline.feedback import RewardCostFeedback
+from jaxsafe.policy import stateless
+from jaxsafe.types import TimeStep
+
+HORIZON = 5
+
+
+class Chain:
+    """A deterministic chain of ``HORIZON`` steps: obs ``[t / H]``, action ``a`` in ``[-1, 1]``, reward ``1 + a``,
+    cost ``max(a, 0)``; the episode is truncated after ``HORIZON`` steps."""
+
+    name = "Chain"
+    n_costs = 1
+    default_params = None
+
+    def reset(self, key, params):
+        return jnp.zeros((), jnp.int32), TimeStep(jnp.zeros((1,)), jnp.zeros(()), jnp.zeros((1,)),
+                                                  jnp.zeros((), bool), jnp.zeros((), bool), {})
+
+    def step(self, key, t, action, params):
+        a = jnp.reshape(action, ())
+        t = t + 1
+        return t, TimeStep(jnp.full((1,), t / HORIZON), 1.0 + a, jnp.maximum(a, 0.0)[None], jnp.zeros((), bool),
+                           t >= HORIZON, {})
+
+
+BEHAVIOURS = (-1.0, 0.0, 1.0)  # (return, cost) = (0, 0), (5, 0), (10, 5)
+CONFIG = cdt.CDTConfig(context_len=HORIZON, d_model=32, n_layers=1, n_heads=2, max_episode_len=HORIZON,
+                       batch_size=64, num_updates=400, warmup_steps=10)
+HPARAMS = CONFIG.default_hparams().replace(learning_rate=jnp.float32(1e-3), dropout=jnp.float32(0.0),
+                                           cost_offset=jnp.float32(0.0), cost_scale=jnp.float32(0.2),
+                                           cost_sample_cap=jnp.float32(0.0), temperature_lr=jnp.float32(1e-3))
+
+
+@pytest.fixture(scope="module")
+def chain_data():
+    parts = []
+    for i, a in enumerate(BEHAVIOURS):
+        policy = stateless(lambda obs, key, a=a: jnp.full((1,), a))
+        parts.append(collect_dataset(Chain(), None, policy, jax.random.PRNGKey(i), 4, HORIZON))
+    fields = {name: np.concatenate([getattr(p, name) for p in parts]) for name in parts[0]._fields}
+    fields["episode_ids"] = np.repeat(np.arange(12, dtype=np.int32), HORIZON)
+    return parts[0]._replace(**fields)
+
+
+@pytest.fixture(scope="module")
+def trained(chain_data):
+    result = jax.jit(train_from_parts(cdt.make_train_parts(CONFIG, chain_data)))(jax.random.PRNGKey(0), HPARAMS)
+    return result
+
+
+def test_action_prediction_ignores_future_tokens():
+    config = CONFIG.replace(context_len=4)
+    graphdef, init_params = cdt.make_model(config, 3, 2)
+    model = nnx.merge(graphdef, init_params(jax.random.PRNGKey(1)))
+    keys = jax.random.split(jax.random.PRNGKey(2), 8)
+    inputs = dict(returns=jax.random.normal(keys[0], (1, 4)), costs=jax.random.normal(keys[1], (1, 4)),
+                  states=jax.random.normal(keys[2], (1, 4, 3)), actions=jax.random.normal(keys[3], (1, 4, 2)))
+    timesteps, mask = jnp.arange(4)[None], jnp.ones((1, 4), bool)
+    (mean, log_std), cost_logits = model(**inputs, timesteps=timesteps, mask=mask)
+    t = 1  # change a_1 and every token of steps 2, 3
+    future = {"returns": inputs["returns"].at[:, t + 1:].add(5.0), "costs": inputs["costs"].at[:, t + 1:].add(5.0),
+              "states": inputs["states"].at[:, t + 1:].add(5.0), "actions": inputs["actions"].at[:, t:].add(5.0)}
+    (mean_f, log_std_f), _ = model(**future, timesteps=timesteps, mask=mask)
+    np.testing.assert_array_equal(mean_f[:, :t + 1], mean[:, :t + 1])
+    np.testing.assert_array_equal(log_std_f[:, :t + 1], log_std[:, :t + 1])
+    assert not np.allclose(mean_f[:, t + 1:], mean[:, t + 1:])  # the later predictions do see them
+    # a change in the past (a_0) does change the prediction at t
+    (mean_p, _), _ = model(**{**inputs, "actions": inputs["actions"].at[:, 0].add(5.0)}, timesteps=timesteps,
+                           mask=mask)
+    assert not np.allclose(mean_p[:, t], mean[:, t])
+    assert mean.shape == (1, 4, 2) and cost_logits.shape == (1, 4, 2)
+
+
+def test_cdt_reproduces_the_conditioned_behaviour_episode(chain_data, trained):
+    assert not bool(trained.metrics["nonfinite"].any())
+    assert float(trained.metrics["action_nll"][-20:].mean()) < float(trained.metrics["action_nll"][:20].mean())
+    env = RewardCostFeedback(Chain())
+    for a in BEHAVIOURS:
+        target_return, target_cost = HORIZON * (1.0 + a), HORIZON * max(a, 0.0)
+        policy = cdt.make_policy(CONFIG, chain_data, trained.params, HPARAMS, target_return, target_cost, -1.0, 1.0)
+        episodes = jax.jit(lambda k: rollout_episodes(env, None, policy, k, 2, HORIZON))(jax.random.PRNGKey(0))
+        np.testing.assert_allclose(episodes.returns, target_return, atol=0.75)
+        np.testing.assert_allclose(episodes.costs, target_cost, atol=0.75)
+
+
+def test_deployed_targets_decrease_by_realised_reward_and_cost(chain_data, trained):
+    policy = cdt.make_policy(CONFIG, chain_data, trained.params, HPARAMS, 10.0, 5.0, -1.0, 1.0)
+    state = policy.init(jax.random.PRNGKey(0))
+    obs = {"obs": jnp.zeros((1,)), "reward": jnp.float32(0.0), "cost": jnp.float32(0.0)}
+    state, _ = policy.step(state, obs, jax.random.PRNGKey(0))
+    state, _ = policy.step(state, {**obs, "reward": jnp.float32(2.0), "cost": jnp.float32(1.0)},
+                           jax.random.PRNGKey(0))
+    assert float(state.target_return) == 8.0 and float(state.target_cost) == 4.0 and int(state.t) == 2
+    np.testing.assert_allclose(state.returns[-2:], [10.0 * 0.1, 8.0 * 0.1], rtol=1e-6)
+    np.testing.assert_array_equal(state.mask, [False, False, False, True, True])
+    np.testing.assert_array_equal(state.timesteps[-2:], [0, 1])
+
+
+def test_bad_targets_and_context_are_refused(chain_data, trained):
+    with pytest.raises(ValueError, match="target_cost"):
+        cdt.make_policy(CONFIG, chain_data, trained.params, HPARAMS, 5.0, -1.0, -1.0, 1.0)
+    with pytest.warns(UserWarning, match="target_return=20.0 is outside"):
+        cdt.make_policy(CONFIG, chain_data, trained.params, HPARAMS, 20.0, 0.0, -1.0, 1.0)
+    with pytest.raises(ValueError, match="CDTConfig.context_len"):
+        cdt.make_train_parts(CONFIG.replace(context_len=HORIZON + 1, max_episode_len=10), chain_data)
+    with pytest.raises(ValueError, match="CDTConfig.d_model"):
+        cdt.CDTConfig(d_model=30, n_heads=4)
+    assert cdt.CDTConfig.preset("osrl") == cdt.CDTConfig()
