@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from jaxsafe.algorithms import Algorithm, ProblemSpace, register_algorithm
-from jaxsafe.offline import baselines, cdt
+from jaxsafe.offline import baselines, bcq_lag, cdt
 from jaxsafe.offline.dataset import load_npz
 
 __all__ = ["DATASETS", "make_dataset", "describe_datasets"]
@@ -46,5 +46,9 @@ for _algorithm in (
               baselines.BCConfig, {"safe_only": True}, baselines.make_train_parts, DATASETS, **_LOSS),
     Algorithm("cdt", "Constrained Decision Transformer (Liu et al. 2023, OSRL's settings)", cdt.CDTConfig, {},
               cdt.make_train_parts, DATASETS, **_LOSS),
+    Algorithm("bcq_lag", "BCQ-Lagrangian with a PID multiplier (OSRL's BCQ-L)", bcq_lag.BCQLagConfig, {},
+              bcq_lag.make_train_parts, DATASETS, curve_metrics=("critic_loss", "cost_estimate"),
+              chunk_means=("critic_loss", "cost_critic_loss", "cost_estimate"), step_unit="samples",
+              cost_limit_field=None),
 ):
     register_algorithm(_algorithm)

@@ -14,7 +14,7 @@ def test_offline_algorithms_are_registered_on_dataset_files(tmp_path):
     data = from_transitions(obs, obs, np.zeros((n, 1), np.float32), np.ones(n, np.float32), np.zeros(n, np.float32),
                             np.zeros(n, bool), np.arange(n) % 3 == 2)
     path = save_npz(data, tmp_path / "data.npz")
-    for name, safe_only in (("bc_all", False), ("bc_safe", True), ("cdt", None)):
+    for name, safe_only in (("bc_all", False), ("bc_safe", True), ("cdt", None), ("bcq_lag", None)):
         algo = get_algorithm(name)
         assert algo.problems is registry.DATASETS and algo.make_act is None
         if safe_only is not None:
