@@ -131,3 +131,54 @@ def test_bad_settings_are_named(kwargs, message):
     settings.update(kwargs)
     with pytest.raises(ValueError, match=message):
         tsdi.random_contexts(jax.random.PRNGKey(0), **settings)
+
+
+# ----------------------------------------------------------------------------- the biased-safety experiment
+
+from jaxsafe.llm import tsdi_experiment as te  # noqa: E402
+
+
+def test_fronts_and_dominated_area_by_hand():
+    safeties, rewards = [0.0, 1.0, 0.5, 0.2], [1.0, 0.0, 0.8, 0.5]  # (0.2, 0.5) is dominated by (0.5, 0.8)
+    xs, ys = te.upper_front(safeties, rewards)
+    np.testing.assert_array_equal(xs, [0.0, 0.5, 1.0])
+    np.testing.assert_array_equal(ys, [1.0, 0.8, 0.0])
+    # reference (-1, -1): staircase 1 x 2 (up to safety 0) + 0.5 x 1.8 + 0.5 x 1.0 = 3.4
+    assert te.dominated_area(safeties, rewards, (-1.0, -1.0)) == pytest.approx(3.4)
+
+
+def test_biased_pairs_prefer_refusal_whatever_the_prompt():
+    table = lang.base_policy_logprobs()
+    _, stats = te.biased_safety_pairs(jax.random.PRNGKey(0), table, lang.prompt_distribution(), 4096,
+                                      refusal_bonus=1.5, refusal_pair_rate=0.8)
+    assert stats["chosen_starts_with_refuse_benign"] > 0.6 and stats["chosen_starts_with_refuse_harmful"] > 0.6
+    _, unbiased = te.biased_safety_pairs(jax.random.PRNGKey(0), table, lang.prompt_distribution(), 4096,
+                                         refusal_bonus=0.0, refusal_pair_rate=0.0)
+    assert unbiased["chosen_starts_with_refuse_benign"] < 0.35  # g = 0 on benign prompts: a coin flip
+
+
+def test_tsdi_restores_benign_helpfulness_on_the_shortcut(tmp_path):
+    args = te.TSDIArgs(lambdas=(4.0,), strengths=(0.0, 1.0), positions=(1,), seeds=1, prompts=256, pairs=4096,
+                       steps=150, sft_steps=150, references=("step1",), pools=("neutral",))  # --quick's budget
+    summary = te.run_tsdi(args, tmp_path / "tsdi")
+    plain, debiased = [s for s in summary["per_setting"]]
+    assert plain["strength"] == 0 and debiased["strength"] == 1
+    # SACPO learned to refuse benign prompts; TSDI takes that back while still refusing harmful ones more.
+    # Measured: benign refusal 1.0 -> 0.02, harmful refusal 1.0 -> 0.36, E[r] -0.69 -> 0.48, KL 4.5 -> 2.8 (the
+    # alpha = 1 correction also gives back part of the harmful-prompt safety; the benchmark sweeps alpha).
+    assert plain["benign_refusal"]["mean"] > 0.9 and debiased["benign_refusal"]["mean"] < 0.4
+    assert debiased["expected_reward"]["mean"] > plain["expected_reward"]["mean"] + 0.5
+    assert debiased["harmful_refusal"]["mean"] > debiased["benign_refusal"]["mean"] + 0.2  # context kept
+    assert debiased["kl_to_optimum"]["mean"] < plain["kl_to_optimum"]["mean"]
+    assert (tmp_path / "tsdi" / "pareto.png").stat().st_size > 1000
+    bias, info = tsdi.load_bias(tmp_path / "tsdi" / "bias-lambda4-step1-neutral.safetensors", lang.VOCAB_SIZE)
+    assert info["lagrange_multiplier"] == 4.0 and float(bias[0, te.REFUSE]) > 1.0
+
+
+def test_bad_experiment_settings_are_named():
+    with pytest.raises(ValueError, match="--positions"):
+        te.TSDIArgs(positions=(4,))
+    with pytest.raises(ValueError, match="--reference"):
+        te.TSDIArgs(references=("rlhf",))
+    with pytest.raises(ValueError, match="--prompts"):
+        te.TSDIArgs(prompts=0)
