@@ -18,6 +18,8 @@ batches cut from a dataset set it to ``False`` on padding).
 * :func:`save_npz` / :func:`load_npz`: ``np.savez`` with a ``format_version`` field; loading uses
   ``allow_pickle=False`` and refuses a file with a missing or ill-shaped field, naming it. Saving never overwrites.
 * :func:`episode_returns`: each episode's return and cost returns (for return/cost ranges and normalised scores).
+* :func:`concatenate`: several datasets as one (episodes in order).
+* :func:`from_dsrl_fields` / :func:`load_hdf5`: DSRL's own files (HDF5, read with the optional ``h5py``).
 
 Arrays are host (numpy) arrays; jitted learners take them as they are.
 """
@@ -38,7 +40,8 @@ from jaxsafe.rl.gae import returns_to_go
 from jaxsafe.validation import is_int, require
 
 __all__ = ["FORMAT_VERSION", "DSRL_FIELDS", "DERIVED_FIELDS", "TrajectoryDataset", "from_transitions",
-           "collect_dataset", "save_npz", "load_npz", "episode_returns"]
+           "collect_dataset", "save_npz", "load_npz", "episode_returns", "concatenate", "from_dsrl_fields",
+           "load_hdf5"]
 
 #: Version of the ``.npz`` layout written by :func:`save_npz` (stored in the file as ``format_version``).
 FORMAT_VERSION = 1
@@ -238,3 +241,54 @@ def load_npz(path: str | os.PathLike) -> TrajectoryDataset:
     if unknown:
         raise ValueError(f"{path}: unknown dataset fields {unknown}; a dataset has {list(TrajectoryDataset._fields)}")
     return TrajectoryDataset(**fields)
+
+
+def concatenate(datasets) -> TrajectoryDataset:
+    """The episodes of ``datasets`` (a non-empty sequence, same observation/action/cost shapes) one after another."""
+    datasets = list(datasets)
+    require(len(datasets) > 0, "datasets", "a non-empty sequence of TrajectoryDataset", datasets)
+    fields = {name: np.concatenate([np.asarray(getattr(d, name)) for d in datasets]) for name in DSRL_FIELDS}
+    return from_transitions(**fields, source="concatenate")
+
+
+def from_dsrl_fields(fields, source: str = "DSRL dataset") -> TrajectoryDataset:
+    """A dataset from a mapping holding DSRL's seven keys (an open HDF5 file, a dict of arrays).
+
+    As DSRL does, arrays of shape ``[N, 1]`` for rewards, costs, terminals and timeouts are squeezed, floats are
+    cast to float32 and the end markers to bool; other keys are ignored.
+
+    Raises:
+      ValueError: a missing key, or a field with the wrong shape, non-finite values or episodes without an end
+        (the message names the field).
+    """
+    missing = [name for name in DSRL_FIELDS if name not in fields]
+    if missing:
+        raise ValueError(f"{source}: dataset field {missing[0]!r} is missing (a DSRL file has {list(DSRL_FIELDS)})")
+    arrays = {}
+    for name in DSRL_FIELDS:
+        value = np.asarray(fields[name])
+        if name in ("rewards", "costs", "terminals", "timeouts") and value.ndim == 2 and value.shape[1] == 1:
+            value = value[:, 0]
+        if name in ("terminals", "timeouts"):
+            if value.dtype != np.bool_ and not np.all((value == 0) | (value == 1)):
+                raise ValueError(f"{source}: dataset field {name!r} must hold booleans or 0/1, got other values")
+            value = value.astype(bool)
+        elif value.dtype.kind == "f":
+            value = value.astype(np.float32)
+        arrays[name] = value
+    return from_transitions(**arrays, source=source)
+
+
+def load_hdf5(path: str | os.PathLike) -> TrajectoryDataset:
+    """Read a DSRL HDF5 dataset file (needs ``h5py``: ``pip install h5py``) with :func:`from_dsrl_fields`.
+
+    Raises:
+      ImportError: ``h5py`` is not installed. ValueError: as :func:`from_dsrl_fields`.
+    """
+    try:
+        import h5py
+    except ImportError as err:
+        raise ImportError("reading DSRL .hdf5 files needs the optional h5py package (pip install h5py)") from err
+    with h5py.File(path, "r") as handle:
+        fields = {name: handle[name][()] for name in DSRL_FIELDS if name in handle}
+    return from_dsrl_fields(fields, source=str(path))
