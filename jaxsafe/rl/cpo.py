@@ -55,14 +55,12 @@ import optax
 from flax import struct
 
 from jaxsafe import constraints, losses
-from jaxsafe.envs.core import SafeEnv, wrap_for_training
+from jaxsafe.envs.core import SafeEnv
 from jaxsafe.learner import Config, HParams, TrainParts, make_train_from_parts
 from jaxsafe.rl import trust_region
-from jaxsafe.rl.networks import Critic, make_actor
 from jaxsafe.rl.ppo import (ActorCriticParams, PPOHParams, RolloutBudget, centre_cost_advantages, check_cost_limit,
                             check_networks, check_rollout_budget, compute_advantages, cost_shape, cost_totals,
-                            cost_value_loss, env_problem, make_act, make_collect_rollout, make_cost_critic,
-                            mean_step_cost, with_cost_shape)
+                            cost_value_loss, env_problem, make_act, make_on_policy, mean_step_cost, with_cost_shape)
 from jaxsafe.validation import is_int, non_negative, open_unit_interval, positive, require
 
 __all__ = ["METHODS", "CPOConfig", "CPOHParams", "CPOState", "make_train_parts", "make_train", "make_act"]
@@ -183,32 +181,19 @@ def make_train_parts(config: CPOConfig, env: SafeEnv | tuple, env_params: Any = 
     if config.method == "cpo" and n_costs != 1:
         raise ValueError(f"CPOConfig.method='cpo' handles one cost (its trust-region step has one cost constraint), "
                          f"but {env.name} has {n_costs} costs; use method='trpo_lag' (one multiplier per cost)")
-    vec_env = wrap_for_training(env, config.num_envs)
-    action_space = env.action_space(env_params)
-    actor = make_actor(action_space, config.hidden, config.activation, config.policy)
-    critic = Critic(config.hidden, config.activation)
-    cost_critic = make_cost_critic(config, n_costs)
-    collect = make_collect_rollout(vec_env, env_params, actor, critic, action_space, config.num_steps, cost_critic)
+    setup = make_on_policy(config, env, env_params)
+    actor, critic, cost_critic, collect = setup.actor, setup.critic, setup.cost_critic, setup.collect
     # CPO's constraint state is its learned margin (starts at 0); TRPO-Lagrangian's is its multiplier.
     handler = constraints.learned_margin() if config.method == "cpo" else constraints.make_handler(config.multiplier)
     critic_optimizer = optax.scale_by_adam()
-    obs_shape = env.observation_space(env_params).shape
     minibatch_size = config.batch_size // config.critic_minibatches
     is_cpo = config.method == "cpo"
 
     def init(key, hparams):
         check_cost_limit(hparams, env)
-        key, actor_key, critic_key, cost_key, env_key = jax.random.split(key, 5)
-        dummy = jnp.zeros(obs_shape, jnp.float32)
-        params = ActorCriticParams(
-            actor=actor.init(actor_key, dummy),
-            critic=critic.init(critic_key, dummy),
-            cost_critic=cost_critic.init(cost_key, dummy),
-        )
-        env_state, timestep = vec_env.reset(env_key, env_params)
+        params, env_state, obs, key = setup.init(key)
         return CPOState(params, critic_optimizer.init((params.critic, params.cost_critic)),
-                        handler.init(hparams, cost_shape(n_costs)), env_state, timestep.obs, key,
-                        jnp.zeros((), jnp.int32))
+                        handler.init(hparams, cost_shape(n_costs)), env_state, obs, key, jnp.zeros((), jnp.int32))
 
     def critic_loss(critic_params, batch):
         obs, value_target, cost_target = batch

@@ -57,8 +57,8 @@ from jaxsafe.types import Transition
 from jaxsafe.validation import is_int, non_negative, positive, require, unit_interval
 
 __all__ = ["MULTIPLIERS", "PPOConfig", "PPOHParams", "PPOState", "ActorCriticParams", "RolloutBudget",
-           "RolloutStats", "Rollout", "env_problem", "rollout_episode_stats", "make_collect_rollout",
-           "compute_advantages", "make_train_parts", "make_train", "make_act"]
+           "RolloutStats", "Rollout", "OnPolicySetup", "env_problem", "rollout_episode_stats", "make_collect_rollout",
+           "make_on_policy", "compute_advantages", "make_train_parts", "make_train", "make_act"]
 
 MULTIPLIERS = ("none", "lagrangian", "pid", "fixed")
 
@@ -97,7 +97,7 @@ def check_rollout_budget(config, name: str, minibatch_field: str) -> None:
             f"an integer >= one batch (num_envs * num_steps = {config.batch_size})", config.total_steps)
     minibatches = getattr(config, minibatch_field)
     require(is_int(minibatches) and config.batch_size % minibatches == 0, f"{name}.{minibatch_field}",
-            f"a positive divisor of the batch num_envs * num_steps = {config.batch_size}", minibatches)
+            f"a divisor of the batch num_envs * num_steps = {config.batch_size} (a positive integer)", minibatches)
 
 
 def check_networks(config, name: str) -> None:
@@ -381,6 +381,44 @@ def make_collect_rollout(vec_env, env_params: Any, actor, critic, action_space, 
     return collect
 
 
+class OnPolicySetup(NamedTuple):
+    """The pieces every on-policy learner builds from its config and environment (:func:`make_on_policy`)."""
+
+    env: SafeEnv
+    env_params: Any
+    vec_env: Any  # the auto-resetting, statistics-keeping, vectorised environment
+    actor: Any
+    critic: Any
+    cost_critic: Any  # one output per cost (make_cost_critic)
+    collect: Any  # make_collect_rollout's collect(params, env_state, obs, key) -> Rollout
+    n_costs: int
+
+    def init(self, key) -> tuple[ActorCriticParams, Any, Any, jax.Array]:
+        """``(params, env_state, obs, key)``: fresh networks and environments from one key (the split every
+        learner uses, so a given seed starts PPO, CPO and TRPO-Lag from the same networks)."""
+        key, actor_key, critic_key, cost_key, env_key = jax.random.split(key, 5)
+        dummy = jnp.zeros(self.env.observation_space(self.env_params).shape, jnp.float32)
+        params = ActorCriticParams(
+            actor=self.actor.init(actor_key, dummy),
+            critic=self.critic.init(critic_key, dummy),
+            cost_critic=self.cost_critic.init(cost_key, dummy),
+        )
+        env_state, timestep = self.vec_env.reset(env_key, self.env_params)
+        return params, env_state, timestep.obs, key
+
+
+def make_on_policy(config, env: SafeEnv, env_params: Any) -> OnPolicySetup:
+    """Actor, critics and rollout for ``config`` (``num_envs``, ``num_steps``, ``hidden``, ``activation``,
+    ``policy``) on ``env``."""
+    vec_env = wrap_for_training(env, config.num_envs)
+    action_space = env.action_space(env_params)
+    actor = make_actor(action_space, config.hidden, config.activation, config.policy)
+    critic = Critic(config.hidden, config.activation)
+    cost_critic = make_cost_critic(config, env.n_costs)
+    collect = make_collect_rollout(vec_env, env_params, actor, critic, action_space, config.num_steps, cost_critic)
+    return OnPolicySetup(env, env_params, vec_env, actor, critic, cost_critic, collect, env.n_costs)
+
+
 def compute_advantages(traj: Transition, hparams: Any):
     """Reward and cost GAE of a ``[T, E]`` rollout: ``(advantages, value_targets, cost_advantages, cost_targets)``.
 
@@ -407,33 +445,21 @@ def make_train_parts(config: PPOConfig, env: SafeEnv | tuple, env_params: Any = 
     """The learner as ``init`` and ``update`` (see the module docstring); ``env`` may be the ``(env, env_params)``
     pair ``envs.make`` returns."""
     env, env_params = env_problem(env, env_params)
-    vec_env = wrap_for_training(env, config.num_envs)
-    action_space = env.action_space(env_params)
-    actor = make_actor(action_space, config.hidden, config.activation, config.policy)
-    critic = Critic(config.hidden, config.activation)
-    n_costs = env.n_costs
-    cost_critic = make_cost_critic(config, n_costs)
-    collect = make_collect_rollout(vec_env, env_params, actor, critic, action_space, config.num_steps, cost_critic)
+    setup = make_on_policy(config, env, env_params)
+    actor, critic, cost_critic, collect, n_costs = (setup.actor, setup.critic, setup.cost_critic, setup.collect,
+                                                    setup.n_costs)
     handler = constraints.make_handler(config.multiplier)
     optimizer = optax.chain(optax.clip_by_global_norm(config.max_grad_norm), optax.scale_by_adam(eps=1e-5))
-    obs_shape = env.observation_space(env_params).shape
 
     def init(key, hparams):
         check_cost_limit(hparams, env)
-        key, actor_key, critic_key, cost_key, env_key = jax.random.split(key, 5)
-        dummy = jnp.zeros(obs_shape, jnp.float32)
-        params = ActorCriticParams(
-            actor=actor.init(actor_key, dummy),
-            critic=critic.init(critic_key, dummy),
-            cost_critic=cost_critic.init(cost_key, dummy),
-        )
-        env_state, timestep = vec_env.reset(env_key, env_params)
+        params, env_state, obs, key = setup.init(key)
         return PPOState(
             params=params,
             opt_state=optimizer.init(params),
             constraint=handler.init(hparams, cost_shape(n_costs)),
             env_state=env_state,
-            obs=timestep.obs,
+            obs=obs,
             key=key,
             update_step=jnp.zeros((), jnp.int32),
         )

@@ -1,7 +1,6 @@
 """Trajectory datasets: hand-computed returns-to-go, collection from rollouts, exact .npz round trips, bad files."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
