@@ -82,15 +82,16 @@ def task_budget(task: str, mode: str, args) -> tuple[int, int, int]:
 
 def run_pair(task: str, algorithm: str, seeds: int, total_steps: int, num_envs: int, num_steps: int,
              lanes: str = "vmap", cpo_margin_lr: float = 0.0) -> dict:
-    env, env_params = envs.make(task)
+    problem = envs.make(task)  # the (env, env_params) pair every registered RL learner takes
     algo = get_algorithm(algorithm)
     config = algo.make_config(num_envs=num_envs, num_steps=num_steps, total_steps=total_steps)
-    hparams = config.default_hparams().replace(cost_limit=np.float32(COST_LIMIT))
+    hparams = algo.hparams_for(config, problem)  # one cost_limit per cost of the task
+    hparams = hparams.replace(cost_limit=np.full(np.shape(hparams.cost_limit), COST_LIMIT, np.float32))
     if algorithm == "cpo":  # Safety Starter Agents' learned margin; 0 = plain CPO (OmniSafe's)
         hparams = hparams.replace(margin_lr=np.float32(cpo_margin_lr))
     hparams = hparams.as_arrays().validate()
     grid = sweep.make_grid(hparams, seeds=seeds)
-    parts = algo.make_train_parts(config, (env, env_params))
+    parts = algo.make_train_parts(config, problem)
     train = train_from_parts(parts)
     if lanes == "vmap":  # the sweep as jaxsafe.sweep.run_grid compiles it
         program = jax.jit(jax.vmap(train))
