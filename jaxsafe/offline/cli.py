@@ -1,0 +1,125 @@
+"""``jaxsafe offline collect|train|eval``: datasets from behaviour ladders, training through the generic runner,
+evaluation with DSRL's metrics. Wired into ``jaxsafe`` by :func:`add_subparser`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+__all__ = ["add_subparser"]
+
+
+def _floats(text: str, flag: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"{flag}: a comma-separated list of numbers, got {text!r}") from None
+
+
+def _key_values(items: list[str], flag: str) -> dict:
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"{flag}: FIELD=VALUE, got {item!r}")
+        field, value = item.split("=", 1)
+        try:
+            parsed = [int(v) for v in value.split(",")] if "," in value else int(value)
+        except ValueError:
+            try:
+                parsed = float(value)
+            except ValueError:
+                parsed = value
+        out[field] = tuple(parsed) if isinstance(parsed, list) else parsed
+    return out
+
+
+def cmd_collect(args) -> int:
+    import jax
+
+    from jaxsafe.offline import collect
+    from jaxsafe.offline.dataset import save_npz
+
+    out = Path(args.out)
+    if out.suffix != ".npz":
+        out = out.with_name(out.name + ".npz")
+    for path in (out, collect.card_path(out)):
+        if path.exists():
+            raise FileExistsError(f"--out: {path} exists (a dataset is never overwritten)")
+    overrides = _key_values(args.train_set, "--train-set")
+    dataset, card = collect.collect_ladder(
+        args.task, jax.random.PRNGKey(args.seed), args.episodes, _floats(args.cost_limits, "--cost-limits"),
+        algorithms=[a for a in args.algorithms.split(",") if a], train_overrides=overrides,
+        max_steps=args.max_steps, seed=args.seed, progress=not args.quiet)
+    save_npz(dataset, out)
+    collect.save_card(card, out)
+    print(f"{card['num_episodes']} episodes ({card['num_steps']} steps) of {len(card['behaviours'])} behaviour "
+          f"policies on {args.task}; return range {card['return_range']}, cost range {card['cost_range']}")
+    print(f"dataset: {out}\ncard: {collect.card_path(out)}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from jaxsafe.cli import main
+
+    argv = ["train", args.algorithm, "--problem", args.data, "--seeds", str(args.seeds),
+            "--chunks", str(args.chunks)]
+    for item in args.set:
+        argv += ["--set", item]
+    if args.out:
+        argv += ["--out", args.out]
+    if args.quiet:
+        argv.append("--quiet")
+    return main(argv)
+
+
+def cmd_eval(args) -> int:
+    from jaxsafe.offline.evaluation import evaluate_run
+
+    rows = evaluate_run(args.run_dir, args.target_return, args.target_cost, args.episodes, args.threshold,
+                        args.task, args.seed)
+    print(f"{'lane':<40} {'norm. reward':>14} {'norm. cost':>14} {'safe':>5} {'return':>9} {'cost':>8}")
+    for row in rows:
+        label = ", ".join(f"{k}={v}" for k, v in row.items() if k not in (
+            "reward", "reward_std", "cost", "cost_std", "safe", "return", "threshold", "checkpoint_step"))
+        print(f"{label:<40} {row['reward']:>7.3f}±{row['reward_std']:<6.3f} {row['cost']:>7.3f}±"
+              f"{row['cost_std']:<6.3f} {str(row['safe']):>5} {row['return']:>9.2f} {row['cost'] * row['threshold']:>8.2f}")
+    return 0
+
+
+def add_subparser(subparsers) -> None:
+    """Add ``offline collect|train|eval`` to the ``jaxsafe`` command's subparsers."""
+    offline = subparsers.add_parser("offline", help="offline safe RL: datasets, CDT and baselines (DSRL metrics)")
+    sub = offline.add_subparsers(dest="offline_command", required=True)
+
+    p = sub.add_parser("collect", help="collect a dataset from a ladder of behaviour policies")
+    p.add_argument("task", help="an environment (`jaxsafe list`)")
+    p.add_argument("--episodes", type=int, required=True, help="episodes per behaviour policy")
+    p.add_argument("--out", required=True, help="a new .npz file (its card is written beside it as .json)")
+    p.add_argument("--cost-limits", default="0,10,25,50,100", help="the ladder's cost limits (comma-separated)")
+    p.add_argument("--algorithms", default="ppo_lag", help="behaviour learners, e.g. ppo_lag,cpo")
+    p.add_argument("--train-set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="behaviour learner config field, e.g. --train-set total_steps=200000")
+    p.add_argument("--max-steps", type=int, default=None, help="episode length (default: the task's horizon)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_collect)
+
+    p = sub.add_parser("train", help="train an offline learner on a dataset file (the generic runner)")
+    p.add_argument("algorithm", help="bc_all, bc_safe, bcq_lag or cdt")
+    p.add_argument("--data", required=True, help="a dataset .npz file")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE")
+    p.add_argument("--seeds", type=int, default=1)
+    p.add_argument("--chunks", type=int, default=20)
+    p.add_argument("--out", default=None)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate a trained offline run with DSRL's normalised reward and cost")
+    p.add_argument("run_dir")
+    p.add_argument("--target-return", type=float, default=None, help="the CDT's target return")
+    p.add_argument("--target-cost", type=float, default=None, help="the CDT's target cost")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="cost threshold of the normalised cost (default: target cost, or the run's cost_limit)")
+    p.add_argument("--episodes", type=int, default=20)
+    p.add_argument("--task", default=None, help="environment (default: the dataset card's task)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_eval)

@@ -1,0 +1,93 @@
+"""Evaluation of trained offline learners with DSRL's metrics: the policy of each learner, and whole run directories.
+
+* :func:`make_policy`: the :class:`~jaxsafe.policy.Policy` of a trained ``bc_all`` / ``bc_safe`` / ``bcq_lag`` /
+  ``cdt`` (the CDT conditioned on ``(target_return, target_cost)``) and the environment to play it on (the CDT
+  reads its realised reward and cost through :class:`~jaxsafe.offline.feedback.RewardCostFeedback`).
+* :func:`evaluate_policy`: vmapped episodes scored by :func:`jaxsafe.offline.metrics.score`.
+* :func:`evaluate_run`: every lane of a run directory written by ``jaxsafe train ALGO --problem DATA.npz`` on the
+  task named in the dataset's card.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from jaxsafe import envs
+from jaxsafe.evaluate import rollout_episodes
+from jaxsafe.offline import baselines, bcq_lag, cdt, metrics
+from jaxsafe.offline.collect import load_card
+from jaxsafe.offline.feedback import RewardCostFeedback
+from jaxsafe.sweep import lane
+
+__all__ = ["make_policy", "evaluate_policy", "evaluate_run"]
+
+
+def make_policy(algorithm: str, config, dataset, params, hparams, env, env_params, target_return=None,
+                target_cost=None):
+    """``(policy, env)``: the trained learner's policy and the environment wrapper it plays on."""
+    space = env.action_space(env_params)
+    if algorithm == "cdt":
+        if target_return is None or target_cost is None:
+            raise ValueError("cdt needs --target-return and --target-cost (the CDT is conditioned on them)")
+        return (cdt.make_policy(config, dataset, params, hparams, target_return, target_cost, space.low, space.high),
+                RewardCostFeedback(env))
+    if algorithm in ("bc_all", "bc_safe"):
+        return baselines.make_policy(config, dataset, params, space.low, space.high), env
+    if algorithm == "bcq_lag":
+        return bcq_lag.make_policy(config, dataset, params, hparams), env
+    raise ValueError(f"algorithm: one of bc_all, bc_safe, bcq_lag, cdt, got {algorithm!r}")
+
+
+def evaluate_policy(policy, env, env_params, key, episodes: int, max_steps: int, reward_min: float,
+                    reward_max: float, threshold: float) -> dict:
+    """DSRL's score of ``episodes`` vmapped episodes, plus the raw mean return and cost."""
+    rollouts = jax.jit(lambda k: rollout_episodes(env, env_params, policy, k, episodes, max_steps))(key)
+    returns, costs = np.asarray(rollouts.returns), np.asarray(rollouts.costs)
+    score = metrics.score(returns, costs, reward_min, reward_max, threshold)
+    return {**score._asdict(), "return": float(returns.mean()), "cost": float(costs.mean())}
+
+
+def evaluate_run(out_dir, target_return=None, target_cost=None, episodes: int = 20, threshold=None,
+                 task: str | None = None, seed: int = 0) -> list[dict]:
+    """One result row per lane of the run in ``out_dir`` (its newest checkpoint).
+
+    ``task`` defaults to the dataset card's; ``threshold`` to ``target_cost`` (CDT) or the lane's ``cost_limit``.
+
+    Raises:
+      ValueError: a negative target, a missing card and no ``task``, or an algorithm that is not offline.
+    """
+    from jaxsafe import checkpoint
+    from jaxsafe.logging import RunDir
+    from jaxsafe.runner import RunSpec, _build
+
+    run_dir = RunDir(out_dir, must_exist=True)
+    spec = RunSpec.from_json(run_dir.read_config())
+    algo, dataset, config, grid, parts = _build(spec)
+    if task is None:
+        card_file = Path(spec.problem).with_suffix(".json")
+        if not card_file.is_file():
+            raise ValueError(f"task: the dataset {spec.problem} has no card ({card_file}); pass --task")
+        card = load_card(spec.problem)
+        task, max_steps = card["task"], int(card["max_steps"])
+    else:
+        max_steps = None
+    env, env_params = envs.make(task)
+    if max_steps is None:
+        max_steps = int(getattr(env_params, "max_steps", 1000))
+    template = jax.vmap(parts.init)(grid.keys, grid.hparams)
+    step, state = checkpoint.restore(run_dir.checkpoint_dir, template)
+    reward_min, reward_max = metrics.reward_range(dataset)
+    rows = []
+    for index, point in enumerate(grid.points):
+        hparams = lane(grid.hparams, index)
+        policy, play_env = make_policy(spec.algorithm, config, dataset, lane(state.params, index), hparams, env,
+                                       env_params, target_return, target_cost)
+        limit = threshold if threshold is not None else (
+            target_cost if spec.algorithm == "cdt" else float(getattr(hparams, "cost_limit")))
+        row = evaluate_policy(policy, play_env, env_params, jax.random.PRNGKey(seed), episodes, max_steps,
+                              reward_min, reward_max, float(limit))
+        rows.append({**point, "threshold": float(limit), "checkpoint_step": int(step), **row})
+    return rows

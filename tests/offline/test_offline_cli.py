@@ -1,0 +1,45 @@
+"""``jaxsafe offline train|eval`` end to end on a tiny ChancePoint2D dataset with a card; collect refuses to
+overwrite."""
+
+import jax
+import pytest
+
+from jaxsafe import envs
+from jaxsafe.cli import main
+from jaxsafe.offline import collect
+from jaxsafe.offline.dataset import collect_dataset, episode_returns, save_npz
+from jaxsafe.offline.evaluation import evaluate_run
+from jaxsafe.policy import stateless
+
+
+@pytest.fixture(scope="module")
+def data_path(tmp_path_factory):
+    env, params = envs.make("ChancePoint2D", max_steps=6)
+    space = env.action_space(params)
+    policy = stateless(lambda obs, key: jax.random.uniform(key, space.shape, minval=space.low, maxval=space.high))
+    data = collect_dataset(env, params, policy, jax.random.PRNGKey(0), 8, 6)
+    path = save_npz(data, tmp_path_factory.mktemp("offline") / "point.npz")
+    returns, costs = episode_returns(data)
+    collect.save_card(dict(task="ChancePoint2D", max_steps=6, return_range=[float(returns.min()),
+                                                                            float(returns.max())]), path)
+    return path
+
+
+def test_offline_train_then_eval_with_dsrl_metrics(data_path, tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(["offline", "train", "bc_safe", "--data", str(data_path), "--set", "num_updates=10", "--set",
+                 "batch_size=8", "--set", "hidden=8", "--set", "cost_limit=100", "--out", str(out), "--quiet",
+                 "--chunks", "2"])
+    assert code == 0
+    rows = evaluate_run(out, episodes=4, task="ChancePoint2D")
+    assert len(rows) == 1 and rows[0]["threshold"] == 100.0 and rows[0]["checkpoint_step"] >= 1
+    assert 0.0 <= rows[0]["cost"] and rows[0]["safe"] == (rows[0]["cost"] <= 1.0)
+    assert main(["offline", "eval", str(out), "--episodes", "2"]) == 0  # the card names the task
+    assert "norm. reward" in capsys.readouterr().out
+    with pytest.raises(SystemExit):  # an unknown task is refused
+        main(["offline", "eval", str(out), "--episodes", "2", "--task", "NoSuchTask"])
+
+
+def test_offline_collect_refuses_an_existing_file(data_path):
+    with pytest.raises(SystemExit):
+        main(["offline", "collect", "ChancePoint2D", "--episodes", "1", "--out", str(data_path)])
