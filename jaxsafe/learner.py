@@ -50,8 +50,9 @@ class HParams:
     rules: ClassVar[dict[str, Rule]] = {}
 
     def as_arrays(self):
-        """Every field as a float32 array (scalars stay 0-d; vector fields keep their shape)."""
-        return jax.tree.map(lambda v: jnp.asarray(v, jnp.float32), self)
+        """Every field as one float32 array (scalars stay 0-d; a list or vector field becomes a 1-d array)."""
+        return self.replace(**{f.name: jnp.asarray(getattr(self, f.name), jnp.float32)
+                               for f in dataclasses.fields(self)})
 
     def validate(self):
         """Raise ``ValueError`` naming the first out-of-range field (concrete values only; tracers pass)."""

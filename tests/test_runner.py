@@ -57,11 +57,11 @@ def test_chunked_run_equals_one_program(full_run):
 
     Equal up to float rounding only: XLA may fuse a scan of 2 updates differently from one of 6. Resuming is
     bit-identical because it replays the same compiled chunks (test above)."""
-    _, env, env_params, config, grid, _ = runner._build(tiny_spec())
+    built = runner._build(tiny_spec())
     from jaxsafe import sweep
     from jaxsafe.rl import ppo
 
-    result = sweep.run_grid(ppo.make_train(config, env, env_params), grid)
+    result = sweep.run_grid(ppo.make_train(built.config, built.problem), built.grid)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), result.params,
                  full_run.state.params)
 
@@ -100,8 +100,8 @@ def test_nan_stops_and_keeps_last_good_checkpoint(tmp_path):
 
 
 @pytest.mark.parametrize("overrides,message", [
-    ({"learning_rate": "-1"}, "hparams.learning_rate must be > 0"),
-    ({"cost_limit": "-3"}, "hparams.cost_limit must be >= 0"),
+    ({"learning_rate": "-1"}, "PPOHParams.learning_rate must be > 0"),
+    ({"cost_limit": "-3"}, "PPOHParams.cost_limit must be >= 0"),
     ({"num_minibatches": "5"}, "num_minibatches must be a divisor"),
     ({"warp_speed": "9"}, "unknown field 'warp_speed'"),
 ])
@@ -168,3 +168,19 @@ def test_cli_resume_missing_dir_exit_2(tmp_path, capsys):
 def test_console_script_help():
     proc = subprocess.run([sys.executable, "-m", "jaxsafe.cli", "--help"], capture_output=True, text=True)
     assert proc.returncode == 0 and "sweep" in proc.stdout
+
+
+def test_two_cost_environment_through_the_runner(tmp_path):
+    spec = runner.make_spec("ppo_lag", "SafeGridWorld", seeds=2, overrides={**TINY, "cost_limit": "0,3"},
+                            env_overrides={"layout": "two_costs", "max_steps": 20}, num_chunks=2)
+    assert spec.hparams["cost_limit"] == [0.0, 3.0]
+    result = runner.run_training(spec, tmp_path / "two", progress=False)
+    row = result.rows[-1]
+    assert len(row["episode_cost"]) == 2 and len(row["multiplier"]) == 2
+    point = result.summary["points"][0]
+    assert np.shape(point["episode_cost"]["mean"]) == (2,)
+    assert result.run_dir.figure_path.stat().st_size > 1000
+    with pytest.raises(ValueError, match="cost_limit must have shape"):
+        runner.run_training(runner.make_spec("ppo_lag", "SafeGridWorld", overrides={**TINY, "cost_limit": "2"},
+                                             env_overrides={"layout": "two_costs"}), tmp_path / "scalar",
+                            progress=False)
