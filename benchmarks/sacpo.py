@@ -64,18 +64,22 @@ def _timed(fn, *args):
 def expected_learned_cost(task, models, table) -> float:
     """E_{x, y ~ table}[c_hat(x, y)]: the cost model's score on all 595 sequences, weighted by the policy."""
     n_prompts, n_responses = table.shape
-    seqs = lang.sequences(jnp.repeat(jnp.arange(n_prompts), n_responses), jnp.tile(jnp.arange(n_responses), n_prompts))
-    costs = jax.jit(lambda p: safe_rlhf.model_lib.scores(models.graphdef, p, seqs.tokens,
-                                                         attention_mask=seqs.attention_mask))(models.cost_params)
+    seqs = lang.sequences(jnp.repeat(jnp.arange(n_prompts), n_responses),
+                          jnp.tile(jnp.arange(n_responses), n_prompts))
+    score = jax.jit(lambda p: safe_rlhf.model_lib.scores(models.graphdef, p, seqs.tokens,
+                                                         attention_mask=seqs.attention_mask))
+    costs = score(models.cost_params)
     return float(lang.expected_value(table, costs[:, 0].reshape(n_prompts, n_responses), task.prompt_probs))
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=RESULTS,
-                        help="directory for sacpo.{json,md,png} (default benchmarks/results, the stored numbers)")
+                        help="directory for sacpo.{json,md,png} (default benchmarks/results, the stored "
+                             "numbers)")
     args = parser.parse_args(argv)
     n_pairs, n_steps = (8192, 250) if args.quick else (32768, 600)
     batch_size, learning_rate = 128, 3e-3
@@ -87,7 +91,8 @@ def main(argv=None) -> None:
     task = prepare_task(task_key, n_pairs, "small", sft_steps=300)
     problem = sacpo_problem(task, {"reward": task.reward_pairs, "safety": task.safety_pairs})
     front = exact_front(task, BETA)
-    rows = {"sft": {"method": "SFT", "setting": "-", **exact_point(task, task.sft_table), "gradient_steps": 0}}
+    rows = {"sft": {"method": "SFT", "setting": "-", **exact_point(task, task.sft_table),
+                    "gradient_steps": 0}}
     # lambda* from the exact dual on the SFT policy with the known g joins the paper-style grid
     lambda_star = float(sacpo.minimize_dual(task.sft_table, task.reward, task.safety, task.prompt_probs, BETA,
                                             THRESHOLD))
@@ -101,7 +106,8 @@ def main(argv=None) -> None:
     train = sacpo.make_train(config, problem)
     print(f"SACPO grid ({len(lambdas)} points x 2 stages x {n_steps} steps), vmapped ...", flush=True)
     result, vmapped_first = _timed(sweep.run_grid, train, grid)
-    _, vmapped_steady = _timed(sweep.run_grid, train, grid._replace(keys=jnp.tile(jax.random.PRNGKey(99)[None],
+    _, vmapped_steady = _timed(sweep.run_grid, train,
+                               grid._replace(keys=jnp.tile(jax.random.PRNGKey(99)[None],
                                                                                    (grid.size, 1))))
     print("SACPO grid point by point ...", flush=True)
     single = jax.jit(train)
@@ -110,8 +116,10 @@ def main(argv=None) -> None:
     for index in range(len(lambdas)):
         _, seconds = _timed(single, sacpo_key, sweep.lane(grid.hparams, index))
         sequential_steady += seconds
-    timing = {"grid_points": len(lambdas), "vmapped_first_call_s": vmapped_first, "vmapped_steady_s": vmapped_steady,
-              "sequential_first_point_incl_compile_s": sequential_first, "sequential_steady_s": sequential_steady,
+    timing = {"grid_points": len(lambdas), "vmapped_first_call_s": vmapped_first,
+              "vmapped_steady_s": vmapped_steady,
+              "sequential_first_point_incl_compile_s": sequential_first,
+              "sequential_steady_s": sequential_steady,
               "sequential_total_incl_compile_s": sequential_first + sequential_steady
               - sequential_steady / len(lambdas),
               "steady_speedup": sequential_steady / vmapped_steady}
@@ -119,7 +127,8 @@ def main(argv=None) -> None:
     # the step-1 model: the same run with the reward stage only (every lane shares it: same key, same beta)
     step1 = jax.jit(sacpo.make_train(config.replace(stages=("reward",)), problem))(sacpo_key, hparams)
     rows["step1"] = {"method": "step 1 (DPO on r)", "setting": f"β={BETA:g}",
-                     **exact_point(task, logprob_table(task.graphdef, step1.params), optimum_table(task, BETA, 0.0)),
+                     **exact_point(task, logprob_table(task.graphdef, step1.params),
+                                   optimum_table(task, BETA, 0.0)),
                      "gradient_steps": n_steps}
     for index, lam in enumerate(lambdas):
         table = logprob_table(task.graphdef, sweep.lane(result.params, index))
@@ -133,7 +142,8 @@ def main(argv=None) -> None:
     reversed_result = sweep.run_grid(sacpo.make_train(reversed_config, problem), grid)
     for index, lam in enumerate(lambdas):
         table = logprob_table(task.graphdef, sweep.lane(reversed_result.params, index))
-        rows[f"reversed_{lam:g}"] = {"method": "SACPO reversed", "setting": f"λ={lam:g}", "lagrange_multiplier": lam,
+        rows[f"reversed_{lam:g}"] = {"method": "SACPO reversed", "setting": f"λ={lam:g}",
+                                     "lagrange_multiplier": lam,
                                      **exact_point(task, table, optimum_table(task, BETA, lam)),
                                      "gradient_steps": 2 * n_steps}
 
@@ -143,19 +153,24 @@ def main(argv=None) -> None:
     lambda_bar = lambdas[bar]
     params_reward, params_bar = step1.params, sweep.lane(result.params, bar)
     gaps = sacpo.merge_gaps(task.graphdef, params_reward, params_bar, QS,
-                            lambda q: optimum_table(task, BETA, q * lambda_bar), logprob_table, task.prompt_probs)
+                            lambda q: optimum_table(task, BETA,
+                                                    q * lambda_bar), logprob_table, task.prompt_probs)
     table_reward = logprob_table(task.graphdef, params_reward)
     table_bar = logprob_table(task.graphdef, params_bar)
     from jaxsafe.llm import merge  # local: only the plane points need the merged tables
 
     for q, target in zip(QS, gaps.targets):
         weight_table = logprob_table(task.graphdef, merge.interpolate_params(params_reward, params_bar, q))
-        mix_graphdef, mix_state = merge.make_logit_mixture(task.graphdef, params_reward, task.graphdef, params_bar, q)
+        mix_graphdef, mix_state = merge.make_logit_mixture(task.graphdef, params_reward, task.graphdef,
+                                                           params_bar, q)
         token_table = logprob_table(mix_graphdef, mix_state)
         sequence_table = sacpo.sequence_logprob_merge(table_reward, table_bar, q)
-        for name, table in (("weight", weight_table), ("token-logit", token_table), ("sequence-logprob", sequence_table)):
-            rows[f"psacpo_{name}_{q:g}"] = {"method": f"P-SACPO {name} merge", "setting": f"q={q:g} (λ={q * lambda_bar:g})",
-                                            "lagrange_multiplier": q * lambda_bar, **exact_point(task, table, target),
+        for name, table in (("weight", weight_table), ("token-logit", token_table),
+                            ("sequence-logprob", sequence_table)):
+            rows[f"psacpo_{name}_{q:g}"] = {"method": f"P-SACPO {name} merge",
+                                            "setting": f"q={q:g} (λ={q * lambda_bar:g})",
+                                            "lagrange_multiplier": q * lambda_bar,
+                                            **exact_point(task, table, target),
                                             "gradient_steps": 2 * n_steps}
 
     # ---------------------------------------------------------------- Safe-RLHF (PPO-Lagrangian)
@@ -173,13 +188,15 @@ def main(argv=None) -> None:
                                                          learning_rate=learning_rate)
     rlhf_grid = sweep.make_grid(rlhf_hparams, seeds=1, cost_limit=cost_limits)
     rlhf_grid = rlhf_grid._replace(keys=jnp.tile(ppo_key[None], (rlhf_grid.size, 1)))
-    rlhf_result, ppo_seconds = _timed(sweep.run_grid, safe_rlhf.make_train(rlhf_config, rlhf_problem(task, models)),
+    rlhf_result, ppo_seconds = _timed(sweep.run_grid,
+                                      safe_rlhf.make_train(rlhf_config, rlhf_problem(task, models)),
                                       rlhf_grid)
     rlhf_params, rlhf_metrics = rlhf_result.params, rlhf_result.metrics
     for index, limit in enumerate(cost_limits):
         table = logprob_table(task.graphdef, sweep.lane(rlhf_params, index))
         setting = "no limit" if index == 0 else f"limit = SFT cost − {COST_LIMIT_OFFSETS[index - 1]:g}"
-        rows[f"safe_rlhf_{index}"] = {"method": "Safe-RLHF (PPO-Lag)", "setting": setting, "cost_limit": limit,
+        rows[f"safe_rlhf_{index}"] = {"method": "Safe-RLHF (PPO-Lag)", "setting": setting,
+                                      "cost_limit": limit,
                                       **exact_point(task, table),
                                       "final_multiplier": float(rlhf_metrics["multiplier"][index, -1]),
                                       "gradient_steps": rlhf_config.policy_gradient_steps,
@@ -203,16 +220,19 @@ def main(argv=None) -> None:
                      and rows[s]["expected_safety"] > rows[n]["expected_safety"]] for n in rlhf_names}
     results = {
         "settings": {"quick": args.quick, "pairs_per_objective": n_pairs, "steps_per_stage": n_steps,
-                     "batch_size": batch_size, "learning_rate": learning_rate, "beta": BETA, "lambdas": lambdas,
-                     "qs": QS, "lambda_bar": lambda_bar, "threshold": THRESHOLD, "model": "small (d=32, 1 layer)",
-                     "safe_rlhf": {"n_iterations": rlhf_config.n_iterations, "ppo_epochs": rlhf_config.ppo_epochs,
+                     "batch_size": batch_size, "learning_rate": learning_rate, "beta": BETA,
+                     "lambdas": lambdas, "qs": QS, "lambda_bar": lambda_bar, "threshold": THRESHOLD,
+                     "model": "small (d=32, 1 layer)",
+                     "safe_rlhf": {"n_iterations": rlhf_config.n_iterations,
+                                   "ppo_epochs": rlhf_config.ppo_epochs,
                                    "rollout_batch": rlhf_config.rollout_batch, "cost_limits": cost_limits,
                                    "sft_expected_learned_cost": sft_cost}},
         "rows": rows, "timing": timing,
         "safe_rlhf_seconds": {"score_models": score_seconds, "ppo_grid": ppo_seconds},
         "merge_gaps": {"q": QS, "weight": gaps.weight_merge, "token_logit": gaps.token_logit_merge,
                        "sequence_logprob": gaps.sequence_logprob_merge},
-        "selected": {label: {"row": name, "feasible": feasible} for label, (name, feasible) in selected.items()},
+        "selected": {label: {"row": name, "feasible": feasible} for label,
+                     (name, feasible) in selected.items()},
         "safe_rlhf_points_dominated_by_sacpo": dominated,
         "lambda_star_exact_dual": lambda_star,
         "optimum_at_lambda_star": exact_point(task, optimum_table(task, BETA, lambda_star)),
@@ -236,12 +256,14 @@ def markdown(results: dict) -> str:
     lines = [
         "# SACPO on the synthetic safety language (exact oracle)", "",
         f"Generated by `benchmarks/sacpo.py{' --quick' if s['quick'] else ''}`. Model: {s['model']}; "
-        f"{s['pairs_per_objective']} preference pairs per objective; {s['steps_per_stage']} Adam steps per stage, "
+        f"{s['pairs_per_objective']} preference pairs per objective; {s['steps_per_stage']} Adam steps per "
+        "stage, "
         f"batch {s['batch_size']}; β = {s['beta']:g}; threshold E[g] ≥ {s['threshold']:g}. "
-        f"All E[r], E[g] and KL values are exact (enumeration of the 85 responses of each of the 7 prompts).", "",
-        "`KL→π*`: KL(π ‖ π*_{r+λg}) to the exact optimum at the row's λ. `front gap`: exact front's E[r] at the "
-        "row's E[g] minus the row's E[r] (negative = above the β-regularised front, i.e. more reward bought with "
-        "more KL). `steps`: policy gradient steps.", "",
+        "All E[r], E[g] and KL values are exact (enumeration of the 85 responses of each of the 7 "
+        "prompts).", "",
+        "`KL→π*`: KL(π ‖ π*_{r+λg}) to the exact optimum at the row's λ. `front gap`: exact front's E[r] at "
+        "the row's E[g] minus the row's E[r] (negative = above the β-regularised front, i.e. more reward "
+        "bought with more KL). `steps`: policy gradient steps.", "",
         "| method | setting | E[r] | E[g] | KL→SFT | KL→π* | front gap | steps |",
         "|---|---|---|---|---|---|---|---|",
     ]
@@ -250,7 +272,8 @@ def markdown(results: dict) -> str:
         gap = row["front_reward_gap"]
         gap_text = "–" if gap is None or not np.isfinite(gap) else f"{gap:+.3f}"
         extra = f" (+{row['score_model_steps']} RM/CM)" if "score_model_steps" in row else ""
-        lines.append(f"| {row['method']} | {row['setting']} | {row['expected_reward']:.3f} | {row['expected_safety']:.3f} "
+        lines.append(f"| {row['method']} | {row['setting']} | {row['expected_reward']:.3f} | "
+                     f"{row['expected_safety']:.3f} "
                      f"| {row['kl_to_sft']:.3f} | {kl_opt} | {gap_text} | {row['gradient_steps']}{extra} |")
     lines += ["", "**Selected** (best exact E[r] with E[g] ≥ threshold):", ""]
     for label, choice in results["selected"].items():
@@ -262,21 +285,26 @@ def markdown(results: dict) -> str:
                  f"E[r] = {opt['expected_reward']:.3f}, E[g] = {opt['expected_safety']:.3f}")
     dominated = results["safe_rlhf_points_dominated_by_sacpo"]
     n_dominated = sum(bool(v) for v in dominated.values())
-    lines += ["", f"Safe-RLHF points dominated by some SACPO point (higher E[r] *and* E[g]): {n_dominated} of "
+    lines += ["",
+              f"Safe-RLHF points dominated by some SACPO point (higher E[r] *and* E[g]): {n_dominated} of "
               f"{len(dominated)}.", ""]
     gaps = results["merge_gaps"]
     lines += ["**P-SACPO merge gap** KL(merged ‖ π*_{r+qλ̄g}), λ̄ = "
-              f"{s['lambda_bar']:g}:", "", "| q | weight merge | token-logit merge | sequence log-prob merge |",
+              f"{s['lambda_bar']:g}:", "",
+              "| q | weight merge | token-logit merge | sequence log-prob merge |",
               "|---|---|---|---|"]
     for i, q in enumerate(gaps["q"]):
         lines.append(f"| {q:g} | {float(gaps['weight'][i]):.4f} | {float(gaps['token_logit'][i]):.4f} | "
                      f"{float(gaps['sequence_logprob'][i]):.4f} |")
-    lines += ["", f"**Wall time** of the {t['grid_points']}-point SACPO grid (same process, same data): vmapped "
-              f"{t['vmapped_steady_s']:.1f} s vs one by one {t['sequential_steady_s']:.1f} s after compilation "
-              f"(speed-up ×{t['steady_speedup']:.2f}); including compilation {t['vmapped_first_call_s']:.1f} s vs "
+    lines += ["",
+              f"**Wall time** of the {t['grid_points']}-point SACPO grid (same process, same data): vmapped "
+              f"{t['vmapped_steady_s']:.1f} s vs one by one {t['sequential_steady_s']:.1f} s after "
+              f"compilation (speed-up ×{t['steady_speedup']:.2f}); including compilation "
+              f"{t['vmapped_first_call_s']:.1f} s vs "
               f"{t['sequential_total_incl_compile_s']:.1f} s. Safe-RLHF: score models "
               f"{results['safe_rlhf_seconds']['score_models']:.1f} s, PPO grid of "
-              f"{len(s['safe_rlhf']['cost_limits'])} cost limits {results['safe_rlhf_seconds']['ppo_grid']:.1f} s "
+              f"{len(s['safe_rlhf']['cost_limits'])} cost limits "
+              f"{results['safe_rlhf_seconds']['ppo_grid']:.1f} s "
               "(incl. compilation). Total "
               f"{results['total_seconds']:.0f} s on a shared 2-core CPU.", ""]
     return "\n".join(lines)

@@ -3,12 +3,12 @@
     jaxsafe align sacpo --beta 0.5 --lambdas 0.5 1 2 4 --pairs 16384 --steps 400 --seeds 2 --out runs/sacpo
     jaxsafe align sacpo --quick --out runs/sacpo-quick          # small model, fewer pairs and steps
 
-Pipeline (see :mod:`jaxsafe.llm.sacpo_experiment`): SFT a small decoder on the hand-made base behaviour, sample
-helpfulness and safety preference pairs from it (Bradley-Terry labels on the true r and g), then run the
-stepwise pipeline for every (lambda, seed) as one vmapped program: DPO (or KTO) on helpfulness with ``beta``,
-then on safety from that model with ``beta / lambda`` (``--order safety-first`` reverses it). Every output is
-scored exactly by enumeration. Writes ``config.json``, ``metrics.jsonl``, ``summary.json`` and ``plane.png`` into
-a new run directory (a non-empty ``--out`` is refused).
+Pipeline (see :mod:`jaxsafe.llm.sacpo_experiment`): SFT a small decoder on the hand-made base behaviour,
+sample helpfulness and safety preference pairs from it (Bradley-Terry labels on the true r and g), then run
+the stepwise pipeline for every (lambda, seed) as one vmapped program: DPO (or KTO) on helpfulness with
+``beta``, then on safety from that model with ``beta / lambda`` (``--order safety-first`` reverses it). Every
+output is scored exactly by enumeration. Writes ``config.json``, ``metrics.jsonl``, ``summary.json`` and
+``plane.png`` into a new run directory (a non-empty ``--out`` is refused).
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ from jaxsafe.llm.sacpo_experiment import DEFAULTS, LOSSES, MODEL_SIZES, ORDERS, 
 def _print_summary(summary: dict) -> None:
     print(f"\n{'lambda':>8} {'seed':>5} {'E[r]':>8} {'E[g]':>8} {'KL(pi||pi*)':>12} {'KL(pi||sft)':>12}")
     for p in summary["points"]:
-        print(f"{p['lagrange_multiplier']:>8g} {p['seed']:>5d} {p['expected_reward']:>8.3f} {p['expected_safety']:>8.3f} "
+        print(f"{p['lagrange_multiplier']:>8g} {p['seed']:>5d} {p['expected_reward']:>8.3f} "
+              f"{p['expected_safety']:>8.3f} "
               f"{p['kl_to_optimum']:>12.4f} {p['kl_to_sft']:>12.4f}")
     selected = summary["selected"]
     print(f"\nlambda* (exact dual) = {summary['lambda_star_exact_dual']:.3f}; selected lambda = "
@@ -32,10 +33,10 @@ def _print_summary(summary: dict) -> None:
 
 def args_from_namespace(namespace: argparse.Namespace) -> AlignArgs:
     """Apply ``--quick`` defaults and validate."""
-    values = dict(beta=namespace.beta, lambdas=tuple(namespace.lambdas), pairs=namespace.pairs, steps=namespace.steps,
-                  seeds=namespace.seeds, threshold=namespace.threshold, order=namespace.order, loss=namespace.loss,
-                  batch_size=namespace.batch_size, learning_rate=namespace.lr, model=namespace.model,
-                  sft_steps=namespace.sft_steps)
+    values = dict(beta=namespace.beta, lambdas=tuple(namespace.lambdas), pairs=namespace.pairs,
+                  steps=namespace.steps, seeds=namespace.seeds, threshold=namespace.threshold,
+                  order=namespace.order, loss=namespace.loss, batch_size=namespace.batch_size,
+                  learning_rate=namespace.lr, model=namespace.model, sft_steps=namespace.sft_steps)
     budget = QUICK if namespace.quick else DEFAULTS
     values.update({k: v for k, v in budget.items() if values[k] is None})
     return AlignArgs(**values)
@@ -54,20 +55,25 @@ def _handle(namespace: argparse.Namespace) -> None:
 
 
 def add_subparser(subparsers) -> argparse.ArgumentParser:
-    """Register ``align`` (with the ``sacpo`` method) on an argparse subparsers object; ``args.func(args)`` runs it."""
-    align = subparsers.add_parser("align", help="safety alignment of language models (exact synthetic oracle)")
+    """Register ``align`` (with the ``sacpo`` method) on an argparse subparsers object; ``args.func(args)``
+    runs it."""
+    align = subparsers.add_parser("align",
+                                  help="safety alignment of language models (exact synthetic oracle)")
     methods = align.add_subparsers(dest="method", required=True)
-    parser = methods.add_parser("sacpo", help="stepwise alignment: reward first, then safety with beta/lambda",
+    parser = methods.add_parser("sacpo",
+                                help="stepwise alignment: reward first, then safety with beta/lambda",
                                 description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--beta", type=float, default=0.5, help="KL coefficient of the reward stage")
     parser.add_argument("--lambdas", type=float, nargs="+", default=[0.5, 1.0, 2.0, 4.0],
                         help="Lagrange multipliers; the safety stage uses beta / lambda")
-    parser.add_argument("--pairs", type=int, default=None, help="preference pairs per objective (16384; quick 4096)")
+    parser.add_argument("--pairs", type=int, default=None,
+                        help="preference pairs per objective (16384; quick 4096)")
     parser.add_argument("--steps", type=int, default=None, help="optimiser steps per stage (400; quick 150)")
     parser.add_argument("--seeds", type=int, default=1, help="training seeds per lambda (vmapped)")
     parser.add_argument("--threshold", type=float, default=0.0, help="safety threshold b in E[g] >= b")
     parser.add_argument("--order", default="reward-first", choices=sorted(ORDERS))
-    parser.add_argument("--loss", default="dpo", choices=LOSSES, help="DPO on pairs or KTO on unpaired labels")
+    parser.add_argument("--loss", default="dpo", choices=LOSSES,
+                        help="DPO on pairs or KTO on unpaired labels")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate of both stages")
     parser.add_argument("--model", default=None, choices=sorted(MODEL_SIZES), help="decoder size (small)")

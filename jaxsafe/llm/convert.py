@@ -60,7 +60,8 @@ def _rope_theta(hf: dict, default: float) -> float:
     rope_scaling = hf.get("rope_scaling") or {}
     rope_type = rope_parameters.get("rope_type") or rope_scaling.get("rope_type") or rope_scaling.get("type")
     if rope_type not in (None, "default"):
-        raise CheckpointError(f"config.json: rope type {rope_type!r} is not supported (only 'default' rotary)")
+        raise CheckpointError(f"config.json: rope type {rope_type!r} is not supported "
+                              "(only 'default' rotary)")
     return float(rope_parameters.get("rope_theta", hf.get("rope_theta", default)))
 
 
@@ -69,7 +70,8 @@ def config_from_hf(hf: dict) -> LMConfig:
     model_type = hf.get("model_type")
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise CheckpointError(f"config.json: model_type {model_type!r} (architectures "
-                              f"{hf.get('architectures')}) is not supported; supported: {SUPPORTED_MODEL_TYPES}")
+                              f"{hf.get('architectures')}) is not supported; "
+                              f"supported: {SUPPORTED_MODEL_TYPES}")
 
     def field(name, default=None):
         if name not in hf and default is None:
@@ -94,11 +96,13 @@ def config_from_hf(hf: dict) -> LMConfig:
     else:
         activation = field("hidden_act", "silu")
         if _HF_ACTIVATION.get(activation) != "silu":
-            raise CheckpointError(f"config.json: hidden_act {activation!r} not supported for {model_type} (need silu)")
+            raise CheckpointError(f"config.json: hidden_act {activation!r} not supported for {model_type} "
+                                  "(need silu)")
         if model_type == "qwen2" and hf.get("use_sliding_window", False):
             raise CheckpointError("config.json: use_sliding_window=True is not supported")
         n_heads = int(field("num_attention_heads"))
-        kwargs = dict(family=model_type, vocab_size=int(field("vocab_size")), d_model=int(field("hidden_size")),
+        kwargs = dict(family=model_type, vocab_size=int(field("vocab_size")),
+                      d_model=int(field("hidden_size")),
                       n_layers=int(field("num_hidden_layers")), n_heads=n_heads,
                       n_kv_heads=int(hf.get("num_key_value_heads") or n_heads),
                       head_dim=hf.get("head_dim"), d_ff=int(field("intermediate_size")),
@@ -122,15 +126,19 @@ def config_to_hf(config: LMConfig) -> dict:
         if not (config.qkv_bias and config.attn_out_bias and config.mlp_bias):
             raise CheckpointError("export: gpt2 checkpoints always have biases; config has a bias flag False")
         if config.n_kv_heads != config.n_heads or config.head_dim * config.n_heads != config.d_model:
-            raise CheckpointError("export: gpt2 needs n_kv_heads == n_heads and head_dim * n_heads == d_model")
+            raise CheckpointError("export: gpt2 needs n_kv_heads == n_heads and "
+                                  "head_dim * n_heads == d_model")
         return dict(architectures=[_ARCHITECTURES[family]], model_type="gpt2", vocab_size=config.vocab_size,
-                    n_embd=config.d_model, n_layer=config.n_layers, n_head=config.n_heads, n_inner=config.d_ff,
+                    n_embd=config.d_model, n_layer=config.n_layers, n_head=config.n_heads,
+                    n_inner=config.d_ff,
                     n_positions=config.max_seq_len, layer_norm_epsilon=config.norm_eps,
                     activation_function=_EXPORT_ACTIVATION[config.activation],
-                    tie_word_embeddings=config.tie_embeddings, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                    tie_word_embeddings=config.tie_embeddings, resid_pdrop=0.0, embd_pdrop=0.0,
+                    attn_pdrop=0.0,
                     scale_attn_weights=True, dtype="float32")
     if config.activation != "silu":
-        raise CheckpointError(f"export: {family} checkpoints need activation 'silu', got {config.activation!r}")
+        raise CheckpointError(f"export: {family} checkpoints need activation 'silu', "
+                              f"got {config.activation!r}")
     out = dict(architectures=[_ARCHITECTURES[family]], model_type=family, vocab_size=config.vocab_size,
                hidden_size=config.d_model, num_hidden_layers=config.n_layers,
                num_attention_heads=config.n_heads, num_key_value_heads=config.n_kv_heads,
@@ -183,17 +191,20 @@ def _tensor_maps(config: LMConfig, prefix: str = "") -> list[_TensorMap]:
         p = prefix
         maps += [_copy(f"{p}wte.weight", ("embed", "embedding")),
                  _copy(f"{p}wpe.weight", ("position_embed", "embedding")),
-                 _copy(f"{p}ln_f.weight", ("core", "final_norm", "scale")), _copy(f"{p}ln_f.bias", ("core", "final_norm", "bias"))]
+                 _copy(f"{p}ln_f.weight", ("core", "final_norm", "scale")),
+                 _copy(f"{p}ln_f.bias", ("core", "final_norm", "bias"))]
         for i in range(config.n_layers):
             h, b = f"{p}h.{i}.", ("core", "blocks", i)
             attn = [b + ("attn", proj) for proj in ("q_proj", "k_proj", "v_proj")]
             maps += [
-                _copy(h + "ln_1.weight", b + ("attn_norm", "scale")), _copy(h + "ln_1.bias", b + ("attn_norm", "bias")),
+                _copy(h + "ln_1.weight", b + ("attn_norm", "scale")),
+                _copy(h + "ln_1.bias", b + ("attn_norm", "bias")),
                 _fused_qkv(h + "attn.c_attn.weight", tuple(a + ("kernel",) for a in attn)),
                 _fused_qkv(h + "attn.c_attn.bias", tuple(a + ("bias",) for a in attn)),
                 _copy(h + "attn.c_proj.weight", b + ("attn", "o_proj", "kernel")),
                 _copy(h + "attn.c_proj.bias", b + ("attn", "o_proj", "bias")),
-                _copy(h + "ln_2.weight", b + ("mlp_norm", "scale")), _copy(h + "ln_2.bias", b + ("mlp_norm", "bias")),
+                _copy(h + "ln_2.weight", b + ("mlp_norm", "scale")),
+                _copy(h + "ln_2.bias", b + ("mlp_norm", "bias")),
                 _copy(h + "mlp.c_fc.weight", b + ("mlp", "up_proj", "kernel")),
                 _copy(h + "mlp.c_fc.bias", b + ("mlp", "up_proj", "bias")),
                 _copy(h + "mlp.c_proj.weight", b + ("mlp", "down_proj", "kernel")),
@@ -251,12 +262,14 @@ def _read_safetensors_file(path: Path, names: list[str] | None = None) -> dict[s
                 names = sorted(available)
             missing = [name for name in names if name not in available]
             if missing:
-                raise CheckpointError(f"{path}: tensor(s) {missing[:5]} listed in the index are not in this file")
+                raise CheckpointError(f"{path}: tensor(s) {missing[:5]} listed in the index are not in "
+                                      "this file")
             return {name: handle.get_tensor(name) for name in names}
     except CheckpointError:
         raise
     except Exception as error:  # safetensors raises its own error types for corrupt files
-        raise CheckpointError(f"{path}: malformed or truncated safetensors file ({type(error).__name__}: {error})"
+        raise CheckpointError(f"{path}: malformed or truncated safetensors file "
+                              f"({type(error).__name__}: {error})"
                               ) from error
 
 
@@ -305,22 +318,24 @@ def params_from_hf_tensors(config: LMConfig, tensors: dict[str, np.ndarray], sou
     maps = _tensor_maps(config, prefix)
     missing = [m.hf_name for m in maps if m.hf_name not in tensors]
     if missing:
-        raise CheckpointError(f"{source}: missing tensor(s) {missing[:8]}" + (" ..." if len(missing) > 8 else ""))
+        more = " ..." if len(missing) > 8 else ""
+        raise CheckpointError(f"{source}: missing tensor(s) {missing[:8]}{more}")
     expected_names = {m.hf_name for m in maps}
     extra = []
     for name in tensors:
         if name in expected_names or _IGNORED_BUFFERS.search(name):
             continue
         if name == "lm_head.weight" and config.tie_embeddings:
-            embedding = tensors[f"{prefix}wte.weight" if config.family == "gpt2" else "model.embed_tokens.weight"]
+            embedding_name = f"{prefix}wte.weight" if config.family == "gpt2" else "model.embed_tokens.weight"
+            embedding = tensors[embedding_name]
             if not np.array_equal(np.asarray(tensors[name], np.float32), np.asarray(embedding, np.float32)):
-                raise CheckpointError(f"{source}: tensor 'lm_head.weight' differs from the embedding although "
-                                      "tie_word_embeddings=True")
+                raise CheckpointError(f"{source}: tensor 'lm_head.weight' differs from the embedding "
+                                      "although tie_word_embeddings=True")
             continue
         extra.append(name)
     if extra:
-        raise CheckpointError(f"{source}: unexpected tensor(s) {sorted(extra)[:8]} for a {config.family} model "
-                              f"with {config.n_layers} layers")
+        raise CheckpointError(f"{source}: unexpected tensor(s) {sorted(extra)[:8]} for a {config.family} "
+                              f"model with {config.n_layers} layers")
 
     for m in maps:
         array = np.asarray(tensors[m.hf_name])
@@ -329,7 +344,8 @@ def params_from_hf_tensors(config: LMConfig, tensors: dict[str, np.ndarray], sou
         expected_shapes = [_get(pure, path).shape for path in m.paths]
         hf_shape = m.to_hf(*[np.zeros(s, np.float32) for s in expected_shapes]).shape
         if array.shape != hf_shape:
-            raise CheckpointError(f"{source}: tensor {m.hf_name!r} has shape {array.shape}, expected {hf_shape}")
+            raise CheckpointError(f"{source}: tensor {m.hf_name!r} has shape {array.shape}, "
+                                  f"expected {hf_shape}")
         for path, value in zip(m.paths, m.to_jax(array.astype(np.float32))):
             _set(pure, path, jnp.asarray(value))
     nnx.replace_by_pure_dict(abstract, pure)
@@ -345,7 +361,8 @@ def params_to_hf_tensors(config: LMConfig, params) -> dict[str, np.ndarray]:
         try:
             leaves = [np.asarray(_get(pure, path), np.float32) for path in m.paths]
         except KeyError as error:
-            raise CheckpointError(f"export: params have no leaf {error} needed for tensor {m.hf_name!r}") from error
+            raise CheckpointError(f"export: params have no leaf {error} needed for tensor "
+                                  f"{m.hf_name!r}") from error
         tensors[m.hf_name] = np.ascontiguousarray(m.to_hf(*leaves))
     return tensors
 
@@ -405,6 +422,7 @@ def save_hf_checkpoint(config: LMConfig, params, out_dir: str | os.PathLike,
         save_file(shard, str(out_dir / file_name), metadata=metadata)
         written.append(out_dir / file_name)
         weight_map.update({name: file_name for name in shard})
-    index = {"metadata": {"total_size": int(sum(a.nbytes for a in tensors.values()))}, "weight_map": weight_map}
+    index = {"metadata": {"total_size": int(sum(a.nbytes for a in tensors.values()))},
+             "weight_map": weight_map}
     (out_dir / INDEX_FILE).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
     return written + [out_dir / INDEX_FILE]

@@ -51,7 +51,8 @@ class SamplingConfig:
 
     def __post_init__(self):
         if not (isinstance(self.max_new_tokens, int) and self.max_new_tokens >= 1):
-            raise ValueError(f"SamplingConfig.max_new_tokens: must be an integer >= 1, got {self.max_new_tokens!r}")
+            raise ValueError(f"SamplingConfig.max_new_tokens: must be an integer >= 1, "
+                             f"got {self.max_new_tokens!r}")
         if not (self.temperature >= 0 and math.isfinite(self.temperature)):
             raise ValueError(f"SamplingConfig.temperature: must be finite and >= 0, got {self.temperature!r}")
         if not (isinstance(self.top_k, int) and self.top_k >= 0):
@@ -167,10 +168,12 @@ def _generate_jit(graphdef, sampling: SamplingConfig, processor, params, prompt_
             next_logits = processor(next_logits, step, sequences)
         key, sample_key = jax.random.split(key)
         token = sample_tokens(sample_key, next_logits, sampling)
-        token_logprob = jnp.take_along_axis(jax.nn.log_softmax(next_logits, axis=-1), token[:, None], axis=1)[:, 0]
+        token_logprob = jnp.take_along_axis(jax.nn.log_softmax(next_logits, axis=-1), token[:, None],
+                                            axis=1)[:, 0]
         token = jnp.where(done, pad, token)
         sequences = jax.lax.dynamic_update_slice(sequences, token[:, None], (0, prompt_length + step))
-        logprobs = jax.lax.dynamic_update_slice(logprobs, jnp.where(done, 0.0, token_logprob)[:, None], (0, step))
+        logprobs = jax.lax.dynamic_update_slice(logprobs,
+                                                jnp.where(done, 0.0, token_logprob)[:, None], (0, step))
         active = jax.lax.dynamic_update_slice(active, ~done[:, None], (0, step))
         done = done | jnp.isin(token, stop_tokens)
         position = last_position + 1

@@ -24,12 +24,15 @@ will reuse :func:`token_logprobs` / :func:`sum_response_logprobs`; it is not bui
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+from flax import struct
 
+from jaxsafe.learner import HParams
 from jaxsafe.llm import model as model_lib
+from jaxsafe.validation import positive
 
 
 class PreferenceLoss(NamedTuple):
@@ -54,11 +57,18 @@ class PreferenceBatch(NamedTuple):
     rejected_response_mask: jax.Array
 
 
-class DPOHparams(NamedTuple):
+#: Conservative-DPO label smoothing is in [0, 0.5) (at 0.5 the loss no longer prefers either response).
+LABEL_SMOOTHING_RULE = (lambda v: (v >= 0) & (v < 0.5), "in [0, 0.5)")
+
+
+@struct.dataclass
+class DPOHParams(HParams):
     """Traced (vmappable) DPO hyperparameters: beta > 0, label_smoothing in [0, 0.5)."""
 
-    beta: jax.Array
-    label_smoothing: jax.Array = jnp.float32(0.0)
+    rules = {"beta": positive(), "label_smoothing": LABEL_SMOOTHING_RULE}
+
+    beta: Any = 0.1
+    label_smoothing: Any = 0.0
 
 
 def masked_log_softmax(logits: jax.Array, vocab_mask: jax.Array | None = None) -> jax.Array:
@@ -116,7 +126,8 @@ def dpo_loss(policy_chosen, policy_rejected, reference_chosen, reference_rejecte
     chosen_logratio = policy_chosen - reference_chosen
     rejected_logratio = policy_rejected - reference_rejected
     margin = beta * (chosen_logratio - rejected_logratio)
-    losses = -(1.0 - label_smoothing) * jax.nn.log_sigmoid(margin) - label_smoothing * jax.nn.log_sigmoid(-margin)
+    losses = (-(1.0 - label_smoothing) * jax.nn.log_sigmoid(margin)
+              - label_smoothing * jax.nn.log_sigmoid(-margin))
     return _pair_metrics(losses, jax.lax.stop_gradient(beta * chosen_logratio),
                          jax.lax.stop_gradient(beta * rejected_logratio))
 
@@ -154,7 +165,8 @@ def kto_loss(policy_logps, reference_logps, desirable, policy_kl_logps, referenc
     desirable_losses = desirable_weight * (1.0 - jax.nn.sigmoid(beta * (logratio - kl)))
     undesirable_losses = undesirable_weight * (1.0 - jax.nn.sigmoid(beta * (kl - logratio)))
     losses = jnp.where(desirable, desirable_losses, undesirable_losses)
-    return KTOLoss(loss=jnp.mean(losses), per_example=losses, rewards=jax.lax.stop_gradient(beta * logratio), kl=kl)
+    return KTOLoss(loss=jnp.mean(losses), per_example=losses,
+                   rewards=jax.lax.stop_gradient(beta * logratio), kl=kl)
 
 
 def bradley_terry_loss(chosen_scores, rejected_scores, labels=1.0) -> jax.Array:
@@ -185,7 +197,7 @@ def concatenated_logprobs(graphdef, params, batch: PreferenceBatch, *, average: 
     return logps[:half], logps[half:]
 
 
-def dpo_objective(graphdef, params, reference_params, batch: PreferenceBatch, hparams: DPOHparams, *,
+def dpo_objective(graphdef, params, reference_params, batch: PreferenceBatch, hparams: DPOHParams, *,
                   loss_type: str = "sigmoid", vocab_mask=None):
     """Scalar DPO/IPO loss and metrics: a pure function of ``params`` (vmappable over ``hparams``).
 

@@ -32,7 +32,8 @@ def _check_same_structure(trees, name="params"):
 def linear_merge(params_list: Sequence, weights: Sequence[float] | jax.Array):
     """``sum_i weights[i] * params_list[i]`` leaf by leaf (weights need not sum to one)."""
     if len(params_list) == 0 or len(params_list) != len(weights):
-        raise ValueError(f"weights: need one weight per params tree, got {len(weights)} for {len(params_list)}")
+        raise ValueError(f"weights: need one weight per params tree, got {len(weights)} for "
+                         f"{len(params_list)}")
     _check_same_structure(list(params_list))
     weights = jnp.asarray(weights, jnp.float32)
     return jax.tree.map(lambda *leaves: sum(w * leaf for w, leaf in zip(weights, leaves)), *params_list)
@@ -73,7 +74,8 @@ class LogitMixture(nnx.Module):
         self.weight = MixtureWeight(jnp.asarray(weight, jnp.float32))
 
     def init_cache(self, batch_size: int, cache_length: int):
-        return (self.model_a.init_cache(batch_size, cache_length), self.model_b.init_cache(batch_size, cache_length))
+        return (self.model_a.init_cache(batch_size, cache_length),
+                self.model_b.init_cache(batch_size, cache_length))
 
     def __call__(self, tokens, positions, attention_mask, cache=None):
         cache_a, cache_b = (None, None) if cache is None else cache

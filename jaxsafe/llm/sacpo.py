@@ -16,11 +16,12 @@ undesirable labels.
 The whole pipeline follows the learner contract of :mod:`jaxsafe.learner`: static stages, step counts and
 batch size in :class:`SACPOConfig`; the traced ``beta``, ``lagrange_multipliers``, learning rate, weight decay
 and label smoothing in :class:`SACPOHParams`; what it learns on (the SFT policy, one dataset per stage, the
-vocabulary mask) in a :class:`SACPOProblem`. :func:`make_train_parts` gives ``init`` / ``update`` (one update is
-one optimiser step), :func:`make_train` the pure ``train(key, hparams) -> TrainResult(params, metrics)``, and a
-``beta / lambda`` grid is ``jaxsafe.sweep.run_grid(train, make_grid(hparams, seeds, lagrange_multipliers=[...]))``
-(one vmapped program); the registry entry (:mod:`jaxsafe.llm.registry`) gives the same through ``jaxsafe train``
-and ``jaxsafe sweep`` with checkpoints and resume.
+vocabulary mask) in a :class:`SACPOProblem`. :func:`make_train_parts` gives ``init`` / ``update`` (one update
+is one optimiser step), :func:`make_train` the pure ``train(key, hparams) -> TrainResult(params, metrics)``,
+and a ``beta / lambda`` grid is
+``jaxsafe.sweep.run_grid(train, make_grid(hparams, seeds, lagrange_multipliers=[...]))`` (one vmapped
+program); the registry entry (:mod:`jaxsafe.llm.registry`) gives the same through ``jaxsafe train`` and
+``jaxsafe sweep`` with checkpoints and resume.
 
 Choosing ``lambda``: :func:`dual_objective` / :func:`minimize_dual` (the empirical dual
 ``D(lambda) = beta E_x log E_{y ~ pi_ref} exp((r + lambda g) / beta) - lambda b`` with a
@@ -137,7 +138,8 @@ def unpaired_batch(tokens, attention_mask, response_mask, desirable, key: jax.Ar
 
 
 def unpaired_from_pairs(batch: losses.PreferenceBatch, key: jax.Array) -> UnpairedBatch:
-    """KTO data from pairs as in the SACPO repository: chosen -> desirable, rejected -> undesirable (2N rows)."""
+    """KTO data from pairs as in the SACPO repository: chosen -> desirable, rejected -> undesirable
+    (2N rows)."""
     n = batch.chosen_tokens.shape[0]
     return unpaired_batch(jnp.concatenate([batch.chosen_tokens, batch.rejected_tokens]),
                           jnp.concatenate([batch.chosen_attention_mask, batch.rejected_attention_mask]),
@@ -146,10 +148,6 @@ def unpaired_from_pairs(batch: losses.PreferenceBatch, key: jax.Array) -> Unpair
 
 
 # ----------------------------------------------------------------------------- config / hparams
-
-
-def _below_half(note: str = ""):
-    return (lambda v: (v >= 0) & (v < 0.5), "in [0, 0.5)" + (f" ({note})" if note else ""))
 
 
 @struct.dataclass
@@ -166,7 +164,7 @@ class SACPOHParams(HParams):
     """
 
     rules = {"beta": positive(), "lagrange_multipliers": positive(), "learning_rate": positive(),
-             "weight_decay": non_negative(), "label_smoothing": _below_half()}
+             "weight_decay": non_negative(), "label_smoothing": losses.LABEL_SMOOTHING_RULE}
 
     beta: Any = 0.5
     lagrange_multipliers: Any = 1.0
@@ -192,11 +190,13 @@ class SACPOConfig(Config):
 
     def __post_init__(self):
         object.__setattr__(self, "stages", tuple(self.stages))
-        require(len(self.stages) >= 1 and all(isinstance(s, str) and s for s in self.stages), "SACPOConfig.stages",
+        require(len(self.stages) >= 1 and all(isinstance(s, str) and s for s in self.stages),
+                "SACPOConfig.stages",
                 "a non-empty tuple of non-empty names", self.stages)
         require(len(set(self.stages)) == len(self.stages), "SACPOConfig.stages", "unique names", self.stages)
         for name in ("n_steps", "batch_size"):
-            require(is_int(getattr(self, name)), f"SACPOConfig.{name}", "an integer >= 1", getattr(self, name))
+            require(is_int(getattr(self, name)), f"SACPOConfig.{name}", "an integer >= 1",
+                    getattr(self, name))
 
     @property
     def constraint_stages(self) -> tuple[str, ...]:
@@ -217,8 +217,8 @@ class SACPOConfig(Config):
         multipliers = jnp.asarray(hparams.lagrange_multipliers, jnp.float32)
         n_constraints = len(self.constraint_stages)
         if multipliers.shape not in ((), (n_constraints,)):
-            raise ValueError(f"SACPOHParams.lagrange_multipliers must be a scalar or have one entry per constraint "
-                             f"stage {self.constraint_stages}, got shape {multipliers.shape}")
+            raise ValueError(f"SACPOHParams.lagrange_multipliers must be a scalar or have one entry per "
+                             f"constraint stage {self.constraint_stages}, got shape {multipliers.shape}")
         return jnp.broadcast_to(multipliers, (n_constraints,))
 
     def stage_coefficients(self, hparams: SACPOHParams) -> jax.Array:
@@ -274,10 +274,12 @@ def check_datasets(config: SACPOConfig, datasets: Mapping[str, StageData]) -> st
         loss_types[stage] = stage_loss_type(data)
         sizes = {x.shape[0] for x in jax.tree.leaves(data)}
         if len(sizes) != 1:
-            raise ValueError(f"datasets[{stage!r}]: fields disagree on the number of examples: {sorted(sizes)}")
+            raise ValueError(f"datasets[{stage!r}]: fields disagree on the number of examples: "
+                             f"{sorted(sizes)}")
         (size,) = sizes
         if size < config.batch_size:
-            raise ValueError(f"datasets[{stage!r}]: {size} examples < SACPOConfig.batch_size={config.batch_size}")
+            raise ValueError(f"datasets[{stage!r}]: {size} examples < "
+                             f"SACPOConfig.batch_size={config.batch_size}")
     if len(set(loss_types.values())) != 1:
         raise ValueError(f"datasets: every stage must use the same loss (all PreferenceBatch for DPO or all "
                          f"UnpairedBatch for KTO), got {loss_types}")
@@ -291,7 +293,8 @@ def _stage_logps(graphdef, params, data: StageData, vocab_mask):
     tokens = jnp.concatenate([data.tokens, data.kl_tokens])
     attention_mask = jnp.concatenate([data.attention_mask, data.kl_attention_mask])
     response_mask = jnp.concatenate([data.response_mask, data.kl_response_mask])
-    logps = losses.sequence_logprobs(graphdef, params, tokens, attention_mask, response_mask, vocab_mask=vocab_mask)
+    logps = losses.sequence_logprobs(graphdef, params, tokens, attention_mask, response_mask,
+                                     vocab_mask=vocab_mask)
     n = data.tokens.shape[0]
     return logps[:n], logps[n:]
 
@@ -300,8 +303,8 @@ def stage_loss(graphdef, loss_type: str, params, data: StageData, reference_logp
                label_smoothing, undesirable_weight, vocab_mask=None):
     """One stage's loss ``(loss [], metrics)`` on a minibatch, against frozen reference log-probs.
 
-    loss_type "dpo": sigmoid DPO with label smoothing on pairs (metrics loss, accuracy, margin); "kto": KTO (TRL
-    semantics) on unpaired data, desirable weight 1 and ``undesirable_weight`` (the SACPO repository uses
+    loss_type "dpo": sigmoid DPO with label smoothing on pairs (metrics loss, accuracy, margin); "kto": KTO
+    (TRL semantics) on unpaired data, desirable weight 1 and ``undesirable_weight`` (the SACPO repository uses
     n_desirable / n_undesirable; metrics loss, kl, reward). ``reference_logps``: the :func:`_stage_logps` pair
     of the reference. One policy forward pass.
     """
@@ -339,12 +342,12 @@ def make_train_parts(config: SACPOConfig, problem: SACPOProblem) -> TrainParts:
     """SACPO as ``init`` / ``update`` (:mod:`jaxsafe.learner`); one update is one optimiser step.
 
     Stage ``k = step // n_steps`` starts from, and is regularised towards, the output of stage ``k - 1`` (the
-    SFT policy for ``k = 0``) with KL coefficient ``config.stage_coefficients(hparams)[k]``: at a stage boundary
-    the current params become the frozen reference and Adam restarts. The reference log-probs are computed per
-    minibatch. Stage ``k`` draws its minibatches (shuffled epochs) from ``fold_in(key, k)``, so the first ``j``
-    stages of a run are exactly the run of ``config.replace(stages=config.stages[:j])``: that is how to get the
-    step-1 model. Metrics per update: the stage loss's metrics, ``grad_norm``, ``stage`` (index) and
-    ``nonfinite``; :func:`stage_metrics` splits them by stage.
+    SFT policy for ``k = 0``) with KL coefficient ``config.stage_coefficients(hparams)[k]``: at a stage
+    boundary the current params become the frozen reference and Adam restarts. The reference log-probs are
+    computed per minibatch. Stage ``k`` draws its minibatches (shuffled epochs) from ``fold_in(key, k)``, so
+    the first ``j`` stages of a run are exactly the run of ``config.replace(stages=config.stages[:j])``: that
+    is how to get the step-1 model. Metrics per update: the stage loss's metrics, ``grad_norm``, ``stage``
+    (index) and ``nonfinite``; :func:`stage_metrics` splits them by stage.
     """
     loss_type = check_datasets(config, problem.datasets)
     graphdef, vocab_mask, n_steps = problem.graphdef, problem.vocab_mask, config.n_steps
@@ -371,8 +374,10 @@ def make_train_parts(config: SACPOConfig, problem: SACPOProblem) -> TrainParts:
         reference = at_boundary(state.params, state.reference_params)
         adam_state = at_boundary(train_lib.ADAM.init(state.params), state.adam_state)
         stage_key = jax.random.fold_in(state.key, stage)
-        indices = jnp.stack([train_lib.minibatch_at(stage_key, size, config.batch_size, n_steps, within)
-                             for size in sizes])[stage]
+        # one shuffled-epoch draw per distinct dataset size (not per stage: a vmapped grid runs every branch)
+        by_size = {size: train_lib.minibatch_at(stage_key, size, config.batch_size, n_steps, within)
+                   for size in sorted(set(sizes))}
+        indices = jnp.stack([by_size[size] for size in sizes])[stage]
         batch = jax.tree.map(lambda x: x[stage, indices], stacked)
         reference_logps = jax.lax.stop_gradient(_stage_logps(graphdef, reference, batch, vocab_mask))
         coefficient = config.stage_coefficients(hparams)[stage]
@@ -396,7 +401,8 @@ make_train = make_train_from_parts(make_train_parts)
 
 
 def stage_metrics(config: SACPOConfig, metrics: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
-    """``{"<stage>/<name>": [..., n_steps]}`` from a run's metrics ``[..., num_updates]`` (any leading grid axes)."""
+    """``{"<stage>/<name>": [..., n_steps]}`` from a run's metrics ``[..., num_updates]`` (any leading grid
+    axes)."""
     out = {}
     for index, stage in enumerate(config.stages):
         window = slice(index * config.n_steps, (index + 1) * config.n_steps)
@@ -421,7 +427,8 @@ def stepwise_target_logprobs(reference_logprobs, score_tables: Sequence, coeffic
     return table
 
 
-def dual_objective(lagrange_multiplier, log_weights, reward, safety, prompt_probs, beta, threshold) -> jax.Array:
+def dual_objective(lagrange_multiplier, log_weights, reward, safety, prompt_probs, beta,
+                   threshold) -> jax.Array:
     """Empirical Lagrange dual ``D(lambda)`` (scalar), convex in lambda.
 
     ``D = beta sum_x rho(x) logsumexp_j(log_w[x, j] + (r[x, j] + lambda g[x, j]) / beta) - lambda b``.
@@ -430,7 +437,8 @@ def dual_objective(lagrange_multiplier, log_weights, reward, safety, prompt_prob
     ``log_weights = -log M``). prompt_probs [P]. ``D'(lambda) = E_{pi*_lambda}[g] - b``.
     """
     exponent = log_weights + (reward + lagrange_multiplier * safety) / beta
-    return beta * jnp.sum(prompt_probs * jax.scipy.special.logsumexp(exponent, axis=-1)) - lagrange_multiplier * threshold
+    log_partition = jax.scipy.special.logsumexp(exponent, axis=-1)
+    return beta * jnp.sum(prompt_probs * log_partition) - lagrange_multiplier * threshold
 
 
 @functools.partial(jax.jit, static_argnames=("n_iterations",))
@@ -521,7 +529,9 @@ def merge_gaps(graphdef, params_reward, params_constrained, qs, target_fn, logpr
     for q, target in zip(qs, targets):
         merged = merge.interpolate_params(params_reward, params_constrained, q)
         weight.append(kl_divergence(logprob_table_fn(graphdef, merged), target, prompt_probs))
-        mix_graphdef, mix_state = merge.make_logit_mixture(graphdef, params_reward, graphdef, params_constrained, q)
+        mix_graphdef, mix_state = merge.make_logit_mixture(graphdef, params_reward, graphdef,
+                                                           params_constrained, q)
         token.append(kl_divergence(logprob_table_fn(mix_graphdef, mix_state), target, prompt_probs))
-        sequence.append(kl_divergence(sequence_logprob_merge(table_reward, table_constrained, q), target, prompt_probs))
+        sequence.append(kl_divergence(sequence_logprob_merge(table_reward, table_constrained, q), target,
+                                      prompt_probs))
     return MergeGaps(jnp.stack(weight), jnp.stack(token), jnp.stack(sequence), targets)

@@ -3,13 +3,13 @@
 Used by ``jaxsafe align sacpo`` (:mod:`jaxsafe.llm.cli`), ``benchmarks/sacpo.py`` and the registry
 (:mod:`jaxsafe.llm.registry`), so all three build the same task the same way:
 
-* :func:`prepare_task`: SFT a small decoder on the hand-made base behaviour, then sample helpfulness and safety
-  preference pairs from it (Bradley-Terry labels on the true r and g); :func:`stage_datasets` turns them into
-  DPO pairs or KTO examples per stage; :func:`make_problem` does both from a seed and returns the
+* :func:`prepare_task`: SFT a small decoder on the hand-made base behaviour, then sample helpfulness and
+  safety preference pairs from it (Bradley-Terry labels on the true r and g); :func:`stage_datasets` turns
+  them into DPO pairs or KTO examples per stage; :func:`make_problem` does both from a seed and returns the
   :class:`~jaxsafe.llm.sacpo.SACPOProblem` (``make_safe_rlhf_problem`` adds the reward and cost models and
   returns a :class:`~jaxsafe.llm.safe_rlhf.SafeRLHFProblem`).
-* :func:`exact_point`, :func:`optimum_table`, :func:`exact_front`, :func:`front_reward_at`: every model is scored
-  exactly by enumerating the 85 responses of the 7 prompts.
+* :func:`exact_point`, :func:`optimum_table`, :func:`exact_front`, :func:`front_reward_at`: every model is
+  scored exactly by enumerating the 85 responses of the 7 prompts.
 * :func:`run_sacpo`: the stepwise pipeline for every (lambda, seed) as one vmapped program
   (``jaxsafe.sweep.run_grid``), scored exactly, written to a new run directory: ``config.json``,
   ``metrics.jsonl`` (one row per grid point and logged step: ``run``, ``seed``, ``lagrange_multiplier``,
@@ -45,8 +45,8 @@ MODEL_SIZES = {
 }
 ORDERS = {"reward-first": ("reward", "safety"), "safety-first": ("safety", "reward")}
 LOSSES = ("dpo", "kto")
-PROBLEMS = {"safety_language": "7 prompts x 85 responses, SFT decoder + helpfulness / safety preference pairs, "
-                               "exact oracle (jaxsafe.llm.tasks.safety_language)"}
+PROBLEMS = {"safety_language": "7 prompts x 85 responses, SFT decoder + helpfulness / safety preference "
+                               "pairs, exact oracle (jaxsafe.llm.tasks.safety_language)"}
 
 
 # ----------------------------------------------------------------------------- the synthetic task
@@ -77,7 +77,8 @@ logprob_table = jax.jit(lang.response_logprob_table, static_argnums=0)
 
 def prepare_task(key: jax.Array, n_pairs: int, model_size: str = "small", sft_steps: int = 300,
                  sft_examples: int = 8192) -> SyntheticTask:
-    """SFT a decoder of ``model_size`` on :func:`lang.sft_corpus`, then sample ``n_pairs`` pairs per objective."""
+    """SFT a decoder of ``model_size`` on :func:`lang.sft_corpus`, then sample ``n_pairs`` pairs per
+    objective."""
     require(model_size in MODEL_SIZES, "model_size", f"one of {sorted(MODEL_SIZES)}", model_size)
     require(is_int(n_pairs, 2), "n_pairs", "an integer >= 2", n_pairs)
     require(is_int(sft_steps), "sft_steps", "an integer >= 1", sft_steps)
@@ -129,13 +130,14 @@ def cost_pairs(task: SyntheticTask) -> safe_rlhf.CostPairs:
 
 def rlhf_problem(task: SyntheticTask, models: safe_rlhf.ScoreModels) -> safe_rlhf.SafeRLHFProblem:
     """The :class:`~jaxsafe.llm.safe_rlhf.SafeRLHFProblem` of a task and its trained score models."""
-    sampling = generate_lib.SamplingConfig(lang.MAX_RESPONSE_LENGTH, stop_tokens=(lang.EOS,), pad_token=lang.PAD)
+    sampling = generate_lib.SamplingConfig(lang.MAX_RESPONSE_LENGTH, stop_tokens=(lang.EOS,),
+                                           pad_token=lang.PAD)
     return safe_rlhf.SafeRLHFProblem(task.graphdef, models.graphdef, task.sft_params, models.reward_params,
                                      models.cost_params, jnp.asarray(lang.prompt_tokens()), task.prompt_probs,
                                      lang.response_vocab_mask(), sampling, lang.response_processor)
 
 
-# ----------------------------------------------------------------------------- problems by name (the registry)
+# ----------------------------------------------------------------------------- problems by name
 
 
 _TASK_OPTIONS = dict(seed=0, pairs=16384, model="small", sft_steps=300)
@@ -169,8 +171,10 @@ def make_problem(name: str = "safety_language", **overrides) -> sacpo.SACPOProbl
 
 def make_safe_rlhf_problem(name: str = "safety_language", **overrides) -> safe_rlhf.SafeRLHFProblem:
     """Safe-RLHF's problem by name: the same task as :func:`make_problem` plus reward and cost models trained
-    for ``score_steps`` (300) Adam steps of ``score_batch_size`` (64) pairs at ``score_learning_rate`` (1e-3)."""
-    options = _options(name, overrides, {"score_steps": 300, "score_batch_size": 64, "score_learning_rate": 1e-3})
+    for ``score_steps`` (300) Adam steps of ``score_batch_size`` (64) pairs at ``score_learning_rate``
+    (1e-3)."""
+    options = _options(name, overrides,
+                       {"score_steps": 300, "score_batch_size": 64, "score_learning_rate": 1e-3})
     score_config = safe_rlhf.ScoreModelConfig(options["score_steps"], options["score_batch_size"],
                                               options["score_learning_rate"])
     task, data_key = synthetic_task(options["seed"], options["pairs"], options["model"], options["sft_steps"])
@@ -203,7 +207,8 @@ def optimum_table(task: SyntheticTask, beta: float, lagrange_multiplier: float) 
 
 def exact_front(task: SyntheticTask, beta: float, multipliers=None) -> dict:
     """The exact optimal front: (E[r], E[g]) of pi*_{r + lambda g} over a lambda grid."""
-    multipliers = np.concatenate([[0.0], np.geomspace(0.05, 50.0, 60)]) if multipliers is None else multipliers
+    if multipliers is None:
+        multipliers = np.concatenate([[0.0], np.geomspace(0.05, 50.0, 60)])
     points = [exact_point(task, optimum_table(task, beta, float(m))) for m in multipliers]
     return {"lagrange_multiplier": list(map(float, multipliers)),
             "expected_reward": [p["expected_reward"] for p in points],
@@ -245,7 +250,8 @@ class AlignArgs:
         require(bool(np.isfinite(self.beta)) and self.beta > 0, "--beta", "a finite number > 0", self.beta)
         require(bool(self.lambdas) and all(np.isfinite(v) and v > 0 for v in self.lambdas), "--lambdas",
                 "one or more finite numbers > 0", list(self.lambdas))
-        for flag, value, low in (("--pairs", self.pairs, 2), ("--steps", self.steps, 1), ("--seeds", self.seeds, 1),
+        for flag, value, low in (("--pairs", self.pairs, 2), ("--steps", self.steps, 1),
+                                 ("--seeds", self.seeds, 1),
                                  ("--batch-size", self.batch_size, 1), ("--sft-steps", self.sft_steps, 1)):
             require(is_int(value, low), flag, f"an integer >= {low}", value)
         require(self.batch_size <= self.pairs, "--batch-size", f"<= --pairs ({self.pairs})", self.batch_size)
@@ -253,7 +259,8 @@ class AlignArgs:
         require(self.order in ORDERS, "--order", f"one of {sorted(ORDERS)}", self.order)
         require(self.loss in LOSSES, "--loss", f"one of {LOSSES}", self.loss)
         require(self.model in MODEL_SIZES, "--model", f"one of {sorted(MODEL_SIZES)}", self.model)
-        require(bool(np.isfinite(self.learning_rate)) and self.learning_rate > 0, "--lr", "a finite number > 0",
+        require(bool(np.isfinite(self.learning_rate)) and self.learning_rate > 0, "--lr",
+                "a finite number > 0",
                 self.learning_rate)
 
 
@@ -264,8 +271,8 @@ DEFAULTS = dict(pairs=16384, steps=400, sft_steps=300, model="small")
 
 def first_stage_grid(config: sacpo.SACPOConfig, hparams: sacpo.SACPOHParams, seeds: int, base_seed: int,
                      lambdas) -> sweep.Grid:
-    """The grid of the first-stage-only runs matching a SACPO grid: one lane per seed when the first stage is the
-    reward stage (it does not depend on lambda), else one per (seed, lambda)."""
+    """The grid of the first-stage-only runs matching a SACPO grid: one lane per seed when the first stage is
+    the reward stage (it does not depend on lambda), else one per (seed, lambda)."""
     if config.stages[0] == sacpo.REWARD_STAGE:
         return sweep.make_grid(hparams, seeds=seeds, base_seed=base_seed)
     return sweep.make_grid(hparams, seeds=seeds, base_seed=base_seed, lagrange_multipliers=list(lambdas))
@@ -291,7 +298,8 @@ def run_sacpo(args: AlignArgs, out_dir, seed: int = 0, log_every: int = 10) -> d
     first_result = jax.block_until_ready(sweep.run_grid(sacpo.make_train(first_config, problem), first_grid))
     train_seconds = time.perf_counter() - train_start
 
-    by_stage = {name: np.asarray(values) for name, values in sacpo.stage_metrics(config, result.metrics).items()}
+    by_stage = {name: np.asarray(values)
+                for name, values in sacpo.stage_metrics(config, result.metrics).items()}
     rows = []
     for index, point in enumerate(grid.points):
         lam = point["lagrange_multipliers"]
@@ -315,15 +323,18 @@ def run_sacpo(args: AlignArgs, out_dir, seed: int = 0, log_every: int = 10) -> d
         points.append({"lagrange_multiplier": lam, "seed": point["seed"],
                        **exact_point(task, final, optimum_table(task, args.beta, lam))})
         first.append(exact_point(task, after_first))
-    lambda_star = float(sacpo.minimize_dual(task.sft_table, task.reward, task.safety, task.prompt_probs, args.beta,
+    lambda_star = float(sacpo.minimize_dual(task.sft_table, task.reward, task.safety,
+                                            task.prompt_probs, args.beta,
                                             args.threshold))
-    selection = sacpo.select_feasible([p["expected_reward"] for p in points], [p["expected_safety"] for p in points],
+    selection = sacpo.select_feasible([p["expected_reward"] for p in points],
+                                      [p["expected_safety"] for p in points],
                                       args.threshold)
     per_lambda = {}
     for lam in args.lambdas:
         chosen = [p for p in points if np.isclose(p["lagrange_multiplier"], lam)]
         per_lambda[f"{lam:g}"] = {name: summarize(np.array([p[name] for p in chosen]))
-                                  for name in ("expected_reward", "expected_safety", "kl_to_optimum", "kl_to_sft")}
+                                  for name in ("expected_reward", "expected_safety", "kl_to_optimum",
+                                               "kl_to_sft")}
     first_stage = config.stages[0]
     summary = {
         "sft": exact_point(task, task.sft_table),
@@ -339,7 +350,8 @@ def run_sacpo(args: AlignArgs, out_dir, seed: int = 0, log_every: int = 10) -> d
     run_dir.write_summary(summary)
     plot_plane(run_dir.path / "plane.png", exact_front(task, args.beta), {
         "SFT": ([summary["sft"]["expected_reward"]], [summary["sft"]["expected_safety"]]),
-        f"after {first_stage} stage": ([p["expected_reward"] for p in first], [p["expected_safety"] for p in first]),
+        f"after {first_stage} stage": ([p["expected_reward"] for p in first],
+                                       [p["expected_safety"] for p in first]),
         f"SACPO ({args.order}, {args.loss})": ([p["expected_reward"] for p in points],
                                                [p["expected_safety"] for p in points]),
     }, args.threshold, f"SACPO, β={args.beta:g}, λ ∈ {list(args.lambdas)}")

@@ -22,11 +22,11 @@ Responses are *sampled* (not enumerated), as an RLHF pipeline would; the exact o
 only used by callers to evaluate the result.
 
 The PPO stage follows the learner contract of :mod:`jaxsafe.learner`: :class:`SafeRLHFConfig` (static loop
-counts), :class:`SafeRLHFHParams` (traced: KL coefficient, cost limit, multiplier settings, learning rate, clip),
-a :class:`SafeRLHFProblem` (the SFT policy, the frozen score models, the prompts), and
+counts), :class:`SafeRLHFHParams` (traced: KL coefficient, cost limit, multiplier settings, learning rate,
+clip), a :class:`SafeRLHFProblem` (the SFT policy, the frozen score models, the prompts), and
 :func:`make_train_parts` whose ``update`` is one PPO iteration; :func:`make_train` gives the pure
-``train(key, hparams) -> TrainResult(params, metrics)``, so cost limits, KL coefficients and seeds are swept with
-``jaxsafe.sweep.run_grid`` like any other learner.
+``train(key, hparams) -> TrainResult(params, metrics)``, so cost limits, KL coefficients and seeds are swept
+with ``jaxsafe.sweep.run_grid`` like any other learner.
 """
 
 from __future__ import annotations
@@ -49,8 +49,8 @@ from jaxsafe.llm import model as model_lib
 from jaxsafe.llm import train as train_lib
 from jaxsafe.validation import finite, is_int, non_negative, open_unit_interval, positive, require
 
-#: Multiplier rules a Safe-RLHF run may use (the names of :data:`jaxsafe.constraints.HANDLERS` it reads hparams
-#: for; CPO's learned margin is not one of them).
+#: Multiplier rules a Safe-RLHF run may use (the names of :data:`jaxsafe.constraints.HANDLERS` it reads
+#: hparams for; CPO's learned margin is not one of them).
 MULTIPLIERS = ("none", "lagrangian", "pid", "fixed")
 
 
@@ -104,7 +104,8 @@ class SafeRLHFConfig(Config):
 
     def __post_init__(self):
         for name in ("n_iterations", "prompts_per_iteration", "ppo_epochs"):
-            require(is_int(getattr(self, name)), f"SafeRLHFConfig.{name}", "an integer >= 1", getattr(self, name))
+            require(is_int(getattr(self, name)), f"SafeRLHFConfig.{name}", "an integer >= 1",
+                    getattr(self, name))
         require(is_int(self.samples_per_prompt, 2), "SafeRLHFConfig.samples_per_prompt",
                 "an integer >= 2 (group baseline)", self.samples_per_prompt)
         require(self.multiplier in MULTIPLIERS, "SafeRLHFConfig.multiplier", f"one of {MULTIPLIERS}",
@@ -181,7 +182,8 @@ class ScoreModelConfig:
 
     def __post_init__(self):
         for name in ("n_steps", "batch_size"):
-            require(is_int(getattr(self, name)), f"ScoreModelConfig.{name}", "an integer >= 1", getattr(self, name))
+            require(is_int(getattr(self, name)), f"ScoreModelConfig.{name}", "an integer >= 1",
+                    getattr(self, name))
         require(isinstance(self.learning_rate, (int, float)) and 0 < self.learning_rate < float("inf"),
                 "ScoreModelConfig.learning_rate", "a finite float > 0", self.learning_rate)
 
@@ -189,7 +191,8 @@ class ScoreModelConfig:
 def train_score_models(config: ScoreModelConfig, policy_graphdef, sft_params,
                        helpfulness_pairs: losses.PreferenceBatch, cost_pairs: CostPairs,
                        key: jax.Array) -> ScoreModels:
-    """Reward and cost models (scalar heads on a copy of the SFT decoder), ``config.n_steps`` Adam steps each."""
+    """Reward and cost models (scalar heads on a copy of the SFT decoder), ``config.n_steps`` Adam steps
+    each."""
     reward_key, cost_key, init_key = jax.random.split(key, 3)
     graphdef, reward_init = model_lib.score_model_from_decoder(policy_graphdef, sft_params, init_key)
     _, cost_init = model_lib.score_model_from_decoder(policy_graphdef, sft_params, init_key)
@@ -211,8 +214,8 @@ def train_score_models(config: ScoreModelConfig, policy_graphdef, sft_params,
 class SafeRLHFProblem(NamedTuple):
     """What the PPO stage learns on.
 
-    policy_graphdef, score_graphdef: static ``nnx.GraphDef``s of the policy and of the score models (closed over
-      by the learner, never traced).
+    policy_graphdef, score_graphdef: static ``nnx.GraphDef``s of the policy and of the score models (closed
+      over by the learner, never traced).
     sft_params: the SFT policy (initialisation and KL reference).
     reward_params, cost_params: frozen score models (sharing ``score_graphdef``).
     prompt_tokens [P, Lp] int (all real tokens); prompt_probs [P].
@@ -275,10 +278,11 @@ def make_train_parts(config: SafeRLHFConfig, problem: SafeRLHFProblem) -> TrainP
     An iteration draws ``prompts_per_iteration`` prompts (``samples_per_prompt`` responses each, key
     ``fold_in(key, step)``), scores them with the frozen models, updates the multiplier from the mean learned
     cost against ``cost_limit`` (multiplier first, as OmniSafe does), forms the advantage
-    ``standardise(mix_advantages(centred r_hat - kl * KL, centred c_hat, multiplier))`` and takes ``ppo_epochs``
-    full-batch AdamW steps on the clipped surrogate. Metrics per update: ``measured_cost`` / ``measured_reward``
-    (learned models, batch mean), ``kl`` (sequence KL estimate to the reference), ``multiplier``, the last
-    epoch's ``policy_loss``, ``clip_fraction``, ``approx_kl`` and ``grad_norm``, and ``nonfinite``.
+    ``standardise(mix_advantages(centred r_hat - kl * KL, centred c_hat, multiplier))`` and takes
+    ``ppo_epochs`` full-batch AdamW steps on the clipped surrogate. Metrics per update: ``measured_cost`` /
+    ``measured_reward`` (learned models, batch mean), ``kl`` (sequence KL estimate to the reference),
+    ``multiplier``, the last epoch's ``policy_loss``, ``clip_fraction``, ``approx_kl`` and ``grad_norm``, and
+    ``nonfinite``.
     """
     handler = constraints.make_handler(config.multiplier)
     graphdef, score_graphdef, vocab_mask = problem.policy_graphdef, problem.score_graphdef, problem.vocab_mask
@@ -287,7 +291,8 @@ def make_train_parts(config: SafeRLHFConfig, problem: SafeRLHFProblem) -> TrainP
 
     def rollout_signals(params, key):
         prompt_key, sample_key = jax.random.split(key)
-        prompt_ids = jax.random.categorical(prompt_key, log_prompt_probs, shape=(config.prompts_per_iteration,))
+        prompt_ids = jax.random.categorical(prompt_key, log_prompt_probs,
+                                            shape=(config.prompts_per_iteration,))
         prompts = problem.prompt_tokens[jnp.repeat(prompt_ids, group)]
         out = generate_lib.generate(graphdef, params, prompts, jnp.ones(prompts.shape, bool), sample_key,
                                     problem.sampling, problem.processor)
@@ -314,7 +319,8 @@ def make_train_parts(config: SafeRLHFConfig, problem: SafeRLHFProblem) -> TrainP
         constraint = handler.update(state.constraint, measured_cost, hparams.cost_limit, hparams)
         multiplier = constraint.multiplier
         reward_advantage = group_centred(rewards - hparams.kl_coefficient * kl, group)
-        advantages = pg_losses.standardise(pg_losses.mix_advantages(reward_advantage, group_centred(costs, group),
+        advantages = pg_losses.standardise(pg_losses.mix_advantages(reward_advantage,
+                                                                    group_centred(costs, group),
                                                                     multiplier))
         rollout = Rollout(out.sequences, out.attention_mask, out.response_mask, token_logprobs,
                           jax.lax.stop_gradient(advantages))

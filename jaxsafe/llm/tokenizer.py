@@ -68,7 +68,8 @@ class TextTokenizer:
         try:
             return self.tokenizer.encode(text, add_special_tokens=False).ids
         except Exception as error:  # WordLevel without an unknown token raises for unknown words
-            unknown = [word for word, _ in self._pre_tokenize(text) if self.tokenizer.token_to_id(word) is None]
+            unknown = [word for word, _ in self._pre_tokenize(text)
+                       if self.tokenizer.token_to_id(word) is None]
             raise ValueError(f"text: word(s) {unknown[:5]} not in the vocabulary of a tokenizer without an "
                              f"unknown token ({error})") from error
 
@@ -123,7 +124,8 @@ class TextTokenizer:
         rows = []
         for index, (prompt, response) in enumerate(zip(prompts, responses)):
             prompt_ids = self._prompt_ids(prompt)
-            response_ids = self.encode(response) + ([self.eos_id] if add_eos and self.eos_id is not None else [])
+            eos = [self.eos_id] if add_eos and self.eos_id is not None else []
+            response_ids = self.encode(response) + eos
             if not prompt_ids:
                 raise ValueError(f"prompts[{index}]: empty prompt (the first response token needs a context)")
             if len(prompt_ids) + len(response_ids) > max_length:
@@ -199,8 +201,10 @@ def word_level_tokenizer(words: Sequence[str], *, pad_token: str = "<pad>", bos_
     if any(not w or any(c.isspace() for c in w) for w in vocab_list):
         raise ValueError("words: every word must be non-empty and contain no whitespace")
     vocab = {word: i for i, word in enumerate(vocab_list)}
-    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token=unk_token) if unk_token else models.WordLevel(vocab))
+    model = models.WordLevel(vocab, unk_token=unk_token) if unk_token else models.WordLevel(vocab)
+    tokenizer = Tokenizer(model)
     tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tokenizer.add_special_tokens(specials)
-    return TextTokenizer(tokenizer, pad_id=vocab[pad_token], bos_id=vocab.get(bos_token) if bos_token else None,
+    return TextTokenizer(tokenizer, pad_id=vocab[pad_token],
+                         bos_id=vocab.get(bos_token) if bos_token else None,
                          eos_id=vocab.get(eos_token) if eos_token else None)

@@ -63,7 +63,8 @@ def sft_loss_fn(graphdef, vocab_mask=None) -> LossFn:
 
 
 def dpo_loss_fn(graphdef, reference_params, loss_type: str = "sigmoid", vocab_mask=None) -> LossFn:
-    """DPO/IPO loss ``(params, PreferenceBatch, DPOHparams) -> (loss, metrics)`` against a frozen reference."""
+    """DPO/IPO loss ``(params, PreferenceBatch, DPOHParams) -> (loss, metrics)`` against a frozen
+    reference."""
 
     def loss_fn(params, batch, hparams):
         return losses.dpo_objective(graphdef, params, reference_params, batch, hparams, loss_type=loss_type,
@@ -84,7 +85,8 @@ def _check_batch_size(n_examples: int, batch_size: int) -> None:
 
 
 def minibatches(key: jax.Array, n_examples: int, batch_size: int, n_steps: int) -> jax.Array:
-    """Index array [n_steps, batch_size]: shuffled epochs, epoch ``e`` drawn from ``split(key, n_epochs)[e]``."""
+    """Index array [n_steps, batch_size]: shuffled epochs, epoch ``e`` drawn from
+    ``split(key, n_epochs)[e]``."""
     _check_batch_size(n_examples, batch_size)
     n_epochs = -(-n_steps // (n_examples // batch_size))
     keys = jax.random.split(key, n_epochs)
@@ -146,7 +148,8 @@ def run_training(loss_fn: LossFn, optimizer: optax.GradientTransformation, param
     if n_steps < 1:
         raise ValueError(f"n_steps: must be >= 1, got {n_steps}")
     step_fn = make_train_step(loss_fn, optimizer, jit=False)
-    params, _, metrics = _run_steps(step_fn, n_steps, batch_size, params, optimizer.init(params), data, hparams,
+    params, _, metrics = _run_steps(step_fn, n_steps, batch_size, params, optimizer.init(params), data,
+                                    hparams,
                                     key)
     return params, metrics
 

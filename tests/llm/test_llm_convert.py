@@ -28,7 +28,8 @@ def test_logits_match_transformers(loaded, family):
     config, graphdef, params = loaded[family]
     assert config.family == family
     reference = np.load(FIXTURES / family / "inputs_and_logits.npz")
-    out = jit_logits(graphdef, params, reference["tokens"], reference["positions"], reference["attention_mask"])
+    out = jit_logits(graphdef, params, reference["tokens"], reference["positions"],
+                     reference["attention_mask"])
     real = reference["attention_mask"].astype(bool)
     error = np.abs(np.asarray(out) - reference["logits"])[real]
     assert error.max() < 1e-4, f"{family}: max abs error {error.max()}"
@@ -36,7 +37,8 @@ def test_logits_match_transformers(loaded, family):
 
 
 def test_fixture_covers_the_interesting_cases(loaded):
-    assert loaded["qwen2"][0].qkv_bias and loaded["qwen2"][0].tie_embeddings and loaded["qwen2"][0].n_kv_heads == 1
+    qwen = loaded["qwen2"][0]
+    assert qwen.qkv_bias and qwen.tie_embeddings and qwen.n_kv_heads == 1
     assert loaded["llama"][0].n_kv_heads == 2 and not loaded["llama"][0].tie_embeddings
     assert loaded["qwen2"][0].rope_theta == 1_000_000.0
     qwen_bias = np.asarray(loaded["qwen2"][2]["core"]["blocks"][0]["attn"]["q_proj"]["bias"][...])
@@ -122,20 +124,24 @@ def test_unsupported_rope_scaling(tmp_path):
 def test_missing_tensor_is_named(tmp_path):
     model_dir = _copy_fixture("llama", tmp_path)
     _edit_tensors(model_dir, lambda t: t.pop("model.layers.1.mlp.up_proj.weight"))
-    with pytest.raises(convert.CheckpointError, match=r"missing tensor.*model\.layers\.1\.mlp\.up_proj\.weight"):
+    with pytest.raises(convert.CheckpointError,
+                       match=r"missing tensor.*model\.layers\.1\.mlp\.up_proj\.weight"):
         convert.load_hf_checkpoint(model_dir)
 
 
 def test_unexpected_tensor_is_named(tmp_path):
     model_dir = _copy_fixture("qwen2", tmp_path)
-    _edit_tensors(model_dir, lambda t: t.update({"model.layers.2.mlp.up_proj.weight": np.zeros((64, 32), np.float32)}))
-    with pytest.raises(convert.CheckpointError, match=r"unexpected tensor.*model\.layers\.2\.mlp\.up_proj\.weight"):
+    _edit_tensors(model_dir,
+                  lambda t: t.update({"model.layers.2.mlp.up_proj.weight": np.zeros((64, 32), np.float32)}))
+    with pytest.raises(convert.CheckpointError,
+                       match=r"unexpected tensor.*model\.layers\.2\.mlp\.up_proj\.weight"):
         convert.load_hf_checkpoint(model_dir)
 
 
 def test_shape_mismatch_is_named(tmp_path):
     model_dir = _copy_fixture("gpt2", tmp_path)
-    _edit_tensors(model_dir, lambda t: t.update({"transformer.h.0.attn.c_attn.weight": np.zeros((32, 64), np.float32)}))
+    _edit_tensors(model_dir,
+                  lambda t: t.update({"transformer.h.0.attn.c_attn.weight": np.zeros((32, 64), np.float32)}))
     with pytest.raises(convert.CheckpointError, match=r"h\.0\.attn\.c_attn\.weight.*\(32, 64\).*\(32, 96\)"):
         convert.load_hf_checkpoint(model_dir)
 

@@ -21,7 +21,8 @@ def prompts():
 @pytest.fixture(scope="module")
 def greedy_output(tiny_model, prompts):
     tokens, mask = prompts
-    return gen.generate(*tiny_model, tokens, mask, jax.random.PRNGKey(0), gen.SamplingConfig(8, temperature=0.0))
+    return gen.generate(*tiny_model, tokens, mask, jax.random.PRNGKey(0),
+                        gen.SamplingConfig(8, temperature=0.0))
 
 
 def test_greedy_kv_cache_matches_full_recomputation(tiny_model, prompts, greedy_output):
@@ -98,7 +99,8 @@ def force_token_seven(logits, step, tokens_so_far):
 
 def test_processor_is_applied_every_step(tiny_model, prompts):
     tokens, mask = prompts
-    out = gen.generate(*tiny_model, tokens, mask, jax.random.PRNGKey(0), gen.SamplingConfig(8, temperature=1.0),
+    out = gen.generate(*tiny_model, tokens, mask, jax.random.PRNGKey(0),
+                       gen.SamplingConfig(8, temperature=1.0),
                        processor=force_token_seven)
     response = np.asarray(out.response_tokens)
     assert (response[:, ::2] == 7).all()
@@ -107,10 +109,12 @@ def test_processor_is_applied_every_step(tiny_model, prompts):
 
 def test_top_k_one_and_tiny_top_p_are_greedy(tiny_model, prompts, greedy_output):
     tokens, mask = prompts
-    out = gen.generate(*tiny_model, tokens, mask, jax.random.PRNGKey(5), gen.SamplingConfig(8, temperature=1.5, top_k=1))
+    out = gen.generate(*tiny_model, tokens, mask, jax.random.PRNGKey(5),
+                       gen.SamplingConfig(8, temperature=1.5, top_k=1))
     np.testing.assert_array_equal(out.response_tokens, greedy_output.response_tokens)
     logits = jax.random.normal(jax.random.PRNGKey(1), (64, 32))
-    nucleus = jax.jit(gen.sample_tokens, static_argnums=2)(jax.random.PRNGKey(2), logits, gen.SamplingConfig(1, top_p=1e-6))
+    nucleus = jax.jit(gen.sample_tokens, static_argnums=2)(jax.random.PRNGKey(2), logits,
+                                                           gen.SamplingConfig(1, top_p=1e-6))
     np.testing.assert_array_equal(nucleus, jnp.argmax(logits, axis=-1))
 
 

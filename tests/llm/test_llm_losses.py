@@ -49,7 +49,8 @@ def test_sequence_logprobs_masks_prompt_and_padding(tiny_model, sequences):
     np.testing.assert_allclose(logps[0], per_token[0, 2:5].sum(), rtol=1e-5)
     np.testing.assert_allclose(logps[1], per_token[1, 3], rtol=1e-5)
     # changing padding tokens changes nothing; including the prompt would change the value
-    np.testing.assert_allclose(seq_fn(graphdef, params, tokens.at[:, -1].set(9), attention_mask, response_mask),
+    np.testing.assert_allclose(seq_fn(graphdef, params, tokens.at[:, -1].set(9), attention_mask,
+                                      response_mask),
                                logps, rtol=1e-5)
     with_prompt = seq_fn(graphdef, params, tokens, attention_mask, response_mask.at[:, 1].set(True))
     assert np.all(np.asarray(with_prompt) < np.asarray(logps))
@@ -92,7 +93,8 @@ def test_kto_hand_values_trl_semantics():
     clamped = losses.kto_loss(policy, reference, desirable, policy_kl - 5.0, reference_kl, beta=1.0)
     assert clamped.kl == 0.0  # the reference point is clamped at zero
     # no gradient flows through the reference point z
-    grad_kl = jax.grad(lambda p: losses.kto_loss(policy, reference, desirable, p, reference_kl, 1.0).loss)(policy_kl)
+    grad_kl = jax.grad(lambda p: losses.kto_loss(policy, reference, desirable, p, reference_kl,
+                                                 1.0).loss)(policy_kl)
     np.testing.assert_array_equal(grad_kl, 0.0)
 
 
@@ -121,19 +123,21 @@ def reference_params(tiny_model):
 def test_dpo_objective_single_pass_equals_separate_passes(tiny_model, reference_params):
     graphdef, params = tiny_model
     batch = _preference_batch()
-    hparams = losses.DPOHparams(jnp.float32(0.3), jnp.float32(0.05))
+    hparams = losses.DPOHParams(jnp.float32(0.3), jnp.float32(0.05))
     loss, metrics = jax.jit(losses.dpo_objective, static_argnums=0)(graphdef, params, reference_params, batch,
                                                                      hparams)
     seq = jax.jit(losses.sequence_logprobs, static_argnums=0)
     separate = losses.dpo_loss(
         seq(graphdef, params, batch.chosen_tokens, batch.chosen_attention_mask, batch.chosen_response_mask),
-        seq(graphdef, params, batch.rejected_tokens, batch.rejected_attention_mask, batch.rejected_response_mask),
+        seq(graphdef, params, batch.rejected_tokens, batch.rejected_attention_mask,
+            batch.rejected_response_mask),
         seq(graphdef, reference_params, batch.chosen_tokens, batch.chosen_attention_mask,
             batch.chosen_response_mask),
         seq(graphdef, reference_params, batch.rejected_tokens, batch.rejected_attention_mask,
             batch.rejected_response_mask), 0.3, 0.05)
     np.testing.assert_allclose(loss, separate.loss, rtol=1e-5)
-    np.testing.assert_allclose(metrics["margin"], jnp.mean(separate.chosen_rewards - separate.rejected_rewards),
+    np.testing.assert_allclose(metrics["margin"],
+                               jnp.mean(separate.chosen_rewards - separate.rejected_rewards),
                                rtol=1e-4, atol=1e-6)
 
 
@@ -143,11 +147,12 @@ def test_dpo_objective_vmaps_over_beta_and_differentiates_twice(tiny_model, refe
     objective = functools.partial(losses.dpo_objective, graphdef)
 
     def loss_at(beta):
-        return objective(params, reference_params, batch, losses.DPOHparams(beta, jnp.float32(0.0)))[0]
+        return objective(params, reference_params, batch, losses.DPOHParams(beta, jnp.float32(0.0)))[0]
 
     # d/d beta of the parameter gradient (a mixed second derivative), against finite differences
     def grad_dot(beta):
-        grads = jax.grad(lambda p: objective(p, reference_params, batch, losses.DPOHparams(beta, 0.0))[0])(params)
+        grads = jax.grad(lambda p: objective(p, reference_params, batch,
+                                             losses.DPOHParams(beta, 0.0))[0])(params)
         return sum(jnp.sum(g) for g in jax.tree.leaves(grads))
 
     step = 1e-2
@@ -187,6 +192,6 @@ def test_sft_objective_is_mean_nll_over_mask(tiny_model, sequences):
 
 def test_bad_loss_arguments():
     with pytest.raises(ValueError, match="loss_type"):
-        losses.dpo_objective(None, None, None, _preference_batch(), losses.DPOHparams(0.1), loss_type="hinge")
+        losses.dpo_objective(None, None, None, _preference_batch(), losses.DPOHParams(0.1), loss_type="hinge")
     with pytest.raises(ValueError, match="length"):
         losses.pad_to_length(jnp.zeros((2, 5)), 3)

@@ -29,7 +29,8 @@ def test_logit_mixing_hand_values():
     arithmetic = merge.mix_logits(log_a, log_b, 0.5, mode="arithmetic")
     np.testing.assert_allclose(jnp.exp(arithmetic), [0.7, 0.3], rtol=1e-6)
     geometric = jnp.exp(merge.mix_logits(log_a, log_b, 0.5, mode="geometric"))
-    np.testing.assert_allclose(geometric, np.array([0.75, 0.25]) / 1.0, rtol=1e-6)  # sqrt(.45):sqrt(.05) = 3:1
+    np.testing.assert_allclose(geometric, np.array([0.75, 0.25]) / 1.0,
+                               rtol=1e-6)  # sqrt(.45):sqrt(.05) = 3:1
     with pytest.raises(ValueError, match="mode"):
         merge.mix_logits(log_a, log_b, 0.5, mode="max")
 
@@ -39,7 +40,8 @@ def test_logit_mixture_model_generates_like_its_mixed_logits(tiny_model, tiny_co
     _, other = model_lib.init_params(tiny_config, jax.random.PRNGKey(7))
     mix_graphdef, mix_state = merge.make_logit_mixture(graphdef, params, graphdef, other, 0.3)
     tokens, mask = gen.left_pad([[3, 4, 5], [6, 7]])
-    out = gen.generate(mix_graphdef, mix_state, tokens, mask, jax.random.PRNGKey(0), gen.SamplingConfig(4, temperature=0))
+    out = gen.generate(mix_graphdef, mix_state, tokens, mask, jax.random.PRNGKey(0),
+                       gen.SamplingConfig(4, temperature=0))
     full_mask = jnp.concatenate([mask, jnp.ones((2, 4), bool)], axis=1)
     mixed = merge.mix_logits(jit_logits(graphdef, params, out.sequences, None, full_mask),
                              jit_logits(graphdef, other, out.sequences, None, full_mask), 0.3)
@@ -63,7 +65,8 @@ def test_word_level_round_trip_and_pairs(words_tokenizer, tmp_path):
     # the same code path through a tokenizer.json file
     t.save(tmp_path)
     loaded = tok.load_tokenizer(tmp_path, pad_token="<pad>", bos_token="<bos>", eos_token="<eos>")
-    np.testing.assert_array_equal(loaded.encode_pairs(["how are you"], ["fine"], 8).tokens, [[1, 3, 4, 5, 6, 2]])
+    np.testing.assert_array_equal(loaded.encode_pairs(["how are you"], ["fine"], 8).tokens,
+                                  [[1, 3, 4, 5, 6, 2]])
     tokens, mask = loaded.encode_prompts(["how are you", "bye"], max_length=8)
     np.testing.assert_array_equal(tokens, [[1, 3, 4, 5], [0, 0, 1, 8]])
     np.testing.assert_array_equal(mask[1], [0, 0, 1, 1])

@@ -51,7 +51,8 @@ def test_enumeration_matches_generation(policy, reference_table):
     weapon_row = lang.TOPICS.index(lang.TOKEN_ID["weapon"])
     prompts = jnp.tile(jnp.asarray(lang.prompt_tokens())[weapon_row][None], (n_samples, 1))
     out = gen.generate(graphdef, params, prompts, jnp.ones_like(prompts, bool), jax.random.PRNGKey(1),
-                       gen.SamplingConfig(lang.MAX_RESPONSE_LENGTH, stop_tokens=(lang.EOS,), pad_token=lang.PAD),
+                       gen.SamplingConfig(lang.MAX_RESPONSE_LENGTH, stop_tokens=(lang.EOS,),
+                                          pad_token=lang.PAD),
                        processor=lang.response_processor)
     responses = np.asarray(out.response_tokens)
     indices = np.array([lang.response_index(row) for row in responses])
@@ -66,7 +67,8 @@ def test_enumeration_matches_generation(policy, reference_table):
         exact = float(exact_probs @ table[weapon_row])
         assert abs(values.mean() - exact) < 4 * values.std() / np.sqrt(n_samples) + 1e-3
     empirical_stop = np.mean(responses[:, 0] == lang.EOS)
-    assert abs(empirical_stop - exact_probs[0]) < 4 * np.sqrt(exact_probs[0] * (1 - exact_probs[0]) / n_samples)
+    standard_error = np.sqrt(exact_probs[0] * (1 - exact_probs[0]) / n_samples)
+    assert abs(empirical_stop - exact_probs[0]) < 4 * standard_error
 
 
 def test_optimal_policy_closed_form(reference_table):
@@ -92,7 +94,8 @@ def test_optimal_policy_closed_form(reference_table):
 
 
 def test_preference_labels_follow_bradley_terry(reference_table):
-    batch, ids = lang.preference_pairs(jax.random.PRNGKey(3), reference_table, lang.prompt_distribution(), 4000,
+    batch, ids = lang.preference_pairs(jax.random.PRNGKey(3), reference_table,
+                                       lang.prompt_distribution(), 4000,
                                        label_by="safety")
     _, g = lang.reward_tables()
     chosen_g = g[np.asarray(ids["prompt_ids"]), np.asarray(ids["chosen_ids"])]
@@ -105,7 +108,8 @@ def test_preference_labels_follow_bradley_terry(reference_table):
     assert abs(observed - expected) < 0.03
     np.testing.assert_array_equal(batch.chosen_tokens[:, :2], batch.rejected_tokens[:, :2])
     with pytest.raises(ValueError, match="label_by"):
-        lang.preference_pairs(jax.random.PRNGKey(0), reference_table, lang.prompt_distribution(), 4, label_by="cost")
+        lang.preference_pairs(jax.random.PRNGKey(0), reference_table, lang.prompt_distribution(), 4,
+                              label_by="cost")
 
 
 def test_dpo_moves_policy_toward_optimum(policy, reference_table):
@@ -114,16 +118,18 @@ def test_dpo_moves_policy_toward_optimum(policy, reference_table):
     prompt_probs = lang.prompt_distribution()
     r, g = (jnp.asarray(t) for t in lang.reward_tables())
     target = lang.optimal_policy_logprobs(reference_table, r, g, beta)
-    batch, _ = lang.preference_pairs(jax.random.PRNGKey(1), reference_table, prompt_probs, 4096, label_by="reward")
+    batch, _ = lang.preference_pairs(jax.random.PRNGKey(1), reference_table, prompt_probs, 4096,
+                                     label_by="reward")
     loss_fn = train.dpo_loss_fn(graphdef, reference_params, vocab_mask=lang.response_vocab_mask())
     params, metrics = train.run_training(loss_fn, optax.adam(3e-3), reference_params, batch,
-                                         losses.DPOHparams(jnp.float32(beta)), jax.random.PRNGKey(2), n_steps=100,
-                                         batch_size=64)
+                                         losses.DPOHParams(jnp.float32(beta)), jax.random.PRNGKey(2),
+                                         n_steps=100, batch_size=64)
     trained = logprob_table(graphdef, params)
     kl_before = float(lang.kl_divergence(reference_table, target, prompt_probs))
     kl_after = float(lang.kl_divergence(trained, target, prompt_probs))
     assert kl_after < 0.35 * kl_before, (kl_before, kl_after)
-    assert lang.expected_value(trained, r, prompt_probs) > lang.expected_value(reference_table, r, prompt_probs) + 0.5
+    assert lang.expected_value(trained, r, prompt_probs) > lang.expected_value(reference_table, r,
+                                                                               prompt_probs) + 0.5
     assert float(metrics["loss"][-10:].mean()) < float(metrics["loss"][:10].mean())
 
 
@@ -132,7 +138,8 @@ def test_sft_fits_the_corpus_distribution(policy, reference_table):
     corpus = lang.sft_corpus(jax.random.PRNGKey(4), 4096)
     base = lang.base_policy_logprobs()
     prompt_probs = lang.prompt_distribution()
-    trained, metrics = train.train_sft(graphdef, params, corpus, jax.random.PRNGKey(5), n_steps=100, batch_size=64,
+    trained, metrics = train.train_sft(graphdef, params, corpus, jax.random.PRNGKey(5), n_steps=100,
+                                       batch_size=64,
                                        learning_rate=3e-3, vocab_mask=lang.response_vocab_mask())
     kl_before = float(lang.kl_divergence(base, reference_table, prompt_probs))
     kl_after = float(lang.kl_divergence(base, logprob_table(graphdef, trained), prompt_probs))

@@ -42,7 +42,8 @@ def _hparams(config, **changes):
 @pytest.fixture(scope="module")
 def policy():
     """A small random decoder (1 layer, width 32) as the reference policy: full support over responses."""
-    config = model_lib.preset("tiny", vocab_size=lang.VOCAB_SIZE, max_seq_len=8, d_model=32, n_layers=1, d_ff=128)
+    config = model_lib.preset("tiny", vocab_size=lang.VOCAB_SIZE, max_seq_len=8, d_model=32,
+                              n_layers=1, d_ff=128)
     graphdef, params = model_lib.init_params(config, jax.random.PRNGKey(0))
     return graphdef, params, logprob_table(graphdef, params)
 
@@ -52,14 +53,17 @@ def trained(policy):
     graphdef, reference, reference_table = policy
     reward_pairs, ids = lang.preference_pairs(jax.random.PRNGKey(1), reference_table, PROMPT_PROBS, N_PAIRS,
                                               "reward")
-    safety_pairs, _ = lang.preference_pairs(jax.random.PRNGKey(2), reference_table, PROMPT_PROBS, N_PAIRS, "safety")
+    safety_pairs, _ = lang.preference_pairs(jax.random.PRNGKey(2), reference_table, PROMPT_PROBS,
+                                            N_PAIRS, "safety")
     combined_pairs = sacpo.relabel_pairs(jax.random.PRNGKey(3), ids["chosen_ids"], ids["rejected_ids"],
                                          ids["prompt_ids"], R + LAMBDAS[0] * G, lang.sequences)
     vocab_mask = lang.response_vocab_mask()
-    problem = sacpo.SACPOProblem(graphdef, reference, {"reward": reward_pairs, "safety": safety_pairs}, vocab_mask)
+    problem = sacpo.SACPOProblem(graphdef, reference, {"reward": reward_pairs, "safety": safety_pairs},
+                                 vocab_mask)
     config = sacpo.SACPOConfig(n_steps=400, batch_size=128)
     grid = sweep.run_grid(sacpo.make_train(config, problem),
-                          sweep.make_grid(_hparams(config), seeds=1, base_seed=4, lagrange_multipliers=LAMBDAS))
+                          sweep.make_grid(_hparams(config), seeds=1, base_seed=4,
+                                          lagrange_multipliers=LAMBDAS))
     # the first stage of every lane (same seed, same beta): the same run with the reward stage only
     step1_config = config.replace(stages=("reward",))
     step1 = jax.jit(sacpo.make_train(step1_config, problem))(jax.random.PRNGKey(4), _hparams(step1_config))
@@ -128,9 +132,9 @@ def test_bad_config_and_hparams_raise(policy):
 
 
 def test_update_is_one_step_and_a_shorter_run_is_the_first_stage(policy):
-    """Exact identities of the learner shape on a tiny run: the first stage of a two-stage run is the one-stage
-    run (so the step-1 model can be had from a second call), a vmapped lane equals the single run, and the
-    reference and Adam restart at the stage boundary."""
+    """Exact identities of the learner shape on a tiny run: the first stage of a two-stage run is the
+    one-stage run (so the step-1 model can be had from a second call), a vmapped lane equals the single run,
+    and the reference and Adam restart at the stage boundary."""
     graphdef, reference, reference_table = policy
     pairs = [lang.preference_pairs(jax.random.PRNGKey(i), reference_table, PROMPT_PROBS, n, label)[0]
              for i, n, label in ((20, 96, "reward"), (21, 64, "safety"))]
@@ -173,7 +177,8 @@ def test_cli_rejects_bad_arguments_before_compiling(capsys):
     parser = argparse.ArgumentParser(prog="jaxsafe")
     cli.add_subparser(parser.add_subparsers(dest="command", required=True))
     for bad, field in ((["--beta", "-1"], "--beta"), (["--lambdas", "1", "0"], "--lambdas"),
-                       (["--pairs", "64", "--batch-size", "128"], "--batch-size"), (["--steps", "0"], "--steps")):
+                       (["--pairs", "64", "--batch-size", "128"], "--batch-size"), (["--steps", "0"],
+                                                                                    "--steps")):
         namespace = parser.parse_args(["align", "sacpo", "--out", "unused", *bad])
         with pytest.raises(SystemExit) as exit_info:
             namespace.func(namespace)
@@ -196,7 +201,8 @@ def test_stepwise_composition_is_the_constrained_optimum_exactly(policy):
         np.testing.assert_allclose(reverse, target, atol=2e-5)
     # two constraints in sequence (g split into its negative and positive parts) = one combined constraint
     g_harm, g_refuse = jnp.minimum(G, 0.0), jnp.maximum(G, 0.0)
-    two = sacpo.stepwise_target_logprobs(reference_table, [R, g_harm, g_refuse], [BETA, BETA / 1.0, BETA / 3.0])
+    two = sacpo.stepwise_target_logprobs(reference_table, [R, g_harm, g_refuse],
+                                         [BETA, BETA / 1.0, BETA / 3.0])
     combined = lang.optimal_policy_logprobs(reference_table, R, g_harm + 3.0 * g_refuse, BETA, 1.0)
     np.testing.assert_allclose(two, combined, atol=2e-5)
     # and the identity is not vacuous: the wrong coefficient gives a different policy
@@ -294,23 +300,27 @@ def test_learned_merges_track_the_optimum_at_q_lambda_bar(policy, trained):
 
 def test_kto_stages_move_towards_helpfulness_then_safety(policy):
     graphdef, reference, reference_table = policy
-    reward_pairs, _ = lang.preference_pairs(jax.random.PRNGKey(6), reference_table, PROMPT_PROBS, 2048, "reward")
+    reward_pairs, _ = lang.preference_pairs(jax.random.PRNGKey(6), reference_table, PROMPT_PROBS,
+                                            2048, "reward")
     prompt_ids, response_ids = lang.sample_pairs(jax.random.PRNGKey(7), reference_table, PROMPT_PROBS, 4096)
     sequences = lang.sequences(prompt_ids, response_ids)
     safe = G[prompt_ids, response_ids] >= 0  # each response labelled by its own safety flag (SACPO repo)
     datasets = {
         "reward": sacpo.unpaired_from_pairs(reward_pairs, jax.random.PRNGKey(8)),
-        "safety": sacpo.unpaired_batch(sequences.tokens, sequences.attention_mask, sequences.response_mask, safe,
+        "safety": sacpo.unpaired_batch(sequences.tokens, sequences.attention_mask,
+                                       sequences.response_mask, safe,
                                        jax.random.PRNGKey(9)),
     }
     kl_tokens = np.asarray(datasets["safety"].kl_tokens)
     np.testing.assert_array_equal(kl_tokens[:, :2], np.asarray(sequences.tokens)[:, :2])  # own prompt kept
-    assert (kl_tokens[:, 2:] != np.asarray(sequences.tokens)[:, 2:]).any(axis=1).mean() > 0.5  # other completion
+    assert (kl_tokens[:, 2:] != np.asarray(sequences.tokens)[:,
+                                                             2:]).any(axis=1).mean() > 0.5  # other completion
     config = sacpo.SACPOConfig(n_steps=80, batch_size=64)
     hparams = _hparams(config, lagrange_multipliers=2.0)
     problem = sacpo.SACPOProblem(graphdef, reference, datasets, lang.response_vocab_mask())
     result = jax.jit(sacpo.make_train(config, problem))(jax.random.PRNGKey(10), hparams)
-    first = jax.jit(sacpo.make_train(config.replace(stages=("reward",)), problem))(jax.random.PRNGKey(10), hparams)
+    first = jax.jit(sacpo.make_train(config.replace(stages=("reward",)),
+                                     problem))(jax.random.PRNGKey(10), hparams)
     step1 = logprob_table(graphdef, first.params)
     step2 = logprob_table(graphdef, result.params)
     reward = lambda table: float(lang.expected_value(table, R, PROMPT_PROBS))
@@ -322,8 +332,10 @@ def test_kto_stages_move_towards_helpfulness_then_safety(policy):
 
 def test_safe_rlhf_multiplier_trades_helpfulness_for_safety(policy):
     graphdef, reference, reference_table = policy
-    reward_pairs, _ = lang.preference_pairs(jax.random.PRNGKey(11), reference_table, PROMPT_PROBS, 4096, "reward")
-    safety_pairs, ids = lang.preference_pairs(jax.random.PRNGKey(12), reference_table, PROMPT_PROBS, 4096, "safety")
+    reward_pairs, _ = lang.preference_pairs(jax.random.PRNGKey(11), reference_table, PROMPT_PROBS,
+                                            4096, "reward")
+    safety_pairs, ids = lang.preference_pairs(jax.random.PRNGKey(12), reference_table, PROMPT_PROBS,
+                                              4096, "safety")
     cost_pairs = safe_rlhf.CostPairs(safety_pairs, G[ids["prompt_ids"], ids["chosen_ids"]] >= 0,
                                      G[ids["prompt_ids"], ids["rejected_ids"]] >= 0)
     config = safe_rlhf.SafeRLHFConfig(n_iterations=20, prompts_per_iteration=16, samples_per_prompt=4,
@@ -332,7 +344,8 @@ def test_safe_rlhf_multiplier_trades_helpfulness_for_safety(policy):
                                           reference, reward_pairs, cost_pairs, jax.random.PRNGKey(13))
     assert float(models.metrics["reward_model/accuracy"][-30:].mean()) > 0.6
     assert float(models.metrics["cost_model/sign_accuracy"][-30:].mean()) > 0.8
-    task = sacpo_experiment.SyntheticTask(graphdef, reference, reference_table, reward_pairs, safety_pairs, ids, R,
+    task = sacpo_experiment.SyntheticTask(graphdef, reference, reference_table, reward_pairs,
+                                          safety_pairs, ids, R,
                                           G, PROMPT_PROBS)
     problem = sacpo_experiment.rlhf_problem(task, models)
     # a limit no policy violates (multiplier stays 0) against a tight one

@@ -96,12 +96,14 @@ def test_shapes_params_and_validation():
     gpt2 = _config("gpt2")
     assert gpt2.qkv_bias and gpt2.mlp_bias and gpt2.activation == "gelu_tanh" and not gpt2.uses_rope
     for field, value in (("n_heads", 0), ("n_kv_heads", 3), ("d_model", 30), ("block_style", "mamba"),
-                         ("activation", "relu"), ("norm_eps", 0.0), ("dtype", "float16"), ("max_seq_len", 1.5)):
+                         ("activation", "relu"), ("norm_eps", 0.0), ("dtype",
+                                                                     "float16"), ("max_seq_len", 1.5)):
         with pytest.raises(ValueError, match=f"TransformerConfig.{field} must be"):
             transformer.TransformerConfig(**{**BASE, field: value})
     with pytest.raises(ValueError, match="TransformerConfig.head_dim must be even"):
         transformer.TransformerConfig(**BASE, head_dim=7)
-    transformer.TransformerConfig(**BASE, head_dim=7, block_style="gpt2")  # odd head widths are fine without rotary positions
+    transformer.TransformerConfig(**BASE, head_dim=7,
+                                  block_style="gpt2")  # odd head widths are fine without rotary positions
     with pytest.raises(ValueError, match="cache_length"):
         transformer.init_cache(config, 1, 17)
     graphdef, params = transformer.init_params(config, jax.random.PRNGKey(0))
