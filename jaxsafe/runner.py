@@ -501,22 +501,43 @@ class LoadedRun(NamedTuple):
     checkpoint_step: int
 
 
+class RestoredRun(NamedTuple):
+    """Any run directory rebuilt: its spec, the built learner (:class:`Built`: algorithm, problem, config, grid,
+    parts), the restored checkpoint step and the learner state of every lane (a leading grid axis)."""
+
+    spec: RunSpec
+    built: Built
+    checkpoint_step: int
+    state: Any
+
+
+def restore_run(out_dir: str | Path) -> RestoredRun:
+    """Rebuild a run directory's learner and restore its newest usable checkpoint (every lane)."""
+    run_dir = RunDir(out_dir, must_exist=True)
+    spec = RunSpec.from_json(run_dir.read_config())
+    built = _build(spec)
+    template = jax.vmap(built.parts.init)(built.grid.keys, built.grid.hparams)
+    step, state = checkpoint.restore(run_dir.checkpoint_dir, template)
+    return RestoredRun(spec, built, step, state)
+
+
 def load_run(out_dir: str | Path) -> LoadedRun:
-    """Rebuild a run directory's learner and restore the newest checkpoint's parameters of every lane.
+    """An environment learner's run directory with the newest checkpoint's parameters of every lane.
 
     Raises:
       ValueError: the run's algorithm is not an environment policy (it has no ``make_act``).
     """
     run_dir = RunDir(out_dir, must_exist=True)
     spec = RunSpec.from_json(run_dir.read_config())
-    algo, problem, config, grid, parts = _build(spec)
+    algo = get_algorithm(spec.algorithm)
     if algo.make_act is None:
         raise ValueError(f"{run_dir.path} holds a {spec.algorithm} run on a {algo.problems.kind}; evaluation and "
                          f"flipping need an environment policy (one of the RL learners)")
-    template = jax.vmap(parts.init)(grid.keys, grid.hparams)
-    step, state = checkpoint.restore(run_dir.checkpoint_dir, template)
+    restored = restore_run(out_dir)
+    _, problem, config, grid, _ = restored.built
     env, env_params = problem
-    return LoadedRun(spec, env, env_params, config, grid, algo.make_act(config, problem), state.params, step)
+    return LoadedRun(spec, env, env_params, config, grid, algo.make_act(config, problem), restored.state.params,
+                     restored.checkpoint_step)
 
 
 def evaluate_run(out_dir: str | Path, episodes: int = 16, max_steps: int = 1000, deterministic: bool = False,

@@ -1,4 +1,9 @@
-"""``jaxsafe align sacpo``: argparse wiring of :func:`jaxsafe.llm.sacpo_experiment.run_sacpo`.
+"""``jaxsafe align sacpo|tsdi|poison``: argparse wiring of the alignment experiments (library functions).
+
+``sacpo`` runs :func:`jaxsafe.llm.sacpo_experiment.run_sacpo`; ``tsdi`` the biased-safety experiment
+(:func:`jaxsafe.llm.tsdi_experiment.run_tsdi`) or, given a SACPO run directory, TSDI on its lanes
+(:func:`~jaxsafe.llm.tsdi_experiment.debias_run`); ``poison`` the minimum-cost label-flipping attack
+(:mod:`jaxsafe.llm.poisoning_experiment`).
 
     jaxsafe align sacpo --beta 0.5 --lambdas 0.5 1 2 4 --pairs 16384 --steps 400 --seeds 2 --out runs/sacpo
     jaxsafe align sacpo --quick --out runs/sacpo-quick          # small model, fewer pairs and steps
@@ -16,6 +21,7 @@ from __future__ import annotations
 import argparse
 import time
 
+from jaxsafe.llm import tsdi_experiment
 from jaxsafe.llm.sacpo_experiment import DEFAULTS, LOSSES, MODEL_SIZES, ORDERS, QUICK, AlignArgs, run_sacpo
 
 
@@ -82,4 +88,74 @@ def add_subparser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--quick", action="store_true", help="small budget for a smoke run (about a minute)")
     parser.add_argument("--out", default=None, help="run directory (default runs/<time>-align-sacpo)")
     parser.set_defaults(func=_handle, parser=parser)
+    _add_tsdi(methods)
+    _add_poison(methods)
     return align
+
+
+def _handle_tsdi(namespace: argparse.Namespace) -> int:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    if namespace.run_dir is not None:
+        out = namespace.out or f"{namespace.run_dir.rstrip('/')}-tsdi-{stamp}"
+        summary = tsdi_experiment.debias_run(namespace.run_dir, out, positions=(namespace.positions or [1])[0],
+                                             prompts=namespace.prompts or 1024,
+                                             strengths=namespace.strength or (0.0, 1.0),
+                                             pool=(namespace.pool or ["neutral"])[0], seed=namespace.seed)
+        for p in summary["points"]:
+            print(f"lane {p['lane']} alpha {p['strength']:g}: E[r] {p['expected_reward']:.3f} E[g] "
+                  f"{p['expected_safety']:.3f} benign refusal {p['benign_refusal']:.3f}")
+    else:
+        # --quick's budget, then every flag given (the others keep TSDIArgs' defaults).
+        values = dict(tsdi_experiment.QUICK) if namespace.quick else {}
+        flags = dict(beta="beta", lambdas="lambdas", seeds="seeds", prompts="prompts", pairs="pairs", steps="steps",
+                     sft_steps="sft_steps", strengths="strength", positions="positions", references="reference",
+                     pools="pool", refusal_bonus="refusal_bonus")
+        for field, flag in flags.items():
+            if getattr(namespace, flag) is not None:
+                value = getattr(namespace, flag)
+                values[field] = tuple(value) if isinstance(value, list) else value
+        args = tsdi_experiment.TSDIArgs(**values)
+        out = namespace.out or f"runs/{stamp}-align-tsdi"
+        summary = tsdi_experiment.run_tsdi(args, out, seed=namespace.seed)
+        print(tsdi_experiment.table(summary))
+    print(f"\nrun directory: {out}")
+    return 0
+
+
+def _add_tsdi(methods) -> None:
+    parser = methods.add_parser("tsdi", help="token-level safety-debiased inference (learning-free)",
+                                description=tsdi_experiment.__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run_dir", nargs="?", default=None,
+                        help="a SACPO run directory (jaxsafe train|sweep sacpo --problem safety_language); "
+                             "without it, the biased-safety experiment runs")
+    parser.add_argument("--positions", type=int, nargs="+", default=None,
+                        help="L: debiased positions (1 2 3; one value with RUN_DIR)")
+    parser.add_argument("--prompts", type=int, default=None, help="N random prompts for the bias (1024)")
+    parser.add_argument("--strength", type=float, nargs="+", default=None,
+                        help="alpha (0 0.5 1 1.5): 0 is the plain model, 1 the paper's method")
+    parser.add_argument("--pool", nargs="+", default=None, choices=sorted(tsdi_experiment.POOLS),
+                        help="token pools of the random prompts (neutral topics all)")
+    parser.add_argument("--reference", nargs="+", default=None, choices=tsdi_experiment.REFERENCES,
+                        help="reference model(s) of the bias (step1 sft)")
+    parser.add_argument("--beta", type=float, default=None)
+    parser.add_argument("--lambdas", type=float, nargs="+", default=None)
+    parser.add_argument("--seeds", type=int, default=None)
+    parser.add_argument("--pairs", type=int, default=None)
+    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--sft-steps", type=int, default=None)
+    parser.add_argument("--refusal-bonus", type=float, default=None, help="strength of the data's refusal shortcut")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quick", action="store_true", help="a small budget (about a minute)")
+    parser.add_argument("--out", default=None, help="a new directory for the results")
+    parser.set_defaults(func=_handle_tsdi, parser=parser)
+
+
+def _add_poison(methods) -> None:
+    from jaxsafe.llm import poisoning_experiment
+
+    parser = methods.add_parser("poison", help="minimum-cost label-flipping poisoning of RLHF/DPO (LP)",
+                                description=poisoning_experiment.__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    poisoning_experiment.add_arguments(parser)
+    parser.set_defaults(func=poisoning_experiment.handle, parser=parser)

@@ -6,7 +6,7 @@ arrays with lengths). Generation runs as one ``lax.while_loop`` (prefill, then o
 cached decode step per token, stopping early once every row is done), so it compiles
 once per (graphdef, sampling config, processor, B, P) and never per token.
 
-Each step: ``logits -> processor(logits, step, tokens_so_far) -> temperature / top-k /
+Each step: ``logits -> processor(logits, step, tokens_so_far[, processor_state]) -> temperature / top-k /
 top-p -> sample``. Rows that produced a stop token are done; later positions hold
 ``pad_token`` and are excluded from ``response_mask``.
 """
@@ -26,7 +26,8 @@ from jaxsafe.llm import model as model_lib
 
 # processor(logits [B, V] float32, step int32 scalar, tokens_so_far [B, P + N]) -> logits [B, V].
 # tokens_so_far holds the left-padded prompt then the tokens generated so far; positions
-# P + step and later hold pad_token.
+# P + step and later hold pad_token. A processor given a ``processor_state`` (any pytree of arrays, e.g. a
+# debiasing table) receives it as a fourth argument; the state is traced, so new values reuse the compilation.
 LogitProcessor = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
 
 
@@ -146,7 +147,8 @@ def sample_tokens(key: jax.Array, logits: jax.Array, sampling: SamplingConfig) -
 
 
 @jax.jit(static_argnums=(0, 1, 2))
-def _generate_jit(graphdef, sampling: SamplingConfig, processor, params, prompt_tokens, prompt_mask, key):
+def _generate_jit(graphdef, sampling: SamplingConfig, processor, params, prompt_tokens, prompt_mask, key,
+                  processor_state=None):
     batch, prompt_length = prompt_tokens.shape
     total_length = prompt_length + sampling.max_new_tokens
     cache = nnx.merge(graphdef, params).init_cache(batch, total_length)
@@ -164,7 +166,9 @@ def _generate_jit(graphdef, sampling: SamplingConfig, processor, params, prompt_
 
     def decode_step(carry):
         step, key, next_logits, cache, sequences, logprobs, done, active, last_position = carry
-        if processor is not None:
+        if processor is not None and processor_state is not None:
+            next_logits = processor(next_logits, step, sequences, processor_state)
+        elif processor is not None:
             next_logits = processor(next_logits, step, sequences)
         key, sample_key = jax.random.split(key)
         token = sample_tokens(sample_key, next_logits, sampling)
@@ -193,7 +197,7 @@ def _generate_jit(graphdef, sampling: SamplingConfig, processor, params, prompt_
 
 
 def generate(graphdef, params, prompt_tokens, prompt_mask, key: jax.Array, sampling: SamplingConfig,
-             processor: LogitProcessor | None = None) -> GenerationOutput:
+             processor: LogitProcessor | None = None, processor_state=None) -> GenerationOutput:
     """Sample ``sampling.max_new_tokens`` tokens after left-padded prompts.
 
     graphdef, params: a decoder from :func:`jaxsafe.llm.model.init_params`, or any module with
@@ -203,6 +207,8 @@ def generate(graphdef, params, prompt_tokens, prompt_mask, key: jax.Array, sampl
     key: PRNG key (unused when greedy).
     processor: optional hashable callable ``(logits [B, V], step, tokens_so_far [B, P+N]) -> logits``,
       applied at every step before temperature/top-k/top-p (debiasing, constraints).
+    processor_state: optional pytree of arrays passed to ``processor`` as a fourth argument (traced: a new value
+      of the same shapes reuses the compiled sampler; e.g. :class:`jaxsafe.llm.tsdi.TSDIState`).
 
     Inputs are validated on the host when they are concrete (not traced).
     """
@@ -225,4 +231,6 @@ def generate(graphdef, params, prompt_tokens, prompt_mask, key: jax.Array, sampl
         if not mask[:, -1].all() or (np.diff(mask.astype(np.int8), axis=1) < 0).any():
             raise ValueError("prompt_mask: prompts must be left-padded (zeros then ones, last column real); "
                              "use left_pad() or left_align()")
-    return _generate_jit(graphdef, sampling, processor, params, prompt_tokens, prompt_mask, key)
+    if processor_state is not None and processor is None:
+        raise ValueError("processor_state: given without a processor to receive it")
+    return _generate_jit(graphdef, sampling, processor, params, prompt_tokens, prompt_mask, key, processor_state)

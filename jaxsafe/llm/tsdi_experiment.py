@@ -341,3 +341,65 @@ def table(summary: dict) -> str:
                      f"{s['benign_refusal']['mean']:.3f} | {s['harmful_safety']['mean']:.3f} | "
                      f"{s['kl_to_optimum']['mean']:.4f} |")
     return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- TSDI on a trained SACPO run
+
+
+def debias_run(run_path, out_dir, positions: int = 1, prompts: int = 1024, strengths=(0.0, 1.0),
+               pool: str = "neutral", seed: int = 0) -> dict:
+    """TSDI on every lane of a SACPO run directory (``jaxsafe train|sweep sacpo --problem safety_language``).
+
+    The reference is the run's SFT policy (the problem's initial params; a run directory keeps no step-1 model).
+    Writes a new ``out_dir`` with one ``bias-lane<i>.safetensors`` per lane, ``summary.json`` (exact metrics of
+    every lane at every strength) and ``pareto.png``; returns the summary.
+
+    Raises:
+      ValueError: the run is not a SACPO run on the synthetic safety language, or a bad setting (named).
+    """
+    from jaxsafe import runner
+
+    require(is_int(positions) and positions <= lang.MAX_RESPONSE_LENGTH, "--positions",
+            f"an integer in [1, {lang.MAX_RESPONSE_LENGTH}]", positions)
+    require(is_int(prompts), "--prompts", "an integer >= 1", prompts)
+    require(pool in POOLS, "--pool", f"one of {sorted(POOLS)}", pool)
+    require(all(np.isfinite(a) and a >= 0 for a in strengths), "--strength", "finite numbers >= 0", list(strengths))
+    spec = runner.RunSpec.from_json(RunDir(run_path, must_exist=True).read_config())
+    require(spec.algorithm == "sacpo" and spec.problem == "safety_language", "RUN_DIR",
+            "a sacpo run on the safety_language task", f"{spec.algorithm} on {spec.problem}")
+    out = RunDir(out_dir)
+    restored = runner.restore_run(run_path)
+    problem, grid = restored.built.problem, restored.built.grid
+    reward, safety = (jnp.asarray(t) for t in lang.reward_tables())
+    sft_table = sx.logprob_table(problem.graphdef, problem.initial_params)
+    task = sx.SyntheticTask(problem.graphdef, problem.initial_params, sft_table, None, None, None, reward, safety,
+                            lang.prompt_distribution())
+    contexts = tsdi.random_contexts(jax.random.PRNGKey(seed), POOLS[pool], prompts, lang.PROMPT_LENGTH, positions,
+                                    prefix_pool=lang.CONTENT_WORDS, prompt_prefix=[lang.BOS])
+    out.write_config({"experiment": "tsdi on a run", "run": str(run_path), "checkpoint": restored.checkpoint_step,
+                      "positions": positions, "prompts": prompts, "strengths": list(strengths), "pool": pool,
+                      "reference": "sft", "seed": seed})
+    points = []
+    for lane, point in enumerate(grid.points):
+        params = sweep.lane(restored.state.params, lane)
+        hparams = sweep.lane(grid.hparams, lane)
+        beta, lam = float(hparams.beta), float(np.ravel(np.asarray(hparams.lagrange_multipliers))[0])
+        bias = estimate(problem.graphdef, params, problem.initial_params, contexts, positions)
+        tsdi.save_bias(out.path / f"bias-lane{lane}.safetensors", bias, positions=positions,
+                       metadata={"run": str(run_path), "lane": lane, **point})
+        target = sx.optimum_table(task, beta, lam)
+        for strength in strengths:
+            table = debiased_table(problem.graphdef, params, bias, jnp.float32(strength))
+            points.append({"lane": lane, **point, "strength": float(strength), "positions": positions,
+                           **exact_metrics(task, table, target)})
+    summary = {"points": points, "checkpoint": restored.checkpoint_step}
+    out.write_summary(summary)
+    groups = {}
+    for p in points:
+        rewards, safeties = groups.setdefault(f"α = {p['strength']:g}", ([], []))
+        rewards.append(p["expected_reward"])
+        safeties.append(p["expected_safety"])
+    beta0 = float(np.ravel(np.asarray(grid.hparams.beta))[0])
+    plot_plane(out.path / "pareto.png", sx.exact_front(task, beta0), groups, None,
+               f"TSDI (L = {positions}) on {run_path}")
+    return summary

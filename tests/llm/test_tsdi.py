@@ -182,3 +182,45 @@ def test_bad_experiment_settings_are_named():
         te.TSDIArgs(references=("rlhf",))
     with pytest.raises(ValueError, match="--prompts"):
         te.TSDIArgs(prompts=0)
+
+
+def test_sampler_with_the_processor_compiles_once_and_debiases_only_the_first_positions():
+    from jaxsafe.llm import generate
+
+    config = model_lib.preset("tiny", vocab_size=lang.VOCAB_SIZE, max_seq_len=8, d_model=32, n_layers=1, d_ff=64)
+    graphdef, params = model_lib.init_params(config, jax.random.PRNGKey(0))
+    prompts = jnp.asarray(lang.prompt_tokens())
+    mask = jnp.ones(prompts.shape, bool)
+    sampling = generate.SamplingConfig(3, temperature=0.0)  # greedy: the argmax shows what the logits became
+    processor = tsdi.debiased_processor(lang.response_processor)
+    plain = generate.generate(graphdef, params, prompts, mask, jax.random.PRNGKey(1), sampling,
+                              lang.response_processor)
+    refuse_first = jnp.zeros((1, lang.VOCAB_SIZE)).at[0, lang.TOKEN_ID["REFUSE"]].set(-100.0)  # b: subtract -100
+    before = generate._generate_jit._cache_size()
+    outputs = [generate.generate(graphdef, params, prompts, mask, jax.random.PRNGKey(1), sampling, processor,
+                                 processor_state=tsdi.TSDIState(refuse_first * scale, jnp.float32(1.0)))
+               for scale in (0.0, 1.0)]
+    assert generate._generate_jit._cache_size() == before + 1  # one compilation for both biases
+    np.testing.assert_array_equal(outputs[0].sequences, plain.sequences)  # zero bias: the plain sampler
+    first = np.asarray(outputs[1].response_tokens[:, 0])
+    assert np.all(first == lang.TOKEN_ID["REFUSE"])  # position 1 forced by the bias
+    with pytest.raises(ValueError, match="processor_state"):
+        generate.generate(graphdef, params, prompts, mask, jax.random.PRNGKey(1), sampling,
+                          processor_state=outputs[0])
+
+
+def test_cli_on_a_sacpo_run_directory(tmp_path, capsys):
+    from jaxsafe import cli
+
+    run = tmp_path / "sacpo"
+    assert cli.main(["train", "sacpo", "--problem", "safety_language", "--problem-set", "pairs=512",
+                     "--problem-set", "sft_steps=30", "--set", "n_steps=10", "--set", "batch_size=64", "--chunks", "1",
+                     "--quiet", "--out", str(run)]) == 0
+    out = tmp_path / "debiased"
+    assert cli.main(["align", "tsdi", str(run), "--positions", "1", "--prompts", "64", "--strength", "0", "1",
+                     "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "lane 0 alpha 1" in printed and (out / "bias-lane0.safetensors").exists()
+    assert (out / "pareto.png").stat().st_size > 1000
+    with pytest.raises(SystemExit):  # a new directory only
+        cli.main(["align", "tsdi", str(run), "--out", str(out)])
