@@ -326,8 +326,7 @@ def _figure(path, task, args: TSDIArgs, summary: dict) -> None:
         rewards.append(s["expected_reward"]["mean"])
         safeties.append(s["expected_safety"]["mean"])
     plot_plane(path, sx.exact_front(task, args.beta), groups, None,
-               f"TSDI on SACPO (β={args.beta:g}, λ ∈ {list(args.lambdas)}), reference {primary[0]}, "
-               f"{primary[1]} prompts")
+               f"TSDI on SACPO, β={args.beta:g}; bias vs {primary[0]}, {primary[1]} prompts")
 
 
 def table(summary: dict) -> str:
