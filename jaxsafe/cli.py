@@ -82,6 +82,12 @@ def _train(args, grid: dict) -> int:
     else:
         overrides = _key_values(args.set, "--set")
         if args.steps is not None:
+            import dataclasses
+
+            fields = [f.name for f in dataclasses.fields(get_algorithm(args.algorithm).config_cls)]
+            if "total_steps" not in fields:
+                raise ValueError(f"--steps sets total_steps, which {args.algorithm} does not have; set its loop "
+                                 f"counts with --set (config fields: {', '.join(fields)})")
             overrides["total_steps"] = str(args.steps)
         problem_overrides = {k: _maybe_number(v) for k, v in _key_values(args.problem_set, "--problem-set").items()}
         spec = runner.make_spec(args.algorithm, args.problem, seeds=args.seeds, grid=grid, overrides=overrides,
