@@ -39,7 +39,7 @@ from jaxsafe.llm import losses
 from jaxsafe.llm import model as model_lib
 
 __all__ = ["TSDIState", "random_contexts", "model_logits", "estimate_bias", "debias_logits", "debiased_processor",
-           "debiased_token_logprobs", "save_bias", "load_bias", "LogitsFn"]
+           "generate", "debiased_token_logprobs", "save_bias", "load_bias", "LogitsFn"]
 
 #: ``logits_fn(tokens [B, T], attention_mask [B, T]) -> logits [B, T, V]``: any causal language model.
 LogitsFn = Callable[[jax.Array, jax.Array], jax.Array]
@@ -123,6 +123,7 @@ def estimate_bias(aligned: LogitsFn, reference: LogitsFn, contexts: jax.Array, p
     if aligned_logits.shape[-1] != reference_logits.shape[-1]:
         raise ValueError(f"the aligned and reference models have different vocabularies "
                          f"({aligned_logits.shape[-1]} vs {reference_logits.shape[-1]} tokens)")
+    _check_vocab(contexts, aligned_logits.shape[-1], "contexts (the prompt pool)")
     rows = slice(prompt_length - 1, prompt_length - 1 + positions)
     difference = (losses.masked_log_softmax(aligned_logits[:, rows], vocab_mask)
                   - losses.masked_log_softmax(reference_logits[:, rows], vocab_mask))  # [N, L, V]
@@ -159,6 +160,25 @@ def _make_processor(base):
 
 
 _PROCESSORS: dict = {}
+
+
+def generate(graphdef, params, prompt_tokens, prompt_mask, key: jax.Array, sampling, state: TSDIState,
+             base=None):
+    """Debiased sampling: :func:`jaxsafe.llm.generate.generate` with the TSDI processor, after checking that the
+    bias fits the model's vocabulary and is no longer than the generation (ValueError naming the field)."""
+    from flax import nnx
+
+    from jaxsafe.llm import generate as generate_lib
+
+    vocab_size = nnx.merge(graphdef, params).config.vocab_size
+    positions, width = state.bias.shape
+    if width != vocab_size:
+        raise ValueError(f"TSDIState.bias covers {width} tokens but the model's vocabulary has {vocab_size}")
+    if positions > sampling.max_new_tokens:
+        raise ValueError(f"TSDIState.bias debiases {positions} positions, more than max_new_tokens="
+                         f"{sampling.max_new_tokens}")
+    return generate_lib.generate(graphdef, params, prompt_tokens, prompt_mask, key, sampling,
+                                 debiased_processor(base), processor_state=state)
 
 
 def debiased_token_logprobs(logits_fn: LogitsFn, tokens: jax.Array, attention_mask: jax.Array,

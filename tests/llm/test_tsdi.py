@@ -224,3 +224,21 @@ def test_cli_on_a_sacpo_run_directory(tmp_path, capsys):
     assert (out / "pareto.png").stat().st_size > 1000
     with pytest.raises(SystemExit):  # a new directory only
         cli.main(["align", "tsdi", str(run), "--out", str(out)])
+
+
+def test_bias_that_does_not_fit_the_model_is_refused(reference):
+    from jaxsafe.llm import generate
+
+    config = model_lib.preset("tiny", vocab_size=lang.VOCAB_SIZE, max_seq_len=8, d_model=32, n_layers=1, d_ff=64)
+    graphdef, params = model_lib.init_params(config, jax.random.PRNGKey(0))
+    prompts = jnp.asarray(lang.prompt_tokens())
+    mask = jnp.ones(prompts.shape, bool)
+    with pytest.raises(ValueError, match="more than max_new_tokens=2"):
+        tsdi.generate(graphdef, params, prompts, mask, jax.random.PRNGKey(0), generate.SamplingConfig(2),
+                      tsdi.TSDIState(jnp.zeros((3, lang.VOCAB_SIZE)), jnp.float32(1.0)))
+    with pytest.raises(ValueError, match="vocabulary has 14"):
+        tsdi.generate(graphdef, params, prompts, mask, jax.random.PRNGKey(0), generate.SamplingConfig(3),
+                      tsdi.TSDIState(jnp.zeros((1, 99)), jnp.float32(1.0)))
+    bad = contexts()[:8].at[0, 1].set(99)
+    with pytest.raises(ValueError, match="prompt pool"):
+        tsdi.estimate_bias(reference, reference, bad, PROMPT_LENGTH, L, MASK)
