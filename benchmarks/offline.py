@@ -137,12 +137,14 @@ def write(out: Path, rows, infos, args):
              "cost = threshold).", "",
              "**Navigation tasks will change (issue 23): these results are to be regenerated then.** "
              "The side-by-side PyTorch CDT throughput has not been measured yet.", "",
-             "| task | threshold | algorithm | norm. reward | norm. cost | safe | grad steps/s |", "|---|---|---|---|---|---|---|"]
+             "| task | threshold | algorithm | norm. reward | norm. cost | safe | grad steps/s |",
+             "|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['task']} | {r['threshold']:g} | {r['algorithm']} | {r['reward_mean']:.3f} ± "
                      f"{r['reward_std']:.3f} | {r['cost_mean']:.3f} ± {r['cost_std']:.3f} | "
                      f"{'yes' if r['safe'] else '**no**'} | {r['grad_steps_per_second']:.0f} |")
-    lines += ["", "| dataset | episodes | steps | max_steps (horizon) | return range | cost range |", "|---|---|---|---|---|---|"]
+    lines += ["", "| dataset | episodes | steps | max_steps (horizon) | return range | cost range |",
+              "|---|---|---|---|---|---|"]
     for d in infos:
         lines.append(f"| {d['task']} | {d['episodes']} | {d['steps']} | {d['max_steps']} ({d['horizon']}) | "
                      f"{d['return_range'][0]:.1f} .. {d['return_range'][1]:.1f} | {d['cost_range'][0]:.1f} .. "

@@ -79,9 +79,11 @@ def cmd_eval(args) -> int:
     print(f"{'lane':<40} {'norm. reward':>14} {'norm. cost':>14} {'safe':>5} {'return':>9} {'cost':>8}")
     for row in rows:
         label = ", ".join(f"{k}={v}" for k, v in row.items() if k not in (
-            "reward", "reward_std", "cost", "cost_std", "safe", "return", "threshold", "checkpoint_step"))
+            "reward", "reward_std", "cost", "cost_std", "safe", "episode_return", "episode_cost", "threshold",
+            "checkpoint_step"))
         print(f"{label:<40} {row['reward']:>7.3f}±{row['reward_std']:<6.3f} {row['cost']:>7.3f}±"
-              f"{row['cost_std']:<6.3f} {str(row['safe']):>5} {row['return']:>9.2f} {row['cost'] * row['threshold']:>8.2f}")
+              f"{row['cost_std']:<6.3f} {str(row['safe']):>5} {row['episode_return']:>9.2f} "
+              f"{row['episode_cost']:>8.2f}")
     return 0
 
 

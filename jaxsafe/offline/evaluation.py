@@ -43,11 +43,12 @@ def make_policy(algorithm: str, config, dataset, params, hparams, env, env_param
 
 def evaluate_policy(policy, env, env_params, key, episodes: int, max_steps: int, reward_min: float,
                     reward_max: float, threshold: float) -> dict:
-    """DSRL's score of ``episodes`` vmapped episodes, plus the raw mean return and cost."""
+    """DSRL's score of ``episodes`` vmapped episodes (``reward``, ``reward_std``, ``cost``, ``cost_std``: normalised;
+    ``safe``) plus the raw means ``episode_return`` and ``episode_cost``."""
     rollouts = jax.jit(lambda k: rollout_episodes(env, env_params, policy, k, episodes, max_steps))(key)
     returns, costs = np.asarray(rollouts.returns), np.asarray(rollouts.costs)
     score = metrics.score(returns, costs, reward_min, reward_max, threshold)
-    return {**score._asdict(), "return": float(returns.mean()), "cost": float(costs.mean())}
+    return {**score._asdict(), "episode_return": float(returns.mean()), "episode_cost": float(costs.mean())}
 
 
 def evaluate_run(out_dir, target_return=None, target_cost=None, episodes: int = 20, threshold=None,

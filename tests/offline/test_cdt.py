@@ -1,4 +1,4 @@
-"""CDT: the causal mask, reproducing conditioned behaviour on a deterministic chain, targets at deployment, bad input."""
+"""CDT: the causal mask, reproducing conditioned behaviour on a deterministic chain, deployed targets, bad input."""
 
 import jax
 import jax.numpy as jnp

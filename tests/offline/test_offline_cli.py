@@ -33,7 +33,8 @@ def test_offline_train_then_eval_with_dsrl_metrics(data_path, tmp_path, capsys):
     assert code == 0
     rows = evaluate_run(out, episodes=4, task="ChancePoint2D")
     assert len(rows) == 1 and rows[0]["threshold"] == 100.0 and rows[0]["checkpoint_step"] >= 1
-    assert 0.0 <= rows[0]["cost"] and rows[0]["safe"] == (rows[0]["cost"] <= 1.0)
+    row = rows[0]
+    assert row["cost"] == pytest.approx(row["episode_cost"] / 100.0) and row["safe"] == (row["cost"] <= 1.0)
     assert main(["offline", "eval", str(out), "--episodes", "2"]) == 0  # the card names the task
     assert "norm. reward" in capsys.readouterr().out
     with pytest.raises(SystemExit):  # an unknown task is refused
