@@ -88,10 +88,15 @@ def test_cdt_reproduces_the_conditioned_behaviour_episode(chain_data, trained):
     assert not bool(trained.metrics["nonfinite"].any())
     assert float(trained.metrics["action_nll"][-20:].mean()) < float(trained.metrics["action_nll"][:20].mean())
     env = RewardCostFeedback(Chain())
+
+    @jax.jit
+    def play(target_return, target_cost, key):  # traced targets: one compiled program for every target
+        policy = cdt.make_policy(CONFIG, chain_data, trained.params, HPARAMS, target_return, target_cost, -1.0, 1.0)
+        return rollout_episodes(env, None, policy, key, 2, HORIZON)
+
     for a in BEHAVIOURS:
         target_return, target_cost = HORIZON * (1.0 + a), HORIZON * max(a, 0.0)
-        policy = cdt.make_policy(CONFIG, chain_data, trained.params, HPARAMS, target_return, target_cost, -1.0, 1.0)
-        episodes = jax.jit(lambda k: rollout_episodes(env, None, policy, k, 2, HORIZON))(jax.random.PRNGKey(0))
+        episodes = play(jnp.float32(target_return), jnp.float32(target_cost), jax.random.PRNGKey(0))
         np.testing.assert_allclose(episodes.returns, target_return, atol=0.75)
         np.testing.assert_allclose(episodes.costs, target_cost, atol=0.75)
 
