@@ -57,13 +57,10 @@ def finish(out: Path) -> tuple[int, str]:
 
 def final_state(out: Path):
     """Every lane's newest checkpoint and all metrics rows (read in a child, so this process never starts JAX)."""
-    code = ("import json, numpy as np, jax; "
-            "from jaxsafe import checkpoint; from jaxsafe.logging import RunDir; "
-            "spec = runner.RunSpec.from_json(RunDir(sys.argv[1], must_exist=True).read_config()); "
-            "b = runner._build(spec); t = jax.vmap(b.parts.init)(b.grid.keys, b.grid.hparams); "
-            "step, s = checkpoint.restore(RunDir(sys.argv[1], must_exist=True).checkpoint_dir, t); "
-            "print(json.dumps({'step': step, 'state': [np.asarray(x).tolist() for x in jax.tree.leaves(s)], "
-            "'rows': RunDir(sys.argv[1], must_exist=True).read_metrics()}))")
+    code = ("import json, numpy as np, jax; from jaxsafe.logging import RunDir; "
+            "r = runner.restore_run(sys.argv[1]); "
+            "print(json.dumps({'step': r.checkpoint_step, 'state': [np.asarray(x).tolist() for x in "
+            "jax.tree.leaves(r.state)], 'rows': RunDir(sys.argv[1], must_exist=True).read_metrics()}))")
     proc = child(code, str(out))
     stdout, stderr = proc.communicate(timeout=600)
     if proc.returncode != 0:

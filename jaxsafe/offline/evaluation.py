@@ -60,13 +60,10 @@ def evaluate_run(out_dir, target_return=None, target_cost=None, episodes: int = 
     Raises:
       ValueError: a negative target, a missing card and no ``task``, or an algorithm that is not offline.
     """
-    from jaxsafe import checkpoint
-    from jaxsafe.logging import RunDir
-    from jaxsafe.runner import RunSpec, _build
+    from jaxsafe.runner import restore_run
 
-    run_dir = RunDir(out_dir, must_exist=True)
-    spec = RunSpec.from_json(run_dir.read_config())
-    algo, dataset, config, grid, parts = _build(spec)
+    restored = restore_run(out_dir)
+    spec, (algo, dataset, config, grid, parts), step, state = restored
     if task is None:
         card_file = Path(spec.problem).with_suffix(".json")
         if not card_file.is_file():
@@ -78,8 +75,6 @@ def evaluate_run(out_dir, target_return=None, target_cost=None, episodes: int = 
     env, env_params = envs.make(task)
     if max_steps is None:
         max_steps = int(getattr(env_params, "max_steps", 1000))
-    template = jax.vmap(parts.init)(grid.keys, grid.hparams)
-    step, state = checkpoint.restore(run_dir.checkpoint_dir, template)
     reward_min, reward_max = metrics.reward_range(dataset)
     rows = []
     for index, point in enumerate(grid.points):
