@@ -66,7 +66,7 @@ __all__ = [
     "solve_dual_lp", "round_to_duplicates", "minimum_cost_flips_milp", "flip_candidates", "rlhfpoison_flips",
     "random_flips", "longer_preferred_rate", "sequence_features", "preference_features",
     "loglinear_policy_logprobs", "trunk_outputs", "head_table", "head_sequence_logprobs",
-    "last_layer_dpo_loss", "train_last_layer_dpo",
+    "reference_sequence_logprobs", "last_layer_dpo_loss", "train_last_layer_dpo",
 ]
 
 #: Default ridge coefficient of the Bradley-Terry fit (absolute, on the summed loss). Any ``l2 >= 0`` keeps
@@ -925,15 +925,24 @@ def head_table(tokens, response_mask, head_tokens, hidden, head_logits) -> HeadT
                      jnp.asarray(np.maximum(target, 0)), jnp.asarray(scored))
 
 
-def head_sequence_logprobs(delta_head, table: HeadTable) -> jax.Array:
-    """``log pi(response | prompt) [S]`` with the trained head: logits ``reference_logits + hidden @
-    delta_head`` (``delta_head [D, K]``; zero is the reference model). Training ``delta_head`` is training the
-    lm_head columns of the head tokens from their initial values (logits are linear in the head), the trunk
-    frozen."""
-    logits = table.reference_logits + table.hidden @ delta_head
+def _response_logprobs(logits, table: HeadTable) -> jax.Array:
     log_probs = jax.nn.log_softmax(logits, axis=-1)
     per_token = jnp.take_along_axis(log_probs, table.target[..., None], axis=-1)[..., 0]
     return jnp.sum(jnp.where(table.scored, per_token, 0.0), axis=-1)
+
+
+def head_sequence_logprobs(delta_head, table: HeadTable) -> jax.Array:
+    """``log pi(response | prompt) [S]`` with the trained head: logits ``reference_logits + hidden @ delta_head``
+    (``delta_head [D, K]``; zero is the reference model). Training ``delta_head`` is training the lm_head columns
+    of the head tokens from their initial values (logits are linear in the head), the trunk frozen."""
+    return _response_logprobs(table.reference_logits + table.hidden @ delta_head, table)
+
+
+def reference_sequence_logprobs(table: HeadTable) -> jax.Array:
+    """``log pi_ref(response | prompt) [S]``: :func:`head_sequence_logprobs` at ``delta_head = 0``, computed from
+    the reference logits alone. (Under ``jit`` on CPU, jaxlib 0.10.2, ``hidden @ zeros`` with a constant zero
+    head of width 768 came out wrong, NaN included; this path has no such product.)"""
+    return _response_logprobs(table.reference_logits, table)
 
 
 def last_layer_dpo_loss(delta_head, table: HeadTable, chosen_index, rejected_index, theta, beta) -> jax.Array:
@@ -942,7 +951,7 @@ def last_layer_dpo_loss(delta_head, table: HeadTable, chosen_index, rejected_ind
     the full-batch loss of the data set duplicated ``m`` times when ``theta`` is on the ``1/m`` grid (TRL's
     DPO with per-pair label smoothing ``1 - theta``)."""
     policy = head_sequence_logprobs(delta_head, table)
-    reference = jax.lax.stop_gradient(head_sequence_logprobs(jnp.zeros_like(delta_head), table))
+    reference = jax.lax.stop_gradient(reference_sequence_logprobs(table))
     out = losses.dpo_loss(policy[chosen_index], policy[rejected_index], reference[chosen_index],
                           reference[rejected_index], beta, label_smoothing=1.0 - theta)
     return out.loss

@@ -158,8 +158,7 @@ def language_model_setup(preset: str, model_seed: int, batch_size: int = 64) -> 
                                                   head_tokens, batch_size)
     features = np.asarray(model_lib.last_token_hidden(jnp.asarray(hidden), seqs.attention_mask))
     table = poisoning.head_table(seqs.tokens, seqs.response_mask, head_tokens, hidden, head_logits)
-    reference = np.asarray(poisoning.head_sequence_logprobs(jnp.zeros((features.shape[1], head_tokens.size)),
-                                                            table)).reshape(n_prompts, n_responses)
+    reference = np.asarray(poisoning.reference_sequence_logprobs(table)).reshape(n_prompts, n_responses)
     lengths = np.array([len(c) for c in space.content], np.float64)
     return LanguageModelSetup(features.reshape(n_prompts, n_responses, -1).astype(np.float64), table,
                               reference, lengths, np.asarray(lang.prompt_distribution(), np.float64))

@@ -293,6 +293,7 @@ def test_head_at_zero_is_the_reference_policy(safety_model, head):
                                      vocab_mask=lang.response_vocab_mask())
     ours = P.head_sequence_logprobs(jnp.zeros((64, table.reference_logits.shape[-1])), table)
     np.testing.assert_allclose(ours, expected, atol=1e-4)
+    np.testing.assert_allclose(jax.jit(P.reference_sequence_logprobs)(table), expected, atol=1e-4)
     np.testing.assert_allclose(np.exp(np.asarray(ours).reshape(7, 85)).sum(axis=1), 1.0, atol=1e-4)
 
 
