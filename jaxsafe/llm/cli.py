@@ -89,7 +89,8 @@ def add_subparser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--out", default=None, help="run directory (default runs/<time>-align-sacpo)")
     parser.set_defaults(func=_handle, parser=parser)
     _add_tsdi(methods)
-    _add_poison(methods)
+    for command, module_name, help_text in EXPERIMENTS:
+        add_experiment(methods, command, module_name, help_text)
     return align
 
 
@@ -151,11 +152,21 @@ def _add_tsdi(methods) -> None:
     parser.set_defaults(func=_handle_tsdi, parser=parser)
 
 
-def _add_poison(methods) -> None:
-    from jaxsafe.llm import poisoning_experiment
+#: ``jaxsafe align COMMAND``: (command, module, help). Each module defines ``add_arguments(parser)`` and
+#: ``handle(namespace) -> int`` (exit status); its docstring is the command's description.
+EXPERIMENTS: tuple[tuple[str, str, str], ...] = (
+    ("poison", "jaxsafe.llm.poisoning_experiment", "minimum-cost label-flipping poisoning of RLHF/DPO (LP)"),
+)
 
-    parser = methods.add_parser("poison", help="minimum-cost label-flipping poisoning of RLHF/DPO (LP)",
-                                description=poisoning_experiment.__doc__,
+
+def add_experiment(methods, command: str, module_name: str, help_text: str) -> argparse.ArgumentParser:
+    """Add one experiment module as a subcommand: its ``add_arguments`` fills the parser, its ``handle`` runs
+    it (the parser is passed along as ``namespace.parser`` for ``parser.error``)."""
+    import importlib
+
+    module = importlib.import_module(module_name)
+    parser = methods.add_parser(command, help=help_text, description=module.__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    poisoning_experiment.add_arguments(parser)
-    parser.set_defaults(func=poisoning_experiment.handle, parser=parser)
+    module.add_arguments(parser)
+    parser.set_defaults(func=module.handle, parser=parser)
+    return parser

@@ -87,6 +87,12 @@ def cmd_eval(args) -> int:
     return 0
 
 
+#: ``jaxsafe offline COMMAND`` for the methods built on the offline learners: (command, module, help), each
+#: module with ``add_arguments(parser)`` and ``handle(namespace) -> int`` (see
+#: :func:`jaxsafe.llm.cli.add_experiment`).
+EXPERIMENTS: tuple[tuple[str, str, str], ...] = ()
+
+
 def add_subparser(subparsers) -> None:
     """Add ``offline collect|train|eval`` to the ``jaxsafe`` command's subparsers."""
     offline = subparsers.add_parser("offline", help="offline safe RL: datasets, CDT and baselines (DSRL metrics)")
@@ -125,3 +131,8 @@ def add_subparser(subparsers) -> None:
     p.add_argument("--task", default=None, help="environment (default: the dataset card's task)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_eval)
+
+    from jaxsafe.llm.cli import add_experiment
+
+    for command, module_name, help_text in EXPERIMENTS:
+        add_experiment(sub, command, module_name, help_text)
