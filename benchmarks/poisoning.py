@@ -16,7 +16,7 @@ Everything goes through :mod:`jaxsafe.llm.poisoning_experiment` (``run_attack``)
 2. Language-model features (random-weight decoders: the tiny and llama-160m presets) on the synthetic safety
    language, the same three attacks, plus last-layer DPO (beta = 0.1) on the duplicated original, attacked and
    post-processed data, scored by the exact mean response length.
-3. LP solve time against n at d = 64, n up to 10^5: column generation (the default for n >= 5000) and the full
+3. LP solve time against n at d = 64, n up to 10^5: column generation (the default for n >= max(5000, 50 d)) and the full
    LP (up to 3 x 10^4, and once at 10^5).
 
 Writes benchmarks/results/poisoning.json, poisoning.md and poisoning.png (cost reduction against n / d, solve
@@ -251,6 +251,22 @@ def findings(result):
     return out
 
 
+def write_figure(path, result) -> None:
+    """Cost reduction against n / d (the mean over the cells with the same n / d for the linear features, each
+    language-model cell as a point) and LP solve time against n."""
+    series = {label: (result["ratios"], result["reduction_by_ratio"][label]) for label in ATTACKS}
+    for r in result["lm"]:
+        series[f"{r['source'][3:]}: {r['attack']}"] = ([r["n_over_d"]], [r["reduction"]])
+    time_series = {name: ([r["n"] for r in result["timing"] if r["column_generation"] == flag],
+                          [r["seconds"] for r in result["timing"] if r["column_generation"] == flag])
+                   for name, flag in (("column generation", True), ("full LP", False))}
+    experiment.plot_cost_scaling(path, [
+        dict(series=series, xlabel="n / d (pairs per feature)",
+             ylabel="cost reduction: attack flips / LP flips (mean over d)",
+             title="post-processing savings (5% attacks)"),
+        dict(series=time_series, xlabel="n (pairs), d = 64", ylabel="LP solve seconds", title="solve time")])
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -258,7 +274,14 @@ def main(argv=None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=RESULTS,
                         help="directory for poisoning.{json,md,png} (default benchmarks/results)")
+    parser.add_argument("--replot", action="store_true",
+                        help="redraw poisoning.{md,png} from an existing poisoning.json without solving")
     args = parser.parse_args(argv)
+    if args.replot:
+        result = json.loads((args.out / "poisoning.json").read_text())
+        write_markdown(args.out / "poisoning.md", result)
+        write_figure(args.out / "poisoning.png", result)
+        return
     budget = QUICK if args.quick else FULL
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -280,17 +303,7 @@ def main(argv=None) -> None:
     result["findings"] = findings(result)
     (args.out / "poisoning.json").write_text(json.dumps(to_jsonable(result), indent=2))
     write_markdown(args.out / "poisoning.md", result)
-    series = {label: ([r["n_over_d"] for r in linear if r["attack"] == label],
-                      [r["reduction"] for r in linear if r["attack"] == label]) for label in ATTACKS}
-    for r in lm:
-        series[f"{r['source'][3:]}: {r['attack']}"] = ([r["n_over_d"]], [r["reduction"]])
-    time_series = {name: ([r["n"] for r in timings if r["column_generation"] == flag],
-                          [r["seconds"] for r in timings if r["column_generation"] == flag])
-                   for name, flag in (("column generation", True), ("full LP", False))}
-    experiment.plot_cost_scaling(args.out / "poisoning.png", [
-        dict(series=series, xlabel="n / d (pairs per feature)",
-             ylabel="cost reduction: attack flips / LP flips", title="post-processing savings (5% attacks)"),
-        dict(series=time_series, xlabel="n (pairs), d = 64", ylabel="LP solve seconds", title="solve time")])
+    write_figure(args.out / "poisoning.png", result)
     print("\n".join(result["findings"]))
     print(f"wrote {args.out / 'poisoning.json'}, .md, .png in {result['total_seconds'] / 60:.1f} min")
 

@@ -78,7 +78,7 @@ DEFAULT_L2 = 1e-3
 SEPARATION_MARGIN = 30.0
 #: Column generation: a pair enters the working set when its reduced cost is below ``-tolerance``; at most
 #: this many rounds before falling back to the full LP.
-COLUMN_GENERATION_TOLERANCE = 1e-9
+COLUMN_GENERATION_TOLERANCE = 1e-7  # HiGHS's dual feasibility tolerance
 COLUMN_GENERATION_ROUNDS = 100
 #: An entry of theta is fractional when it is further than this from both 0 and 1.
 FRACTIONAL_ATOL = 1e-9
@@ -170,13 +170,14 @@ def _check_non_negative(value, name: str) -> float:
 
 
 def feature_rank(features) -> int:
-    """Numerical rank of ``features [d, n]`` (from the eigenvalues of the ``[d, d]`` Gram matrix, relative
-    tolerance ``d * n * eps`` on the largest singular value)."""
+    """Numerical rank of ``features [d, n]``: singular values (from the eigenvalues of the ``[d, d]`` Gram
+    matrix, which resolves them to about 1e-8 of the largest) above ``max(1e-7, 1e-10 max(d, n))`` times the
+    largest."""
     array = np.asarray(features, np.float64)
     singular = np.sqrt(np.clip(np.linalg.eigvalsh(array @ array.T), 0.0, None))
     if singular.size == 0 or singular.max() == 0:
         return 0
-    tolerance = singular.max() * max(array.shape) * 1e-10
+    tolerance = singular.max() * max(1e-7, 1e-10 * max(array.shape))
     return int(np.sum(singular > tolerance))
 
 
@@ -407,23 +408,67 @@ def _infeasibility_certificate(features, target):
     return phase_one.value, multipliers, gap
 
 
+def _row_basis(features):
+    """An orthonormal basis ``[d, r]`` of the column space of ``features [d, k]`` (rank as :func:`feature_rank`),
+    and the largest singular value."""
+    eigenvalues, eigenvectors = np.linalg.eigh(features @ features.T)
+    singular = np.sqrt(np.clip(eigenvalues, 0.0, None))
+    largest = float(singular.max()) if singular.size else 0.0
+    keep = singular > largest * max(1e-7, 1e-10 * max(features.shape))
+    return eigenvectors[:, keep], largest
+
+
 def _solve_split_lp(features, theta_original, residual, moment_tolerance, method):
     """The split LP over the given pairs (``features [d, k]``, ``theta_original [k]``): returns their optimal
-    theta and the multipliers ``lambda [d]`` (``d cost / d residual``). Raises :class:`LPError`."""
-    up, down, columns, upper = _flip_columns(features, theta_original)
+    theta and the multipliers ``lambda [d]`` (``d cost / d residual``). Raises :class:`LPError`.
+
+    Two exact reductions keep HiGHS's problem small: identical pairs (same column, same theta_original) become
+    one variable whose bound is their number (the solution fills them one after another, so at most one per group
+    is fractional), and with an equality target a rank-deficient ``Phi`` is replaced by its ``rank`` independent
+    row combinations (a residual outside its column space is unreachable: status 2)."""
+    groups, first, inverse, counts = np.unique(np.concatenate([features, theta_original[None]]), axis=1,
+                                               return_index=True, return_inverse=True, return_counts=True)
+    del groups
+    inverse = inverse.reshape(-1)
+    unique_features, unique_theta = features[:, first], theta_original[first]
+    up, down, columns, upper = _flip_columns(unique_features, unique_theta)
+    upper = upper * np.concatenate([counts[up], counts[down]])
     cost = np.ones(columns.shape[1])
     bounds = list(zip(np.zeros_like(upper), upper))
+    dim = features.shape[0]
     if moment_tolerance > 0:
         solution = solve_lp(cost, A_ub=np.concatenate([columns, -columns]),
                             b_ub=np.concatenate([residual + moment_tolerance, moment_tolerance - residual]),
                             bounds=bounds, method=method, name="minimum-cost flipping LP")
-        dim = features.shape[0]
         multipliers = solution.ineq_duals[:dim] - solution.ineq_duals[dim:]
     else:
-        solution = solve_lp(cost, A_eq=columns, b_eq=residual, bounds=bounds, method=method,
-                            name="minimum-cost flipping LP")
-        multipliers = solution.eq_duals
-    return _theta_from_split(theta_original, up, down, solution.x), multipliers
+        basis, largest = _row_basis(columns)
+        if basis.shape[1] < dim:
+            outside = residual - basis @ (basis.T @ residual)
+            if np.linalg.norm(outside) > 1e-8 * (np.linalg.norm(residual) + largest):
+                raise LPError("the minimum-cost flipping LP is infeasible: the target lies outside the span of "
+                              "Phi", 2)
+            solution = solve_lp(cost, A_eq=basis.T @ columns, b_eq=basis.T @ residual, bounds=bounds,
+                                method=method, name="minimum-cost flipping LP")
+            multipliers = basis @ solution.eq_duals
+        else:
+            solution = solve_lp(cost, A_eq=columns, b_eq=residual, bounds=bounds, method=method,
+                                name="minimum-cost flipping LP")
+            multipliers = solution.eq_duals
+    # Spread each group's total change over its pairs in index order: full moves first, then one remainder.
+    change = np.zeros(first.size)
+    change[up] += solution.x[:up.size]
+    change[down] -= solution.x[up.size:]
+    order = np.argsort(inverse, kind="stable")
+    sorted_groups = inverse[order]
+    starts = np.searchsorted(sorted_groups, np.arange(first.size))
+    rank_in_group = np.arange(order.size) - starts[sorted_groups]
+    room = np.where(change[sorted_groups] >= 0, 1.0 - theta_original[order], theta_original[order])
+    # every pair of a group has the same room (same theta_original), so the k-th one moves min(room, rest)
+    moved = np.clip(np.abs(change[sorted_groups]) - rank_in_group * room, 0.0, room)
+    theta = theta_original.copy()
+    theta[order] += np.sign(change[sorted_groups]) * moved
+    return np.clip(theta, 0.0, 1.0), multipliers
 
 
 def _priced_out(features, theta_original, multipliers, working):
@@ -535,14 +580,15 @@ def postprocess_attack(features, theta_original, theta_attack, column_generation
                        **kwargs) -> FlipSolution:
     """The cheapest theta with the same moment (hence the same Bradley-Terry reward model) as an existing
     attack ``theta_attack [n]``: :func:`minimum_cost_flips` with ``target = Phi theta_attack``. Its cost is at
-    most ``flip_cost(theta_attack, theta_original)``. ``column_generation`` (default: when ``n >= 5000``)
-    starts the column generation of :func:`minimum_cost_flips` from the pairs the attack changed (a feasible
-    start)."""
+    most ``flip_cost(theta_attack, theta_original)``. ``column_generation`` starts the column generation of
+    :func:`minimum_cost_flips` from the pairs the attack changed (a feasible start); by default it is used when
+    ``n >= max(5000, 50 d)`` (with fewer pairs per feature the working set grows over many rounds to most of the
+    pairs, and the full LP is faster)."""
     features = check_features(features, "Phi")
     theta_original = check_proportions(theta_original, features.shape[1], "theta_original")
     theta_attack = check_proportions(theta_attack, features.shape[1], "theta_attack")
     if column_generation is None:
-        column_generation = features.shape[1] >= 5000
+        column_generation = features.shape[1] >= max(5000, 50 * features.shape[0])
     if column_generation:
         kwargs["initial_pairs"] = np.flatnonzero(theta_attack != theta_original)
     with warnings.catch_warnings():
