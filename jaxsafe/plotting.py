@@ -139,25 +139,81 @@ def plot_mean_band(curves: dict[str, np.ndarray], path: str | Path, xlabel: str,
     return path
 
 
-def plot_plane(path: str | Path, front: dict, groups: dict, threshold: float | None = None, title: str = "",
-               xlabel: str = "harmlessness: exact E[g]", ylabel: str = "helpfulness: exact E[r]") -> Path:
-    """A two-objective plane: the exact front ``front["expected_safety"], front["expected_reward"]`` as a line,
-    ``groups[label] = (rewards, safeties)`` as markers, and an optional vertical threshold."""
+def plot_plane(path: str | Path, front, groups: dict, threshold: float | Sequence[float] | None = None,
+               title: str = "",
+               xlabel: str = "harmlessness: exact E[g]", ylabel: str = "helpfulness: exact E[r]",
+               front_label: str = "exact optimum (β fixed)", marker_size: float = 7,
+               legend_loc: str = "lower left", threshold_label: str = "threshold E[g] = {threshold:g}") -> Path:
+    """A two-objective plane: a front line, ``groups[label] = (y values, x values)`` as markers, and an optional
+    vertical threshold (or several). ``front`` is a dict ``{"expected_safety": x, "expected_reward": y}`` (the alignment
+    methods' exact front), an ``(x, y)`` pair, or None for no line. ``threshold_label`` is formatted with
+    ``threshold``."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 5))
-    ax.plot(front["expected_safety"], front["expected_reward"], "k-", lw=1.5, label="exact optimum (β fixed)")
+    if isinstance(front, dict):
+        front = (front["expected_safety"], front["expected_reward"])
+    if front is not None:
+        ax.plot(front[0], front[1], "k-", lw=1.5, label=front_label)
     markers = iter("os^vD<>pXh*P")
-    for label, (rewards, safeties) in groups.items():
-        ax.plot(safeties, rewards, next(markers, "o"), ls="", ms=7, alpha=0.85, label=label)
-    if threshold is not None:
-        ax.axvline(threshold, color="grey", ls=":", lw=1, label=f"threshold E[g] = {threshold:g}")
+    for label, (ys, xs) in groups.items():
+        ax.plot(xs, ys, next(markers, "o"), ls="", ms=marker_size, alpha=0.85, label=label)
+    for value in ([] if threshold is None else np.atleast_1d(threshold)):
+        ax.axvline(value, color="grey", ls=":", lw=1, label=threshold_label.format(threshold=value))
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower left")
+    ax.legend(fontsize=7, loc=legend_loc)
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=130)
+    plt.close(fig)
+    return path
+
+
+def plot_lines(path: str | Path, series: dict, xlabel: str, ylabel: str, title: str = "", logx: bool = False,
+               logy: bool = False, styles: dict | None = None) -> Path:
+    """Lines ``series[label] = (x, y)`` on one axis (optionally log-scaled); ``styles[label]`` are extra matplotlib
+    keyword arguments (e.g. ``{"ls": "--", "marker": "o"}``) for that line."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for label, (x, y) in series.items():
+        ax.plot(np.asarray(x), np.asarray(y), label=label, **(styles or {}).get(label, {}))
+    ax.set_xscale("log" if logx else "linear")
+    ax.set_yscale("log" if logy else "linear")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    ax.grid(alpha=0.3, which="both" if (logx or logy) else "major")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_distributions(path: str | Path, support, distributions: dict, xlabel: str, ylabel: str = "probability",
+                       title: str = "") -> Path:
+    """Discrete distributions over ``support [B]`` as step lines: ``distributions[label]`` is ``[B]`` or ``[seeds, B]``
+    (mean line, min-max band over seeds)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    support = np.asarray(support)
+    for label, values in distributions.items():
+        values = np.atleast_2d(np.asarray(values, float))
+        line, = ax.step(support, values.mean(0), where="mid", label=label)
+        if values.shape[0] > 1:
+            ax.fill_between(support, values.min(0), values.max(0), step="mid", alpha=0.2, color=line.get_color())
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
     plt.close(fig)
     return path

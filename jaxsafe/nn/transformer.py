@@ -49,7 +49,7 @@ from jaxsafe.validation import is_int, require
 
 __all__ = ["BLOCK_STYLES", "ACTIVATIONS", "DTYPES", "TransformerConfig", "KVCache", "init_cache", "Attention",
            "MLP", "Block", "Transformer", "init_params", "apply", "positions_from_mask", "rotary_embedding",
-           "resolve_core_fields", "CORE_FIELDS"]
+           "resolve_core_fields", "CORE_FIELDS", "Dropout", "inverted_dropout"]
 
 BLOCK_STYLES = ("llama", "gpt2")
 ACTIVATIONS = ("silu", "gelu", "gelu_tanh")
@@ -232,6 +232,23 @@ def norm(config: TransformerConfig, rngs: nnx.Rngs) -> nnx.Module:
     return nnx.RMSNorm(config.d_model, epsilon=config.norm_eps, rngs=rngs)
 
 
+class Dropout(NamedTuple):
+    """Training-time dropout for :meth:`Transformer.__call__` (GPT-2 / minGPT placement): ``attention`` on the
+    attention probabilities, ``residual`` on each block's attention and MLP outputs before they join the residual
+    stream. Rates may be traced (sweepable); each layer draws from its own fold of ``key``."""
+
+    key: jax.Array
+    attention: float | jax.Array = 0.0
+    residual: float | jax.Array = 0.0
+
+
+def inverted_dropout(key: jax.Array, x: jax.Array, rate) -> jax.Array:
+    """Inverted dropout: each entry of ``x`` is zeroed with probability ``rate`` (in [0, 1)) and the rest scaled
+    by ``1 / (1 - rate)``, so the expectation is unchanged; ``rate`` may be traced."""
+    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), jnp.zeros((), x.dtype)).astype(x.dtype)
+
+
 class Attention(nnx.Module):
     """Causal grouped-query self-attention with an optional KV cache."""
 
@@ -243,11 +260,12 @@ class Attention(nnx.Module):
         self.v_proj = linear(config, config.d_model, kv_width, config.qkv_bias, rngs)
         self.o_proj = linear(config, q_width, config.d_model, config.attn_out_bias, rngs)
 
-    def __call__(self, x, positions, key_mask, query_slots, layer_cache):
+    def __call__(self, x, positions, key_mask, query_slots, layer_cache, drop: Dropout | None = None):
         """x [B, T, D]; positions [B, T]; key_mask [B, S]; query_slots [T] slot index of each query.
 
         layer_cache: None (keys are the T current entries, S == T) or (keys, values, end_index),
-        each cache array [B, S, K, Dh]. Returns (out [B, T, D], (keys, values) written).
+        each cache array [B, S, K, Dh]. drop: dropout on the attention probabilities (``drop.attention``).
+        Returns (out [B, T, D], (keys, values) written).
         """
         cfg = self.config
         batch, length, _ = x.shape
@@ -270,6 +288,8 @@ class Attention(nnx.Module):
         scores = scores / jnp.sqrt(jnp.float32(cfg.head_dim))
         scores = jnp.where(allowed[:, None, None], scores, jnp.finfo(jnp.float32).min)
         weights = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+        if drop is not None:
+            weights = inverted_dropout(drop.key, weights, drop.attention)
         out = jnp.einsum("bkgts,bskd->btkgd", weights, v).reshape(batch, length, cfg.n_heads * cfg.head_dim)
         return self.o_proj(out), (k, v)
 
@@ -300,10 +320,16 @@ class Block(nnx.Module):
         self.mlp_norm = norm(config, rngs)
         self.mlp = MLP(config, rngs=rngs)
 
-    def __call__(self, x, positions, key_mask, query_slots, layer_cache):
-        attn_out, written = self.attn(self.attn_norm(x), positions, key_mask, query_slots, layer_cache)
-        x = x + attn_out
-        x = x + self.mlp(self.mlp_norm(x))
+    def __call__(self, x, positions, key_mask, query_slots, layer_cache, drop: Dropout | None = None):
+        if drop is None:
+            attn_out, written = self.attn(self.attn_norm(x), positions, key_mask, query_slots, layer_cache)
+            x = x + attn_out
+            return x + self.mlp(self.mlp_norm(x)), written
+        attention_key, attn_out_key, mlp_out_key = jax.random.split(drop.key, 3)
+        attn_out, written = self.attn(self.attn_norm(x), positions, key_mask, query_slots, layer_cache,
+                                      drop._replace(key=attention_key))
+        x = x + inverted_dropout(attn_out_key, attn_out, drop.residual)
+        x = x + inverted_dropout(mlp_out_key, self.mlp(self.mlp_norm(x)), drop.residual)
         return x, written
 
 
@@ -315,12 +341,14 @@ class Transformer(nnx.Module):
         self.blocks = nnx.List([Block(config, rngs=rngs) for _ in range(config.n_layers)])
         self.final_norm = norm(config, rngs)
 
-    def __call__(self, x, positions=None, attention_mask=None, cache: KVCache | None = None):
+    def __call__(self, x, positions=None, attention_mask=None, cache: KVCache | None = None,
+                 dropout: Dropout | None = None):
         """Final-normed hidden states ``[B, T, D]`` of embeddings ``x [B, T, D]``, and the updated cache.
 
         positions [B, T] int (rotary positions; default from the mask); attention_mask [B, T] (default: all
         real). With ``cache`` the T entries are written at slots ``cache.end_index ... + T`` and attend to
-        every earlier real slot; the updated cache is returned (else None).
+        every earlier real slot; the updated cache is returned (else None). ``dropout`` (a :class:`Dropout`,
+        training only; None: none) drops attention probabilities and block outputs.
         """
         cfg = self.config
         if x.ndim != 3 or x.shape[-1] != cfg.d_model:
@@ -340,7 +368,8 @@ class Transformer(nnx.Module):
         new_keys, new_values = [], []
         for layer, block in enumerate(self.blocks):
             layer_cache = None if cache is None else (cache.keys[layer], cache.values[layer], cache.end_index)
-            x, (k, v) = block(x, positions, key_mask, query_slots, layer_cache)
+            drop = None if dropout is None else dropout._replace(key=jax.random.fold_in(dropout.key, layer))
+            x, (k, v) = block(x, positions, key_mask, query_slots, layer_cache, drop)
             new_keys.append(k)
             new_values.append(v)
         x = self.final_norm(x)

@@ -4,7 +4,7 @@ Each step ``t`` of a context of ``K`` steps is four tokens, interleaved into one
 
     (return-to-go R_t, cost-to-go C_t, state s_t, action a_t),   each + a timestep embedding of t
 
-then an embedding LayerNorm, embedding dropout and the causal "gpt2" core (:mod:`jaxsafe.nn.transformer`, positions
+then an embedding LayerNorm, dropout and the causal "gpt2" core (:mod:`jaxsafe.nn.transformer`, positions
 come from the timestep table). Two heads read the hidden states:
 
 * the action head, on the state token of step ``t`` (which sees ``R_<=t, C_<=t, s_<=t, a_<t``): a diagonal
@@ -25,8 +25,13 @@ decrease by the realised reward and cost each step (never clipped), read from a
 :class:`~jaxsafe.offline.feedback.RewardCostFeedback` environment; the action is the Gaussian mean clamped to the
 action bounds.
 
-Not implemented yet: OSRL's Pareto-frontier return augmentation and best-checkpoint selection by online rollouts.
-Dropout applies to the embeddings only (the shared core has no dropout).
+OSRL's Pareto-frontier return augmentation (:mod:`jaxsafe.offline.pareto`) adds ``augment_fraction`` relabelled
+copies of episodes whose targets lie above the dataset's reward-cost frontier; they are sampled like the real
+episodes (their cost for ``cost_sample`` is the target cost). Dropout (``CDTHParams.dropout``, OSRL's 0.1) applies
+to the embeddings, the attention probabilities and each block's outputs, as OSRL's three dropout rates (all 0.1).
+
+Not implemented: OSRL's best-checkpoint selection by online rollouts every 2,500 steps (the runner keeps the
+last checkpoint; evaluate any chunk's checkpoint with ``jaxsafe offline eval``).
 """
 
 from __future__ import annotations
@@ -42,13 +47,15 @@ import numpy as np
 from flax import nnx, struct
 
 from jaxsafe.learner import Config, HParams, TrainParts, make_train_from_parts
-from jaxsafe.nn.transformer import Transformer, TransformerConfig
+from jaxsafe.nn.transformer import Dropout, Transformer, TransformerConfig, inverted_dropout
 from jaxsafe.offline.dataset import TrajectoryDataset
+from jaxsafe.offline.pareto import Augmentation, augment_targets
 from jaxsafe.offline.training import ADAM, clipped_adamw_step, episode_table, sample_steps, tree_all_finite
 from jaxsafe.policy import Policy
 from jaxsafe.validation import in_range, is_int, non_negative, positive, require
 
 __all__ = ["PRESETS", "CDTHParams", "CDTConfig", "CDTModel", "CDTState", "CDTContext", "make_model",
+           "TrainingEpisodes", "training_episodes",
            "make_train_parts", "make_train", "make_policy", "LOG_STD_RANGE"]
 
 #: The numerical guard on the Gaussian head's log standard deviation.
@@ -70,8 +77,8 @@ class CDTHParams(HParams):
     learning_rate, weight_decay: AdamW of the model; temperature_lr: Adam of the log temperature;
     initial_temperature: the entropy temperature at init (> 0); reward_scale, cost_scale, cost_offset: the model
     reads ``reward_scale * R`` and ``cost_scale * (cost_offset - C)``; cost_loss_weight: weight of the auxiliary
-    cost classifier; dropout: embedding dropout rate in [0, 1); cost_sample_cap: episodes are drawn with
-    probability ``max(0, cap - episode cost)`` (``<= 0``: uniformly).
+    cost classifier; dropout: the rate in [0, 1) of embedding, attention and residual dropout; cost_sample_cap:
+    episodes are drawn with probability ``max(0, cap - episode cost)`` (``<= 0``: uniformly).
     """
 
     learning_rate: float = 1e-4
@@ -97,6 +104,12 @@ class CDTConfig(Config):
     context_len: K steps of context (<= the longest episode of the dataset); d_model, n_layers, n_heads: the core
     (d_ff = 4 d_model); max_episode_len: size of the timestep table (>= the longest episode; later timesteps at
     deployment reuse the last entry); batch_size, num_updates, warmup_steps (linear lr warm-up), max_grad_norm.
+
+    Pareto-frontier return augmentation (:func:`jaxsafe.offline.pareto.augment_targets`; drawn once per dataset,
+    host side): augment_fraction (OSRL's 0.2; 0 turns it off) relabelled episodes per real one, pareto_degree of
+    the frontier fit (OSRL: 4 CarCircle ... 1 Velocity), augment_min_above (targets at least this far above the
+    frontier; OSRL's 1), augment_max_return (None: the dataset's best return), augment_max_decrease (None: a
+    quarter of the return range), augment_beta (OSRL's 1), augment_seed.
     """
 
     context_len: int = 10
@@ -108,6 +121,13 @@ class CDTConfig(Config):
     num_updates: int = 100_000
     warmup_steps: int = 500
     max_grad_norm: float = 0.25
+    augment_fraction: float = 0.2
+    pareto_degree: int = 4
+    augment_min_above: float = 1.0
+    augment_max_return: float | None = None
+    augment_max_decrease: float | None = None
+    augment_beta: float = 1.0
+    augment_seed: int = 0
 
     def __post_init__(self):
         for name in ("context_len", "d_model", "n_layers", "n_heads", "max_episode_len", "batch_size",
@@ -118,6 +138,11 @@ class CDTConfig(Config):
                 self.d_model)
         require(isinstance(self.max_grad_norm, (int, float)) and self.max_grad_norm > 0, "CDTConfig.max_grad_norm",
                 "a float > 0", self.max_grad_norm)
+        require(isinstance(self.augment_fraction, (int, float)) and 0 <= self.augment_fraction <= 10,
+                "CDTConfig.augment_fraction", "a float in [0, 10]", self.augment_fraction)
+        require(is_int(self.pareto_degree, 0), "CDTConfig.pareto_degree", "an integer >= 0", self.pareto_degree)
+        require(isinstance(self.augment_beta, (int, float)) and self.augment_beta > 0, "CDTConfig.augment_beta",
+                "a float > 0", self.augment_beta)
 
     @classmethod
     def preset(cls, name: str, **overrides) -> "CDTConfig":
@@ -157,10 +182,12 @@ class CDTModel(nnx.Module):
         tokens = jnp.stack([self.embed_return(returns[..., None]) + time, self.embed_cost(costs[..., None]) + time,
                             self.embed_state(states) + time, self.embed_action(actions) + time], axis=2)
         tokens = self.embed_norm(tokens.reshape(batch, 4 * length, -1))
+        drop = None
         if dropout_key is not None:
-            keep = jax.random.bernoulli(dropout_key, 1.0 - dropout_rate, tokens.shape)
-            tokens = jnp.where(keep, tokens / (1.0 - dropout_rate), 0.0)
-        hidden, _ = self.core(tokens, attention_mask=jnp.repeat(mask, 4, axis=1))
+            embed_key, core_key = jax.random.split(dropout_key)
+            tokens = inverted_dropout(embed_key, tokens, dropout_rate)
+            drop = Dropout(core_key, dropout_rate, dropout_rate)
+        hidden, _ = self.core(tokens, attention_mask=jnp.repeat(mask, 4, axis=1), dropout=drop)
         hidden = hidden.reshape(batch, length, 4, -1)
         state_tokens, action_tokens = hidden[:, :, 2], hidden[:, :, 3]
         log_std = jnp.clip(self.action_log_std(state_tokens), *LOG_STD_RANGE)
@@ -200,6 +227,35 @@ def _gaussian_log_prob_and_entropy(mean, log_std, action):
     return log_prob.sum(-1), entropy.sum(-1)
 
 
+class TrainingEpisodes(NamedTuple):
+    """The episodes the CDT samples windows from ``[E + A]``: the dataset's ``E`` episodes, then the ``A``
+    relabelled copies of the Pareto augmentation. ``starts``/``lengths`` locate each in the dataset's steps,
+    ``costs`` is its (target) cost return for the cost sampling, and ``return_shift``/``cost_shift`` are added to
+    its returns- and costs-to-go (0 for real episodes)."""
+
+    starts: np.ndarray
+    lengths: np.ndarray
+    costs: np.ndarray
+    return_shift: np.ndarray
+    cost_shift: np.ndarray
+    augmentation: Augmentation
+
+
+def training_episodes(config: CDTConfig, dataset: TrajectoryDataset) -> TrainingEpisodes:
+    """The real and augmented episodes of ``dataset`` under ``config``'s augmentation settings (host side)."""
+    table = episode_table(dataset)
+    augmented = augment_targets(table.costs, table.returns, config.augment_fraction, degree=config.pareto_degree,
+                                min_above=config.augment_min_above, max_return=config.augment_max_return,
+                                max_decrease=config.augment_max_decrease, beta=config.augment_beta,
+                                seed=config.augment_seed)
+    source = np.concatenate([np.arange(table.starts.size), augmented.source])
+    zeros = np.zeros(table.starts.size)
+    return TrainingEpisodes(table.starts[source], table.lengths[source],
+                            np.concatenate([table.costs, augmented.target_cost]),
+                            np.concatenate([zeros, augmented.return_shift]),
+                            np.concatenate([zeros, augmented.cost_shift]), augmented)
+
+
 def make_train_parts(config: CDTConfig, dataset: TrajectoryDataset) -> TrainParts:
     """CDT on ``dataset``: one gradient step on a batch of ``batch_size`` windows per update.
 
@@ -214,8 +270,11 @@ def make_train_parts(config: CDTConfig, dataset: TrajectoryDataset) -> TrainPart
     require(longest <= config.max_episode_len, "CDTConfig.max_episode_len",
             f"at least the longest episode of the dataset ({longest} steps)", config.max_episode_len)
     observations, actions, returns_to_go, costs_to_go, step_costs = _dataset_arrays(dataset)
-    starts, lengths, episode_costs = (jnp.asarray(table.starts), jnp.asarray(table.lengths),
-                                      jnp.asarray(table.costs))
+    episodes_table = training_episodes(config, dataset)
+    starts, lengths = jnp.asarray(episodes_table.starts), jnp.asarray(episodes_table.lengths)
+    episode_costs = jnp.asarray(episodes_table.costs, jnp.float32)
+    return_shift = jnp.asarray(episodes_table.return_shift, jnp.float32)
+    cost_shift = jnp.asarray(episodes_table.cost_shift, jnp.float32)
     action_dim = actions.shape[1]
     target_entropy = -float(action_dim)
     graphdef, init_params = make_model(config, observations.shape[1], action_dim)
@@ -238,13 +297,14 @@ def make_train_parts(config: CDTConfig, dataset: TrajectoryDataset) -> TrainPart
         mask = offsets >= 0
         timesteps = jnp.maximum(offsets, 0)
         index = starts[episodes][:, None] + timesteps
-        return index, timesteps, mask
+        return index, episodes, timesteps, mask
 
-    def loss_fn(params, temperature, hparams, index, timesteps, mask, dropout_key):
+    def loss_fn(params, temperature, hparams, index, episodes, timesteps, mask, dropout_key):
         model = nnx.merge(graphdef, params)
+        returns = returns_to_go[index] + return_shift[episodes][:, None]
+        costs = costs_to_go[index] + cost_shift[episodes][:, None]
         (mean, log_std), cost_logits = model(
-            returns_to_go[index] * hparams.reward_scale,
-            (hparams.cost_offset - costs_to_go[index]) * hparams.cost_scale,
+            returns * hparams.reward_scale, (hparams.cost_offset - costs) * hparams.cost_scale,
             observations[index], actions[index], timesteps, mask, dropout_key, hparams.dropout)
         log_prob, entropy = _gaussian_log_prob_and_entropy(mean, log_std, actions[index])
         weight = mask.astype(jnp.float32) / mask.sum()
@@ -257,10 +317,10 @@ def make_train_parts(config: CDTConfig, dataset: TrajectoryDataset) -> TrainPart
 
     def update(state, hparams):
         key, window_key, dropout_key = jax.random.split(state.key, 3)
-        index, timesteps, mask = sample_windows(window_key, hparams)
+        index, episodes, timesteps, mask = sample_windows(window_key, hparams)
         temperature = jnp.exp(state.log_temperature)
         (loss, (nll, entropy, cost_ce)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            state.params, temperature, hparams, index, timesteps, mask, dropout_key)
+            state.params, temperature, hparams, index, episodes, timesteps, mask, dropout_key)
         warmup = jnp.minimum(1.0, (state.step + 1) / max(config.warmup_steps, 1))
         params, adam_state, grad_norm = clipped_adamw_step(grads, state.adam_state, state.params,
                                                            hparams.learning_rate * warmup, hparams.weight_decay,

@@ -51,9 +51,28 @@ def cmd_collect(args) -> int:
         max_steps=args.max_steps, seed=args.seed, progress=not args.quiet)
     save_npz(dataset, out)
     collect.save_card(card, out)
+    figure = collect.plot_dataset(out.with_suffix(".png"), dataset, card, thresholds=_floats(args.thresholds,
+                                                                                              "--thresholds"))
     print(f"{card['num_episodes']} episodes ({card['num_steps']} steps) of {len(card['behaviours'])} behaviour "
           f"policies on {args.task}; return range {card['return_range']}, cost range {card['cost_range']}")
-    print(f"dataset: {out}\ncard: {collect.card_path(out)}")
+    print(f"dataset: {out}\ncard: {collect.card_path(out)}\nfigure: {figure}")
+    return 0
+
+
+def cmd_plot(args) -> int:
+    from jaxsafe.offline import collect
+    from jaxsafe.offline.dataset import load_hdf5, load_npz
+
+    source = Path(args.data)
+    dataset = load_hdf5(source) if source.suffix in (".hdf5", ".h5") else load_npz(source)
+    card = collect.load_card(source) if collect.card_path(source).exists() else None
+    out = Path(args.out) if args.out else source.with_suffix(".png")
+    if out.exists():
+        raise FileExistsError(f"--out: {out} exists (choose another name)")
+    degree = None if args.degree < 0 else args.degree
+    collect.plot_dataset(out, dataset, card, thresholds=_floats(args.thresholds, "--thresholds"),
+                         frontier_degree=degree)
+    print(f"figure: {out}")
     return 0
 
 
@@ -107,9 +126,17 @@ def add_subparser(subparsers) -> None:
     p.add_argument("--train-set", action="append", default=[], metavar="FIELD=VALUE",
                    help="behaviour learner config field, e.g. --train-set total_steps=200000")
     p.add_argument("--max-steps", type=int, default=None, help="episode length (default: the task's horizon)")
+    p.add_argument("--thresholds", default="20,40", help="cost thresholds drawn on the dataset figure")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_collect)
+
+    p = sub.add_parser("plot", help="the dataset figure: episode return against cost, by behaviour policy")
+    p.add_argument("data", help="a dataset .npz (its card beside it colours by behaviour) or a DSRL .hdf5")
+    p.add_argument("--thresholds", default="20,40", help="cost thresholds to draw (comma-separated; '' none)")
+    p.add_argument("--degree", type=int, default=4, help="degree of the Pareto frontier fit (-1: no line)")
+    p.add_argument("--out", default=None, help="the figure (default: the dataset's name with .png)")
+    p.set_defaults(func=cmd_plot)
 
     p = sub.add_parser("train", help="train an offline learner on a dataset file (the generic runner)")
     p.add_argument("algorithm", help="bc_all, bc_safe, bcq_lag or cdt")

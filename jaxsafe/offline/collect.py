@@ -33,7 +33,8 @@ from jaxsafe.policy import from_act
 from jaxsafe.sweep import lane, make_grid, run_grid
 from jaxsafe.validation import is_int, require
 
-__all__ = ["LADDER_ALGORITHMS", "train_ladder", "collect_ladder", "save_card", "load_card", "card_path"]
+__all__ = ["LADDER_ALGORITHMS", "train_ladder", "collect_ladder", "save_card", "load_card", "card_path",
+           "plot_dataset", "behaviour_label"]
 
 #: The registry algorithms a ladder may use (constrained environment learners with a ``cost_limit``).
 LADDER_ALGORITHMS = ("ppo_lag", "ppo_pid", "cpo", "trpo_lag")
@@ -101,6 +102,40 @@ def collect_ladder(task: str, key, episodes_per_policy: int, cost_limits: Sequen
                 cost_range=[float(costs.min()), float(costs.max())], seed=seed,
                 train_overrides=json.loads(json.dumps(train_overrides or {})), format_version=FORMAT_VERSION)
     return dataset, card
+
+
+def behaviour_label(behaviour: dict) -> str:
+    """A short legend label for a card's behaviour entry, e.g. ``ppo_lag d=25 noisy``."""
+    return (f"{behaviour['algorithm']} d={behaviour['cost_limit']:g}" + (" noisy" if behaviour.get("noisy") else ""))
+
+
+def plot_dataset(path: str | os.PathLike, dataset: TrajectoryDataset, card: dict | None = None,
+                 thresholds: Sequence[float] = (), frontier_degree: int | None = 4) -> Path:
+    """DSRL's dataset figure: each episode's return against its cost return, one colour per behaviour policy
+    (from the card's ``episode_behaviour``; one colour without a card), the fitted reward-cost Pareto frontier
+    (:func:`jaxsafe.offline.pareto.fit_frontier`, degree ``frontier_degree``; None: no line) and dotted lines at
+    the cost ``thresholds``."""
+    from jaxsafe.offline.pareto import fit_frontier
+    from jaxsafe.plotting import plot_plane
+
+    returns, costs = episode_returns(dataset)
+    costs = costs.sum(-1)
+    groups = {}
+    if card is not None and "episode_behaviour" in card:
+        which = np.asarray(card["episode_behaviour"])
+        for index, behaviour in enumerate(card["behaviours"]):
+            groups[behaviour_label(behaviour)] = (returns[which == index], costs[which == index])
+    else:
+        groups["episodes"] = (returns, costs)
+    front = None
+    if frontier_degree is not None:
+        grid = np.linspace(costs.min(), costs.max(), 100)
+        front = (grid, fit_frontier(costs, returns, frontier_degree)(grid))
+    task = (card or {}).get("task", "dataset")
+    return plot_plane(path, front, groups, list(thresholds) or None, title=f"{task}: {len(returns)} episodes",
+                      xlabel="episode cost return", ylabel="episode return",
+                      front_label=f"Pareto frontier (degree {frontier_degree} fit)", marker_size=3,
+                      legend_loc="best", threshold_label="cost threshold {threshold:g}")
 
 
 def card_path(dataset_path: str | os.PathLike) -> Path:

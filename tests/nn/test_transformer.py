@@ -109,3 +109,27 @@ def test_shapes_params_and_validation():
     graphdef, params = transformer.init_params(config, jax.random.PRNGKey(0))
     with pytest.raises(ValueError, match=r"x: embeddings must be \[B, T, d_model=32\]"):
         transformer.apply(graphdef, params, jnp.zeros((1, 3, 16)))
+
+
+def test_dropout_at_rate_zero_is_the_plain_forward_and_keeps_causality():
+    from flax import nnx
+
+    config = _config("gpt2")
+    graphdef, params = transformer.init_params(config, jax.random.PRNGKey(0))
+    model = nnx.merge(graphdef, params)
+
+    @jax.jit
+    def forward(x, key, rate):
+        return model(x, dropout=transformer.Dropout(key, rate, rate))[0]
+
+    x = _embeddings(jax.random.PRNGKey(1))
+    key = jax.random.PRNGKey(5)
+    np.testing.assert_allclose(forward(x, key, 0.0), model(x)[0], atol=1e-6)
+    dropped = forward(x, key, 0.5)
+    assert np.abs(np.asarray(dropped - model(x)[0])).max() > 1e-2  # a positive rate does drop something
+    # the same key drops the same entries, so a change in the future still leaves the past untouched
+    changed = forward(x.at[:, 4].add(1.0), key, 0.5)
+    np.testing.assert_allclose(changed[:, :4], dropped[:, :4], atol=1e-6)
+    # inverted dropout keeps the expectation: the mean of many masks of a constant is the constant
+    kept = jax.vmap(lambda k: transformer.inverted_dropout(k, jnp.ones(1000), 0.3))(jax.random.split(key, 64))
+    assert abs(float(kept.mean()) - 1.0) < 0.01 and float((kept == 0).mean()) == pytest.approx(0.3, abs=0.01)

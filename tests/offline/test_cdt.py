@@ -38,7 +38,7 @@ class Chain:
 
 BEHAVIOURS = (-1.0, 0.0, 1.0)  # (return, cost) = (0, 0), (5, 0), (10, 5)
 CONFIG = cdt.CDTConfig(context_len=HORIZON, d_model=32, n_layers=1, n_heads=2, max_episode_len=HORIZON,
-                       batch_size=64, num_updates=400, warmup_steps=10)
+                       batch_size=64, num_updates=400, warmup_steps=10, augment_fraction=0.0)
 HPARAMS = CONFIG.default_hparams().replace(learning_rate=jnp.float32(1e-3), dropout=jnp.float32(0.0),
                                            cost_offset=jnp.float32(0.0), cost_scale=jnp.float32(0.2),
                                            cost_sample_cap=jnp.float32(0.0), temperature_lr=jnp.float32(1e-3))
@@ -139,3 +139,27 @@ def test_cdt_vmapped_lane_equals_single_run(chain_data, trained):
         np.testing.assert_allclose(lane(results, 0).metrics[name][:20], trained.metrics[name][:20], rtol=1e-4,
                                    atol=1e-5, err_msg=name)
     assert not np.allclose(lane(results, 1).metrics["loss"], trained.metrics["loss"])  # the lanes differ
+
+
+def test_frontier_augmentation_relabels_episodes_to_targets_above_the_frontier(chain_data):
+    """The windows of an augmented episode read the real steps of its source episode, with returns- and costs-to-go
+    shifted so that they start at the augmented target (OSRL's relabelling)."""
+    from jaxsafe.offline.training import episode_table
+
+    table = episode_table(chain_data)
+    episodes = cdt.training_episodes(CONFIG.replace(augment_fraction=1.0), chain_data)
+    aug = episodes.augmentation
+    real = table.starts.size
+    assert episodes.starts.shape == (2 * real,) and aug.source.shape == (real,)
+    np.testing.assert_array_equal(episodes.starts[:real], table.starts)
+    np.testing.assert_array_equal(episodes.return_shift[:real], 0.0)
+    start = episodes.starts[real:]
+    np.testing.assert_allclose(chain_data.returns_to_go[start] + episodes.return_shift[real:], aug.target_return,
+                               rtol=1e-6)
+    np.testing.assert_allclose(chain_data.costs_to_go[start].sum(-1) + episodes.cost_shift[real:], aug.target_cost,
+                               rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(episodes.costs[real:], aug.target_cost)
+    # the frontier through (cost, return) = (0, 5) and (5, 10) is R = 5 + C; every target lies above it
+    np.testing.assert_allclose(aug.frontier([0.0, 5.0]), [5.0, 10.0], atol=1e-6)
+    assert np.all(aug.target_return >= 5.0 + aug.target_cost + 1.0 - 1e-6)
+    assert cdt.training_episodes(CONFIG, chain_data).starts.shape == (real,)  # augment_fraction 0: none

@@ -83,3 +83,30 @@ def test_from_transitions_still_refuses_nan_through_concatenate():
     bad = good._replace(rewards=np.array([np.nan, 1, 2, 3, 4], np.float32))
     with pytest.raises(ValueError, match="'rewards' has non-finite"):
         concatenate([good, bad])
+
+
+def test_dataset_figure_colours_episodes_by_behaviour(ladder, tmp_path, monkeypatch):
+    from jaxsafe.cli import main
+    from jaxsafe.offline.dataset import save_npz
+    from jaxsafe import plotting
+
+    data, card = ladder
+    drawn = {}
+    original = plotting.plot_plane
+
+    def spy(path, front, groups, threshold=None, **kwargs):
+        drawn.update(front=front, groups=groups, threshold=threshold)
+        return original(path, front, groups, threshold, **kwargs)
+
+    monkeypatch.setattr(plotting, "plot_plane", spy)
+    path = save_npz(data, tmp_path / "ladder.npz")
+    collect.save_card(card, path)
+    assert main(["offline", "plot", str(path), "--thresholds", "2,4"]) == 0
+    assert (tmp_path / "ladder.png").stat().st_size > 0
+    assert list(drawn["groups"]) == ["ppo_lag d=0", "ppo_lag d=0 noisy", "ppo_lag d=5", "ppo_lag d=5 noisy"]
+    returns, costs = episode_returns(data)
+    np.testing.assert_array_equal(drawn["groups"]["ppo_lag d=5"][0], returns[6:9])  # behaviour 2's episodes
+    np.testing.assert_array_equal(drawn["groups"]["ppo_lag d=5"][1], costs.sum(-1)[6:9])
+    assert drawn["threshold"] == [2.0, 4.0] and drawn["front"][0].shape == (100,)
+    with pytest.raises(SystemExit):  # a figure is never overwritten (the CLI names the file and exits)
+        main(["offline", "plot", str(path)])
