@@ -14,9 +14,11 @@ Usage::
     python benchmarks/offline.py --quick                 # one task, tiny budgets (a smoke run on a 2-core CPU)
     python benchmarks/offline.py                         # the four tasks of issue 14, CPU preset sizes
 
-Writes ``benchmarks/results/offline.json`` and ``.md`` (``--out`` changes the stem). The navigation tasks'
-dynamics will change (issue 23); results on them are to be regenerated then. Not measured yet: the side-by-side
-PyTorch (OSRL) CDT throughput.
+Writes ``benchmarks/results/offline.json``, ``.md`` and ``.png`` (normalised reward against normalised cost per
+task), and one dataset figure per task (``offline_<task>_data.png``); ``--out`` changes the stem. The run is
+resumable: each finished task is kept in ``<stem>_cells/<task>.json`` with its budget and skipped by a rerun
+with the same budget (``--fresh`` recomputes). The navigation tasks' dynamics will change (issue 23); results
+on them are to be regenerated then. Not measured yet: the side-by-side PyTorch (OSRL) CDT throughput.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ import numpy as np
 from jaxsafe import envs
 from jaxsafe.algorithms import get_algorithm
 from jaxsafe.learner import train_from_parts
-from jaxsafe.offline.collect import collect_ladder
+from jaxsafe.offline.collect import collect_ladder, plot_dataset
 from jaxsafe.offline.dataset import episode_returns
 from jaxsafe.offline.evaluation import evaluate_policy, make_policy
 from jaxsafe.offline.metrics import reward_range
@@ -72,7 +74,7 @@ def train_sweep(name, dataset, config_fields, seeds, hparams_fields):
     return config, grid, result.params, config.num_updates * grid.size / elapsed
 
 
-def run_task(task, budget, seeds, key):
+def run_task(task, budget, seeds, key, figure=None):
     env, env_params = envs.make(task)
     horizon = int(getattr(env_params, "max_steps", 1000))
     max_steps = budget["max_steps"] or horizon
@@ -81,6 +83,9 @@ def run_task(task, budget, seeds, key):
     dataset, card = collect_ladder(task, key, budget["episodes"], budget["cost_limits"],
                                    train_overrides=budget["ppo"], max_steps=max_steps)
     collect_seconds = time.perf_counter() - start
+    if figure is not None:
+        horizon_scale = max_steps / horizon
+        plot_dataset(figure, dataset, card, thresholds=(20 * horizon_scale, 40 * horizon_scale))
     returns, costs = episode_returns(dataset)
     costs = costs.sum(-1)
     r_min, r_max = reward_range(dataset)
@@ -125,6 +130,31 @@ def run_task(task, budget, seeds, key):
     return rows, info
 
 
+def plot_scores(path: Path, rows) -> None:
+    """One panel per task: each (algorithm, threshold) at its normalised cost and reward, with the safe line."""
+    from jaxsafe.plotting import _pyplot
+
+    plt = _pyplot()
+    tasks = list(dict.fromkeys(r["task"] for r in rows))
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.5 * len(tasks), 4), squeeze=False)
+    markers = dict(zip(ALGORITHMS, "os^D"))
+    for ax, task in zip(axes[0], tasks):
+        for r in (r for r in rows if r["task"] == task):
+            colour = "C0" if r["nominal_threshold"] == 20.0 else "C1"
+            ax.errorbar(r["cost_mean"], r["reward_mean"], xerr=r["cost_std"], yerr=r["reward_std"],
+                        marker=markers[r["algorithm"]], color=colour, ls="", ms=6, capsize=2,
+                        label=f"{r['algorithm']} (b={r['nominal_threshold']:g})")
+        ax.axvline(1.0, color="grey", ls=":", lw=1)
+        ax.set_title(task)
+        ax.set_xlabel("normalised cost (safe <= 1)")
+        ax.set_ylabel("normalised reward")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def write(out: Path, rows, infos, args):
     meta = dict(quick=args.quick, seeds=args.seeds, ppo_steps=args.ppo_steps, max_steps=args.max_steps,
                 updates=args.updates, platform=platform.platform(), backend=jax.default_backend(),
@@ -150,6 +180,7 @@ def write(out: Path, rows, infos, args):
                      f"{d['return_range'][0]:.1f} .. {d['return_range'][1]:.1f} | {d['cost_range'][0]:.1f} .. "
                      f"{d['cost_range'][1]:.1f} |")
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    plot_scores(out.with_suffix(".png"), rows)
 
 
 def main(argv=None):
@@ -161,6 +192,7 @@ def main(argv=None):
     parser.add_argument("--max-steps", type=int, default=None, help="episode length of the dataset and evaluation")
     parser.add_argument("--updates", type=int, default=None, help="gradient steps of every offline learner")
     parser.add_argument("--out", default=str(RESULTS / "offline"))
+    parser.add_argument("--fresh", action="store_true", help="recompute tasks that have a stored cell")
     args = parser.parse_args(argv)
     args.argv = list(argv) if argv is not None else sys.argv[1:]
     budget = dict(QUICK if args.quick else FULL)
@@ -171,12 +203,24 @@ def main(argv=None):
     if args.updates is not None:
         budget["updates"] = args.updates
     tasks = args.tasks.split(",") if args.tasks else (["SafePointCircle"] if args.quick else list(TASKS))
+    out = Path(args.out)
+    cells = out.parent / f"{out.name}_cells"
+    cells.mkdir(parents=True, exist_ok=True)
+    stamp = json.loads(json.dumps(dict(budget=budget, seeds=args.seeds)))
     rows, infos = [], []
     for i, task in enumerate(tasks):
-        task_rows, info = run_task(task, budget, args.seeds, jax.random.PRNGKey(i))
+        cell = cells / f"{task}.json"
+        stored = json.loads(cell.read_text()) if cell.exists() and not args.fresh else None
+        if stored is not None and stored["stamp"] == stamp:
+            print(f"{task}: stored result ({cell})", flush=True)
+            task_rows, info = stored["rows"], stored["info"]
+        else:
+            task_rows, info = run_task(task, budget, args.seeds, jax.random.PRNGKey(i),
+                                       figure=out.parent / f"{out.name}_{task}_data.png")
+            cell.write_text(json.dumps(dict(stamp=stamp, rows=task_rows, info=info), indent=1))
         rows += task_rows
         infos.append(info)
-        write(Path(args.out), rows, infos, args)
+        write(out, rows, infos, args)
     print(f"wrote {Path(args.out).with_suffix('.md')}")
 
 

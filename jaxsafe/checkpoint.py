@@ -32,7 +32,8 @@ class CheckpointWarning(UserWarning):
     """The newest checkpoint could not be used and an older one was restored."""
 
 
-def _manager(directory: str | os.PathLike, max_to_keep: int = 2) -> ocp.CheckpointManager:
+def _manager(directory: str | os.PathLike, max_to_keep: int | None = None) -> ocp.CheckpointManager:
+    # Readers keep everything (None): only a save prunes, with the run's own max_to_keep.
     options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True, enable_async_checkpointing=False)
     return ocp.CheckpointManager(Path(directory).absolute(), options=options)
 
@@ -47,8 +48,8 @@ def _step_digest(directory: Path, step: int) -> dict[str, str]:
             for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def save(directory: str | os.PathLike, step: int, state: Any, max_to_keep: int = 2) -> None:
-    """Save ``state`` as checkpoint ``step`` (older ones beyond ``max_to_keep`` are removed).
+def save(directory: str | os.PathLike, step: int, state: Any, max_to_keep: int | None = 2) -> None:
+    """Save ``state`` as checkpoint ``step`` (older ones beyond ``max_to_keep`` are removed; None keeps all).
 
     Raises:
       CheckpointError: the write failed (a full disk, a file-size limit); the previous checkpoint is intact.

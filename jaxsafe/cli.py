@@ -91,7 +91,8 @@ def _train(args, grid: dict) -> int:
             overrides["total_steps"] = str(args.steps)
         problem_overrides = {k: _maybe_number(v) for k, v in _key_values(args.problem_set, "--problem-set").items()}
         spec = runner.make_spec(args.algorithm, args.problem, seeds=args.seeds, grid=grid, overrides=overrides,
-                                problem_overrides=problem_overrides, num_chunks=args.chunks)
+                                problem_overrides=problem_overrides, num_chunks=args.chunks,
+                                keep_checkpoints=args.keep_checkpoints)
         out = Path(args.out) if args.out else _default_out(args.command, args.algorithm, args.problem)
         result = runner.run_training(spec, out, progress=not args.quiet)
     algo = get_algorithm(result.summary["algorithm"])
@@ -188,6 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
                        metavar="FIELD=VALUE", help="problem (environment) override, e.g. --env-set cost_x_limit=0.5")
         p.add_argument("--out", default=None, help="a new run directory (default runs/<time>-<command>-<algo>-<problem>)")
         p.add_argument("--chunks", type=int, default=20, help="checkpoints/log rows per run (default 20)")
+        p.add_argument("--keep-checkpoints", type=int, default=2, metavar="N",
+                       help="chunk checkpoints kept on disk, the newest (default 2; 0 keeps every chunk's)")
         p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
         p.add_argument("--quiet", action="store_true", help="no progress bar")
         multi = p.add_argument_group("several processes or hosts (jax.distributed; see docs/distributed.md)")

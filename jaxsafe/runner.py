@@ -63,6 +63,7 @@ class RunSpec:
     grid: dict
     seeds: list
     num_chunks: int
+    keep_checkpoints: int = 2
 
     def to_json(self) -> dict:
         return {**dataclasses.asdict(self), "jaxsafe_version": jaxsafe.__version__}
@@ -73,18 +74,22 @@ class RunSpec:
         for old, new in (("env", "problem"), ("env_overrides", "problem_overrides")):
             if new not in data and old in data:
                 data[new] = data[old]
+        optional = {f.name for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
         try:
-            spec = cls(**{f.name: data[f.name] for f in dataclasses.fields(cls)})
+            spec = cls(**{f.name: data[f.name] for f in dataclasses.fields(cls)
+                          if f.name in data or f.name not in optional})
         except KeyError as err:
             raise ValueError(f"config.json is missing the field {err}") from None
         types = {"algorithm": str, "problem": str, "problem_overrides": dict, "config": dict, "hparams": dict,
-                 "grid": dict, "seeds": list, "num_chunks": int}
+                 "grid": dict, "seeds": list, "num_chunks": int, "keep_checkpoints": int}
         for field, kind in types.items():
             value = getattr(spec, field)
             if not isinstance(value, kind) or isinstance(value, bool):
                 raise ValueError(f"config.json field {field!r} must be a {kind.__name__}, got {value!r:.80}")
         if not all(isinstance(s, int) and not isinstance(s, bool) for s in spec.seeds) or spec.num_chunks < 1:
             raise ValueError("config.json: seeds must be a list of integers and num_chunks a positive integer")
+        if spec.keep_checkpoints < 0:
+            raise ValueError(f"config.json: keep_checkpoints must be >= 0 (0 keeps all), got {spec.keep_checkpoints}")
         return spec
 
 
@@ -205,11 +210,14 @@ def make_spec(
     problem_overrides: dict | None = None,
     num_chunks: int = 10,
     env_overrides: dict | None = None,
+    keep_checkpoints: int = 2,
 ) -> RunSpec:
     """Validate a run description (no compilation) and return its :class:`RunSpec`.
 
     ``problem`` is an environment name for the RL learners (``env_overrides`` is the old name of
-    ``problem_overrides``).
+    ``problem_overrides``). ``keep_checkpoints`` is how many chunk checkpoints stay on disk (the newest; 0 keeps
+    every chunk's, e.g. for best-checkpoint selection by online rollouts; at least 2 keeps a fallback when the
+    newest is damaged).
     """
     if env_overrides is not None:
         if problem_overrides is not None:
@@ -225,6 +233,8 @@ def make_spec(
     make_grid(hparams, seeds=1, **grid).hparams.validate()  # validates swept fields and values
     if not isinstance(num_chunks, int) or num_chunks < 1:
         raise ValueError(f"num_chunks must be a positive integer, got {num_chunks!r}")
+    if not isinstance(keep_checkpoints, int) or isinstance(keep_checkpoints, bool) or keep_checkpoints < 0:
+        raise ValueError(f"keep_checkpoints must be an integer >= 0 (0 keeps all), got {keep_checkpoints!r}")
     seed_list = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
     if not seed_list:
         raise ValueError("seeds must be a positive count or a non-empty list")
@@ -239,6 +249,7 @@ def make_spec(
         grid={k: [float(v) for v in np.atleast_1d(vals)] for k, vals in grid.items()},
         seeds=seed_list,
         num_chunks=min(num_chunks, num_updates),
+        keep_checkpoints=keep_checkpoints,
     )
 
 
@@ -436,7 +447,8 @@ def _run_training(spec: RunSpec, run_dir: RunDir, resume: bool, progress: bool, 
             # which resume drops and recomputes; the other order could leave a checkpoint with its rows missing.
             new_rows = _chunk_rows(grid, metrics, chunk_index, first_update, per_lane, algo.chunk_means, lanes)
             run_dir.append_metrics(new_rows, process=_metrics_process())
-            checkpoint.save(run_dir.checkpoint_dir, chunk_index + 1, to_save(state))
+            checkpoint.save(run_dir.checkpoint_dir, chunk_index + 1, to_save(state),
+                            max_to_keep=spec.keep_checkpoints or None)
             shown = {}
             for name in summary_metrics[:3]:
                 values = [np.nanmean(r[name]) for r in new_rows if r.get(name) is not None]
@@ -511,14 +523,21 @@ class RestoredRun(NamedTuple):
     state: Any
 
 
-def restore_run(out_dir: str | Path) -> RestoredRun:
-    """Rebuild a run directory's learner and restore its newest usable checkpoint (every lane)."""
+def restore_run(out_dir: str | Path, step: int | None = None) -> RestoredRun:
+    """Rebuild a run directory's learner and restore checkpoint ``step`` (default: the newest usable one; every
+    lane). :func:`checkpoint_steps` lists the steps on disk."""
     run_dir = RunDir(out_dir, must_exist=True)
     spec = RunSpec.from_json(run_dir.read_config())
     built = _build(spec)
     template = jax.vmap(built.parts.init)(built.grid.keys, built.grid.hparams)
-    step, state = checkpoint.restore(run_dir.checkpoint_dir, template)
+    step, state = checkpoint.restore(run_dir.checkpoint_dir, template, step)
     return RestoredRun(spec, built, step, state)
+
+
+def checkpoint_steps(out_dir: str | Path) -> list[int]:
+    """The chunk checkpoints a run directory holds, oldest first (checkpoint ``k`` is the state after chunk ``k``;
+    ``keep_checkpoints`` decides how many stay)."""
+    return checkpoint.all_steps(RunDir(out_dir, must_exist=True).checkpoint_dir)
 
 
 def load_run(out_dir: str | Path) -> LoadedRun:

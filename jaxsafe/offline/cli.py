@@ -15,6 +15,14 @@ def _floats(text: str, flag: str) -> list[float]:
         raise ValueError(f"{flag}: a comma-separated list of numbers, got {text!r}") from None
 
 
+def _checkpoint_choice(text: str) -> str:
+    import argparse
+
+    if text in ("latest", "best") or text.isdigit():
+        return text
+    raise argparse.ArgumentTypeError(f"'latest', 'best' or a chunk number, got {text!r}")
+
+
 def _key_values(items: list[str], flag: str) -> dict:
     out = {}
     for item in items:
@@ -80,7 +88,7 @@ def cmd_train(args) -> int:
     from jaxsafe.cli import main
 
     argv = ["train", args.algorithm, "--problem", args.data, "--seeds", str(args.seeds),
-            "--chunks", str(args.chunks)]
+            "--chunks", str(args.chunks), "--keep-checkpoints", str(args.keep_checkpoints)]
     for item in args.set:
         argv += ["--set", item]
     if args.out:
@@ -93,16 +101,19 @@ def cmd_train(args) -> int:
 def cmd_eval(args) -> int:
     from jaxsafe.offline.evaluation import evaluate_run
 
+    which = args.checkpoint if args.checkpoint in ("latest", "best") else int(args.checkpoint)
     rows = evaluate_run(args.run_dir, args.target_return, args.target_cost, args.episodes, args.threshold,
-                        args.task, args.seed)
-    print(f"{'lane':<40} {'norm. reward':>14} {'norm. cost':>14} {'safe':>5} {'return':>9} {'cost':>8}")
+                        args.task, args.seed, checkpoint=which)
+    print(f"{'lane':<40} {'norm. reward':>14} {'norm. cost':>14} {'safe':>5} {'return':>9} {'cost':>8} {'chunk':>5}")
     for row in rows:
         label = ", ".join(f"{k}={v}" for k, v in row.items() if k not in (
             "reward", "reward_std", "cost", "cost_std", "safe", "episode_return", "episode_cost", "threshold",
-            "checkpoint_step"))
+            "checkpoint_step", "checkpoints_compared"))
         print(f"{label:<40} {row['reward']:>7.3f}±{row['reward_std']:<6.3f} {row['cost']:>7.3f}±"
               f"{row['cost_std']:<6.3f} {str(row['safe']):>5} {row['episode_return']:>9.2f} "
-              f"{row['episode_cost']:>8.2f}")
+              f"{row['episode_cost']:>8.2f} {row['checkpoint_step']:>5}")
+    if which == "best":
+        print(f"(best of {rows[0]['checkpoints_compared']} checkpoints per lane: lowest cost, ties by reward)")
     return 0
 
 
@@ -144,6 +155,8 @@ def add_subparser(subparsers) -> None:
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE")
     p.add_argument("--seeds", type=int, default=1)
     p.add_argument("--chunks", type=int, default=20)
+    p.add_argument("--keep-checkpoints", type=int, default=2, metavar="N",
+                   help="chunk checkpoints kept (0: all, for `offline eval --checkpoint best`)")
     p.add_argument("--out", default=None)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_train)
@@ -155,6 +168,8 @@ def add_subparser(subparsers) -> None:
     p.add_argument("--threshold", type=float, default=None,
                    help="cost threshold of the normalised cost (default: target cost, or the run's cost_limit)")
     p.add_argument("--episodes", type=int, default=20)
+    p.add_argument("--checkpoint", default="latest", type=_checkpoint_choice,
+                   help="latest, best (OSRL's online selection over the kept checkpoints) or a chunk number")
     p.add_argument("--task", default=None, help="environment (default: the dataset card's task)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_eval)

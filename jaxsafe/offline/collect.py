@@ -127,14 +127,15 @@ def plot_dataset(path: str | os.PathLike, dataset: TrajectoryDataset, card: dict
             groups[behaviour_label(behaviour)] = (returns[which == index], costs[which == index])
     else:
         groups["episodes"] = (returns, costs)
-    front = None
+    front, label = None, ""
     if frontier_degree is not None:
         grid = np.linspace(costs.min(), costs.max(), 100)
-        front = (grid, fit_frontier(costs, returns, frontier_degree)(grid))
+        frontier = fit_frontier(costs, returns, frontier_degree)
+        front, label = (grid, frontier(grid)), f"Pareto frontier (degree {frontier.order} fit)"
     task = (card or {}).get("task", "dataset")
     return plot_plane(path, front, groups, list(thresholds) or None, title=f"{task}: {len(returns)} episodes",
                       xlabel="episode cost return", ylabel="episode return",
-                      front_label=f"Pareto frontier (degree {frontier_degree} fit)", marker_size=3,
+                      front_label=label, marker_size=3,
                       legend_loc="best", threshold_label="cost threshold {threshold:g}")
 
 

@@ -51,18 +51,35 @@ def evaluate_policy(policy, env, env_params, key, episodes: int, max_steps: int,
     return {**score._asdict(), "episode_return": float(returns.mean()), "episode_cost": float(costs.mean())}
 
 
+def _better(row: dict, best: dict | None) -> bool:
+    """OSRL's checkpoint rule: the lower normalised cost wins, ties go to the higher normalised reward."""
+    return best is None or row["cost"] < best["cost"] or (row["cost"] == best["cost"] and row["reward"] > best["reward"])
+
+
 def evaluate_run(out_dir, target_return=None, target_cost=None, episodes: int = 20, threshold=None,
-                 task: str | None = None, seed: int = 0) -> list[dict]:
-    """One result row per lane of the run in ``out_dir`` (its newest checkpoint).
+                 task: str | None = None, seed: int = 0, checkpoint="latest") -> list[dict]:
+    """One result row per lane of the run in ``out_dir``.
 
     ``task`` defaults to the dataset card's; ``threshold`` to ``target_cost`` (CDT) or the lane's ``cost_limit``.
+    ``checkpoint``: ``"latest"`` (the newest usable one), a chunk number, or ``"best"``: every checkpoint the run
+    kept is evaluated and each lane reports its best by OSRL's rule (lowest normalised cost, ties by reward;
+    train with ``keep_checkpoints=0`` to keep every chunk's). Selecting by online rollouts is what OSRL reports;
+    it uses the environment, so it is not purely offline. Each row has ``checkpoint_step`` and, for ``"best"``,
+    ``checkpoints_compared``.
 
     Raises:
-      ValueError: a negative target, a missing card and no ``task``, or an algorithm that is not offline.
+      ValueError: a negative target, a missing card and no ``task``, an algorithm that is not offline, or an
+        unknown ``checkpoint``.
     """
-    from jaxsafe.runner import restore_run
+    from jaxsafe import checkpoint as checkpoints
+    from jaxsafe.runner import checkpoint_steps, restore_run
 
-    restored = restore_run(out_dir)
+    if not (checkpoint in ("latest", "best") or (isinstance(checkpoint, int) and not isinstance(checkpoint, bool))):
+        raise ValueError(f"checkpoint: 'latest', 'best' or a chunk number, got {checkpoint!r}")
+    steps = checkpoint_steps(out_dir)
+    if isinstance(checkpoint, int) and checkpoint not in steps:
+        raise ValueError(f"checkpoint: {out_dir} holds chunks {steps}, not {checkpoint}")
+    restored = restore_run(out_dir, checkpoint if isinstance(checkpoint, int) else None)
     spec, (algo, dataset, config, grid, parts), step, state = restored
     if task is None:
         card_file = Path(spec.problem).with_suffix(".json")
@@ -76,14 +93,29 @@ def evaluate_run(out_dir, target_return=None, target_cost=None, episodes: int = 
     if max_steps is None:
         max_steps = int(getattr(env_params, "max_steps", 1000))
     reward_min, reward_max = metrics.reward_range(dataset)
-    rows = []
-    for index, point in enumerate(grid.points):
-        hparams = lane(grid.hparams, index)
-        policy, play_env = make_policy(spec.algorithm, config, dataset, lane(state.params, index), hparams, env,
-                                       env_params, target_return, target_cost)
-        limit = threshold if threshold is not None else (
-            target_cost if spec.algorithm == "cdt" else float(getattr(hparams, "cost_limit")))
-        row = evaluate_policy(policy, play_env, env_params, jax.random.PRNGKey(seed), episodes, max_steps,
-                              reward_min, reward_max, float(limit))
-        rows.append({**point, "threshold": float(limit), "checkpoint_step": int(step), **row})
-    return rows
+
+    def lane_rows(lane_state, at_step):
+        rows = []
+        for index, point in enumerate(grid.points):
+            hparams = lane(grid.hparams, index)
+            policy, play_env = make_policy(spec.algorithm, config, dataset, lane(lane_state.params, index), hparams,
+                                           env, env_params, target_return, target_cost)
+            limit = threshold if threshold is not None else (
+                target_cost if spec.algorithm == "cdt" else float(getattr(hparams, "cost_limit")))
+            row = evaluate_policy(policy, play_env, env_params, jax.random.PRNGKey(seed), episodes, max_steps,
+                                  reward_min, reward_max, float(limit))
+            rows.append({**point, "threshold": float(limit), "checkpoint_step": int(at_step), **row})
+        return rows
+
+    if checkpoint != "best":
+        return lane_rows(state, step)
+    from jaxsafe.logging import RunDir
+
+    run_checkpoints = RunDir(out_dir, must_exist=True).checkpoint_dir
+    best = [None] * grid.size
+    for candidate in steps:
+        candidate_state = state if candidate == step else checkpoints.restore(run_checkpoints, state, candidate)[1]
+        for index, row in enumerate(lane_rows(candidate_state, candidate)):
+            if _better(row, best[index]):
+                best[index] = row
+    return [{**row, "checkpoints_compared": len(steps)} for row in best]

@@ -44,3 +44,22 @@ def test_offline_train_then_eval_with_dsrl_metrics(data_path, tmp_path, capsys):
 def test_offline_collect_refuses_an_existing_file(data_path):
     with pytest.raises(SystemExit):
         main(["offline", "collect", "ChancePoint2D", "--episodes", "1", "--out", str(data_path)])
+
+
+def test_best_checkpoint_is_chosen_by_online_rollouts_over_every_kept_chunk(data_path, tmp_path):
+    out = tmp_path / "run"
+    assert main(["offline", "train", "bc_safe", "--data", str(data_path), "--set", "num_updates=6", "--set",
+                 "batch_size=8", "--set", "hidden=8", "--set", "cost_limit=100", "--out", str(out), "--quiet",
+                 "--chunks", "3", "--keep-checkpoints", "0"]) == 0
+    from jaxsafe.runner import checkpoint_steps
+
+    assert checkpoint_steps(out) == [1, 2, 3]  # every chunk's checkpoint kept
+    each = [evaluate_run(out, episodes=4, task="ChancePoint2D", checkpoint=step)[0] for step in (1, 2, 3)]
+    assert [row["checkpoint_step"] for row in each] == [1, 2, 3]
+    best = evaluate_run(out, episodes=4, task="ChancePoint2D", checkpoint="best")[0]
+    expected = min(each, key=lambda row: (row["cost"], -row["reward"]))  # OSRL: lowest cost, ties by reward
+    assert best["checkpoint_step"] == expected["checkpoint_step"] and best["checkpoints_compared"] == 3
+    assert best["cost"] == expected["cost"] and best["reward"] == expected["reward"]
+    with pytest.raises(ValueError, match="holds chunks"):
+        evaluate_run(out, episodes=2, task="ChancePoint2D", checkpoint=7)
+    assert main(["offline", "eval", str(out), "--episodes", "2", "--checkpoint", "best"]) == 0
