@@ -266,3 +266,81 @@ def test_bad_objectives_are_named():
         iama.proposition_3_1_bins(400, 1)
     with pytest.raises(ValueError, match="aggregate must be 'sum'"):
         iama.relative_smoothness(iama.Objective.parse("bon:4", aggregate="min", weights=(0.5, 0.5)), np.zeros((3, 2)))
+
+
+# ----------------------------------------------------------------------------- the experiment and the command
+
+
+def test_cli_tabular_run_writes_a_run_directory_and_refuses_to_reuse_it(tmp_path, capsys):
+    import json
+
+    from jaxsafe import cli
+
+    out = tmp_path / "tabular"
+    assert cli.main(["align", "iama", "--task", "tabular", "--transform", "bon:4", "--aggregate", "sum",
+                     "--responses", "6", "--steps", "60", "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    study = summary["studies"][0]
+    assert study["iama_objective"] > study["standard_objective"] + 1e-2
+    assert study["bound_holds"] and (out / "convergence.png").is_file() and (out / "metrics.jsonl").is_file()
+    assert "IAMA" in capsys.readouterr().out
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with pytest.raises(SystemExit):
+        cli.main(["align", "iama", "--task", "tabular", "--out", str(out)])
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--transform", "bon:0"], "bon:N.*integer >= 1"), (["--transform", "soft:0"], "soft:TAU.*> 0"),
+    (["--aggregate", "max"], "aggregate must be one of"), (["--weights", "0.5", "0.6"], "sum to one"),
+    (["--task", "safety", "--transform", "bon:4", "bon:2"], "one transform for --task safety"),
+    (["--steps", "0"], "--steps must be an integer >= 1"),
+])
+def test_cli_bad_flags_are_named_before_any_work(tmp_path, capsys, flags, message):
+    from jaxsafe import cli
+
+    with pytest.raises(SystemExit):
+        cli.main(["align", "iama", *flags, "--out", str(tmp_path / "never")])
+    assert __import__("re").search(message, capsys.readouterr().err)
+    assert not (tmp_path / "never").exists()
+
+
+def test_safety_front_is_exact_and_iama_wins_its_own_objective():
+    from jaxsafe.llm import iama_experiment as E
+
+    front = E.safety_front("bon:4", (0.5,), beta=0.1, steps=2500)
+    half = front["points"][0]
+    assert half["last_step_change"] < 1e-9  # converged
+    assert half["iama"]["objective"] > half["standard"]["objective"] + 1e-2
+    # Under BoN at inference IAMA is more helpful and safer than the standard optimum at w = 0.5 (measured front).
+    assert half["iama"]["inference"][0] > half["standard"]["inference"][0]
+    assert half["iama"]["inference"][1] > half["standard"]["inference"][1]
+    # The inference values are the exact BoN values of the tables, checked here by the BoN law for one prompt.
+    rewards, prompt_probs, reference = E.safety_problem()
+    law = iama.bon_distribution(jnp.exp(jnp.asarray(reference[4], jnp.float32)), jnp.asarray(rewards[4, :, 0],
+                                                                                            jnp.float32), 4)
+    assert float(law @ rewards[4, :, 0]) == pytest.approx(float(iama.bon_value(
+        jnp.asarray(rewards[4, :, 0], jnp.float32), 4, jnp.exp(jnp.asarray(reference[4], jnp.float32)))), abs=1e-5)
+
+
+def test_length_rewards_and_one_grpo_update_with_the_derivative_reward():
+    """The length task's criteria from response masks, and one non-linear GRPO update through the trainer's
+    reward_transform hook is finite (the pad token is in the alphabet, so no -inf log-probs reach the loss)."""
+    grpo = pytest.importorskip("jaxsafe.llm.grpo")
+    from jaxsafe.llm import iama_experiment as E
+    from jaxsafe.llm import model as model_lib
+
+    mask = jnp.arange(24)[None, :] < jnp.array([[1], [5], [15], [24]])
+    np.testing.assert_allclose(E.length_reward_fn(None, None, mask),
+                               -((np.array([[1], [5], [15], [24]]) - np.array([5, 15])) / 24) ** 2, rtol=1e-6)
+    config = model_lib.preset("tiny", vocab_size=len(E.LENGTH_TOKENS), max_seq_len=E.MAX_LENGTH + 1, d_model=16,
+                              n_layers=1, d_ff=32, n_heads=2, n_kv_heads=1)
+    graphdef, params = model_lib.init_params(config, jax.random.PRNGKey(0))
+    problem = E.length_problem(graphdef, params, num_prompts=2)
+    grpo_config = E.length_config(BON4_SUM, iterations=1, group_size=4, prompts_per_batch=2)
+    assert grpo_config.reward_transform is E.make_length_transform(BON4_SUM)
+    parts = grpo.make_train_parts(grpo_config, problem)
+    hparams = grpo_config.default_hparams()
+    state = parts.init(jax.random.PRNGKey(1), hparams)
+    _, metrics = jax.jit(parts.update)(state, hparams)
+    assert not bool(metrics["nonfinite"]) and float(metrics["grad_norm"]) > 0
