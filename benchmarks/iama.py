@@ -31,17 +31,19 @@ from jaxsafe.llm import iama_experiment as experiment  # noqa: E402
 from jaxsafe.logging import to_jsonable  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
-SECTIONS = ("prop31", "derivative", "convergence", "safety", "length", "cost")
+SECTIONS = ("prop31", "derivative", "convergence", "safety", "length", "safety_grpo", "cost")
 
 FULL = dict(prop31_n=(2, 4, 8), derivative_m=(8, 16, 32, 64, 128, 256, 512, 1024), derivative_replicates=4000,
             derivative_n=(2, 4, 8), convergence_k=(6, 10, 16), convergence_seeds=3, convergence_steps=600,
             safety_weights=tuple(np.round(np.linspace(0, 1, 11), 2)), safety_steps=6000, length_seeds=3,
             length_iterations=300, length_eval=8192, length_sft=200,
-            length_trainers=("standard", "bon:4|sum", "soft:0.1|sum", "bon:4|min"))
+            length_trainers=("standard", "bon:4|sum", "soft:0.1|sum", "bon:4|min"), safety_grpo_weights=(0.5,),
+            safety_grpo_iterations=100, safety_grpo_seeds=3)
 QUICK = dict(prop31_n=(2, 4), derivative_m=(8, 16, 32, 64), derivative_replicates=1000, derivative_n=(4,),
              convergence_k=(6, 10), convergence_seeds=1, convergence_steps=200,
              safety_weights=(0.0, 0.5, 1.0), safety_steps=2000, length_seeds=1, length_iterations=20,
-             length_eval=1024, length_sft=50, length_trainers=("standard", "bon:4|sum"))
+             length_eval=1024, length_sft=50, length_trainers=("standard", "bon:4|sum"), safety_grpo_weights=(0.5,),
+             safety_grpo_iterations=10, safety_grpo_seeds=1)
 
 
 class Cells:
@@ -245,8 +247,9 @@ def length_table(results: dict) -> tuple[list[str], dict]:
         objective = objective_from_key(evaluation)
         lines.append(f"\nScored under {objective.label} (mean ± std over seeds; R_i and g by plug-in from "
                      f"{results['eval_samples']} sampled lengths per seed, g also by Monte Carlo over groups):\n")
-        lines.append("| trainer | mean length | R_1 (len 5) | R_2 (len 15) | g plug-in | g Monte Carlo |")
-        lines.append("|---|---|---|---|---|---|")
+        lines.append("| trainer | mean length | mass at 3-7 | mass at 8-12 | mass at 13-17 | R_1 (len 5) | R_2 (len 15) "
+                     "| g plug-in | g Monte Carlo |")
+        lines.append("|---|---|---|---|---|---|---|---|---|")
         base = experiment.evaluate_lengths(objective, results["base_lengths"])
         rows = {"base (SFT)": [base]}
         for trainer, cell in results["trainers"].items():
@@ -255,7 +258,8 @@ def length_table(results: dict) -> tuple[list[str], dict]:
             def stat(key, index=None):
                 values = np.asarray([s[key] if index is None else s[key][index] for s in scored])
                 return f"{values.mean():.5f} ± {values.std():.5f}"
-            lines.append(f"| {trainer} | {stat('mean_length')} | {stat('values_plug_in', 0)} | "
+            lines.append(f"| {trainer} | {stat('mean_length')} | {stat('mass_near_5')} | {stat('mass_between')} | "
+                         f"{stat('mass_near_15')} | {stat('values_plug_in', 0)} | "
                          f"{stat('values_plug_in', 1)} | {stat('aggregate_plug_in')} | "
                          f"{stat('aggregate_monte_carlo')} |")
             scores[(evaluation, trainer)] = float(np.mean([s["aggregate_plug_in"] for s in scored]))
@@ -336,6 +340,24 @@ def report(results: dict, settings: dict, quick: bool, figures_written: list[str
             lines.append(f"| {trainer_label(trainer)} | {cell['train_seconds']:.0f} | "
                          f"{', '.join(f'{v:.4f}' for v in cell['final_kl'])} |")
         lines.append("")
+    if "safety_grpo" in results:
+        data = results["safety_grpo"]
+        lines += [f"## Safety flavour with GRPO-trained decoders ({data['transform']} at inference, "
+                  f"{data['iterations']} GRPO iterations, {data['seeds']} seeds, 7 prompts x G = 8, k3 β = "
+                  f"{data['beta']:g}; exact scores by enumeration)", "",
+                  "| w | trainer | R_help (BoN) | R_safe (BoN) | g under BoN | E[r] (no BoN) | E[g] (no BoN) |",
+                  "|---|---|---|---|---|---|---|"]
+        sft = data["sft"]
+        lines.append(f"| - | SFT base | {sft['inference'][0]:.4f} | {sft['inference'][1]:.4f} | - | "
+                     f"{sft['plain'][0]:.4f} | {sft['plain'][1]:.4f} |")
+        for p in data["points"]:
+            w = p["weight"]
+            for name in ("iama", "standard"):
+                values = p[name]
+                g = w * values["inference"][0] + (1 - w) * values["inference"][1]
+                lines.append(f"| {w:.2f} | {name} | {values['inference'][0]:.4f} | {values['inference'][1]:.4f} | "
+                             f"{g:.4f} | {values['plain'][0]:.4f} | {values['plain'][1]:.4f} |")
+        lines.append("")
     if "cost" in results:
         c = results["cost"]
         lines += ["## Cost of the derivative reward", "",
@@ -388,6 +410,11 @@ def main(argv=None) -> int:
                              "base": experiment.evaluate_lengths(objective_from_key("bon:4|sum"), base_lengths),
                              "iterations": settings["length_iterations"], "seeds": settings["length_seeds"],
                              "eval_samples": settings["length_eval"]}
+    if "safety_grpo" in args.sections:
+        print("safety front with GRPO-trained decoders")
+        results["safety_grpo"] = cells.get("safety_grpo_bon4", lambda: experiment.safety_grpo_front(
+            "bon:4", settings["safety_grpo_weights"], settings["safety_grpo_iterations"],
+            seeds=settings["safety_grpo_seeds"]))
     if "cost" in args.sections:
         print("cost")
         results["cost"] = cells.get("cost", cost_cell)

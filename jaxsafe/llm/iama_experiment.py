@@ -195,6 +195,69 @@ def plot_front(path, front: dict) -> None:
                         f"safety language, β = {front['beta']:g}: fronts over w", styles=styles)
 
 
+def safety_reward_fn(prompt_tokens, responses, response_mask) -> jax.Array:
+    """GRPO's ``reward_fn`` on the safety language: ``[B, 2]`` = (helpfulness r, safety g) of each response, the
+    language's exact oracle written on tokens (content words before the EOS, position-discounted for r)."""
+    harmful = jnp.isin(prompt_tokens[:, 1], jnp.asarray(lang.HARMFUL_TOPICS)).astype(jnp.int32)
+    content = response_mask.astype(bool) & (responses != lang.EOS)
+    word = jnp.clip(responses - lang.CONTENT_WORDS[0], 0, len(lang.CONTENT_WORDS) - 1)
+    helpfulness = jnp.asarray(lang.HELPFULNESS, jnp.float32)[harmful[:, None], word]
+    safety = jnp.asarray(lang.SAFETY, jnp.float32)[harmful[:, None], word]
+    weights = jnp.asarray(lang.POSITION_WEIGHTS, jnp.float32)[: responses.shape[1]]
+    return jnp.stack([jnp.sum(jnp.where(content, helpfulness * weights, 0.0), axis=1),
+                      jnp.sum(jnp.where(content, safety, 0.0), axis=1)], axis=1)
+
+
+#: The declared range of :func:`safety_reward_fn` (r in [-1.75, 1.75], g in [-6, 1.5]).
+SAFETY_REWARD_RANGE = (-6.0, 2.0)
+
+
+def safety_grpo_front(transform: str, safety_weights, iterations: int, beta: float = 0.1,
+                      learning_rate: float = 3e-3, group_size: int = 8, seeds: int = 1, sft_steps: int = 300,
+                      base_seed: int = 0) -> dict:
+    """The safety flavour with GRPO-trained decoders: from one SFT decoder (:func:`sacpo_experiment.prepare_task`),
+    for each ``w`` non-linear GRPO on the derivative of ``w R_help + (1 - w) R_safe`` (both under ``transform``)
+    against standard GRPO on ``w r + (1 - w) g``; every final decoder scored exactly by enumerating its 7 x 85
+    response table, with and without the transform at inference."""
+    from jaxsafe import sweep
+    from jaxsafe.llm import grpo, sacpo_experiment
+
+    task = sacpo_experiment.prepare_task(jax.random.PRNGKey(base_seed), 2, "small", sft_steps)
+    rewards, prompt_probs, _ = safety_problem()
+    problem = grpo.GRPOProblem(task.graphdef, task.sft_params, jnp.asarray(lang.prompt_tokens()), safety_reward_fn,
+                               SAFETY_REWARD_RANGE, vocab_mask=lang.response_vocab_mask(), stop_tokens=(lang.EOS,),
+                               pad_token=lang.EOS)
+    sft_objective = iama.Objective((transform, transform), "sum", (0.5, 0.5))
+    out = {"transform": iama.Transform.parse(transform).label, "beta": beta, "iterations": iterations,
+           "seeds": seeds, "points": [],
+           "sft": evaluate_tables(sft_objective, np.asarray(task.sft_table, np.float64), rewards, prompt_probs)}
+    for w in safety_weights:
+        objective = iama.Objective((transform, transform), "sum", (float(w), 1.0 - float(w)))
+        point = {"weight": float(w)}
+        for name, reward_transform, reward_weights in (
+                ("iama", make_length_transform(objective), None), ("standard", None, (float(w), 1.0 - float(w)))):
+            if reward_weights is not None and min(reward_weights) == 0.0:
+                reward_weights = tuple(v + 1e-12 for v in reward_weights)  # GRPO's weights need a positive sum only
+            config = grpo.GRPOConfig(group_size=group_size, prompts_per_batch=len(lang.TOPICS),
+                                     max_new_tokens=lang.MAX_RESPONSE_LENGTH, num_iterations=iterations,
+                                     reward_transform=reward_transform, reward_weights=reward_weights,
+                                     loss_type="grpo", scale_rewards="group")
+            hparams = config.default_hparams().replace(learning_rate=jnp.float32(learning_rate),
+                                                       beta=jnp.float32(beta))
+            result = jax.block_until_ready(sweep.run_grid(grpo.make_train(config, problem),
+                                                          sweep.make_grid(hparams, seeds=seeds, base_seed=base_seed)))
+            lanes = []
+            for lane in range(seeds):
+                table = np.asarray(lang.response_logprob_table(task.graphdef, sweep.lane(result.params, lane)),
+                                   np.float64)
+                lanes.append(evaluate_tables(objective, table, rewards, prompt_probs))
+            point[name] = {"lanes": lanes,
+                           "inference": np.mean([l["inference"] for l in lanes], axis=0).tolist(),
+                           "plain": np.mean([l["plain"] for l in lanes], axis=0).tolist()}
+        out["points"].append(point)
+    return out
+
+
 # ----------------------------------------------------------------------------- the length task (GRPO)
 
 #: The length task's vocabulary: a prompt is ``[BOS]``, a response is words from ``{a, b, c}`` ended by ``EOS``.
@@ -299,7 +362,8 @@ def sample_lengths(graphdef, params, key: jax.Array, num_samples: int, temperatu
 
 
 def evaluate_lengths(objective: iama.Objective, lengths) -> dict:
-    """A policy's length histogram (1..24) and, from the sampled lengths, each criterion's value under its transform
+    """A policy's length histogram (1..24), its mass within 2 of each target (``mass_near_5``, ``mass_near_15``) and in
+    8..12 (``mass_between``) and, from the sampled lengths, each criterion's value under its transform
     by Monte Carlo (best-of-N: disjoint groups of N draws; tilting: self-normalised weights), the plug-in value from
     the histogram (exact given the length law), the plain means and the aggregate."""
     lengths = np.asarray(lengths)
@@ -316,7 +380,9 @@ def evaluate_lengths(objective: iama.Objective, lengths) -> dict:
         else:
             monte_carlo.append(float(rewards[:, i].mean()))
         plug_in.append(float(iama.transform_value(transform, jnp.asarray(levels[:, i]), jnp.asarray(histogram))))
-    return {"histogram": histogram.tolist(), "mean_length": float(lengths.mean()),
+    near = {f"mass_near_{target}": float(histogram[target - 3:target + 2].sum()) for target in TARGET_LENGTHS}
+    return {"histogram": histogram.tolist(), "mean_length": float(lengths.mean()), **near,
+            "mass_between": float(histogram[7:12].sum()),
             "values_monte_carlo": monte_carlo, "values_plug_in": plug_in,
             "aggregate_monte_carlo": float(iama.aggregate_value(objective, jnp.asarray(monte_carlo))),
             "aggregate_plug_in": float(iama.aggregate_value(objective, jnp.asarray(plug_in))),

@@ -344,3 +344,17 @@ def test_length_rewards_and_one_grpo_update_with_the_derivative_reward():
     state = parts.init(jax.random.PRNGKey(1), hparams)
     _, metrics = jax.jit(parts.update)(state, hparams)
     assert not bool(metrics["nonfinite"]) and float(metrics["grad_norm"]) > 0
+
+
+def test_safety_reward_fn_is_the_languages_oracle():
+    from jaxsafe.llm import iama_experiment as E
+    from jaxsafe.llm.tasks import safety_language as lang
+
+    space = lang.enumerate_responses()
+    r, g = lang.reward_tables()
+    prompts = np.repeat(lang.prompt_tokens(), len(space.content), axis=0)
+    out = E.safety_reward_fn(jnp.asarray(prompts), jnp.asarray(np.tile(space.tokens, (7, 1))),
+                             jnp.asarray(np.tile(space.response_mask, (7, 1))))
+    np.testing.assert_allclose(out, np.stack([r.ravel(), g.ravel()], axis=1), atol=1e-6)
+    lo, hi = E.SAFETY_REWARD_RANGE
+    assert lo <= float(out.min()) and float(out.max()) <= hi
