@@ -284,7 +284,7 @@ def run_comparison(settings: PLSSettings, setup: CDTSetup, progress: bool = True
     if "fixed" in settings.baselines:
         out = jax.tree.map(np.asarray, jax.jit(lambda k: pls.fixed_target(problem, k, fixed, threshold, budget))(
             fixed_key))
-        methods["cdt_fixed"] = dict(episodes=entry["episodes"], violations=int(out["violations"].sum()),
+        methods["cdt_fixed"] = dict(episodes=budget * config.episodes_per_query, violations=int(out["violations"].sum()),
                                     unsafe_queries=int((out["cost"] > 1.0).sum()),
                                     **_curve(out["reward"], out["cost"], out["violations"], config.episodes_per_query),
                                     **final(final_key, fixed))
