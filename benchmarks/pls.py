@@ -96,7 +96,9 @@ def trained(name, task, dataset, budget, seeds, max_steps, hparams_fields, tag="
         fields.update(max_episode_len=max_steps, context_len=min(fields["context_len"], max_steps))
     if name == "bcq_lag":
         fields.update(episode_len=max_steps)
-    directory = (CACHE / task / f"{name}{tag}").absolute()
+    # the cache names the budget when it is not the default one (a cache never serves another budget)
+    budget_tag = "" if (budget["updates"], seeds) == (FULL["updates"], 3) else f"_u{budget['updates']}_s{seeds}"
+    directory = (CACHE / task / f"{name}{tag}{budget_tag}").absolute()
     algo = get_algorithm(name)
     config = algo.make_config(**fields)
     hparams = algo.hparams_for(config, dataset).replace(**hparams_fields).as_arrays().validate()
