@@ -171,6 +171,22 @@ def plot_plane(path: str | Path, front, groups: dict, threshold: float | Sequenc
     return path
 
 
+def _label_and_save(fig, ax, path: str | Path, xlabel: str, ylabel: str, title: str, dpi: int = 120) -> Path:
+    """Axis labels, title, grid and legend, then save and close (the tail of :func:`plot_lines` and
+    :func:`plot_distributions`)."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    ax.grid(alpha=0.3, which="both" if ax.get_xscale() == "log" or ax.get_yscale() == "log" else "major")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=dpi)
+    _pyplot().close(fig)
+    return path
+
+
 def plot_lines(path: str | Path, series: dict, xlabel: str, ylabel: str, title: str = "", logx: bool = False,
                logy: bool = False, styles: dict | None = None) -> Path:
     """Lines ``series[label] = (x, y)`` on one axis (optionally log-scaled); ``styles[label]`` are extra matplotlib
@@ -181,17 +197,7 @@ def plot_lines(path: str | Path, series: dict, xlabel: str, ylabel: str, title: 
         ax.plot(np.asarray(x), np.asarray(y), label=label, **(styles or {}).get(label, {}))
     ax.set_xscale("log" if logx else "linear")
     ax.set_yscale("log" if logy else "linear")
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    if title:
-        ax.set_title(title)
-    ax.grid(alpha=0.3, which="both" if (logx or logy) else "major")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _label_and_save(fig, ax, path, xlabel, ylabel, title)
 
 
 def plot_distributions(path: str | Path, support, distributions: dict, xlabel: str, ylabel: str = "probability",
@@ -206,12 +212,72 @@ def plot_distributions(path: str | Path, support, distributions: dict, xlabel: s
         line, = ax.step(support, values.mean(0), where="mid", label=label)
         if values.shape[0] > 1:
             ax.fill_between(support, values.min(0), values.max(0), step="mid", alpha=0.2, color=line.get_color())
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
+    return _label_and_save(fig, ax, path, xlabel, ylabel, title)
+
+
+def plot_target_search(path: str | Path, targets: np.ndarray, reward_mean: np.ndarray, safe: np.ndarray,
+                       seed_mask: np.ndarray, evaluated: np.ndarray, curves: dict, title: str = "") -> Path:
+    """A safe search over a 2-D target grid (PLS): the reward GP mean over ``targets [|Z|, 2]`` (an R-major grid)
+    with the safe set outlined, the seed set and the ``evaluated [Q, 2]`` targets in order; then reward and
+    normalised cost against online episodes for ``curves[label] = (episodes [T], reward [T], cost [T])``."""
+    plt = _pyplot()
+    targets = np.asarray(targets)
+    returns, costs = np.unique(targets[:, 0]), np.unique(targets[:, 1])
+    shape = (returns.size, costs.size)
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.3))
+    ax = axes[0]
+    image = ax.pcolormesh(costs, returns, np.asarray(reward_mean).reshape(shape), shading="nearest", cmap="viridis")
+    fig.colorbar(image, ax=ax, label="reward GP mean (normalised)")
+    if np.asarray(safe).any() and not np.asarray(safe).all():
+        ax.contour(costs, returns, np.asarray(safe).reshape(shape).astype(float), levels=[0.5], colors="white")
+    seeds = targets[np.asarray(seed_mask)]
+    ax.plot(seeds[:, 1], seeds[:, 0], "s", ms=3, color="grey", alpha=0.6, label="seed set")
+    evaluated = np.asarray(evaluated)
+    ax.plot(evaluated[:, 1], evaluated[:, 0], "-o", color="red", ms=4, lw=0.8, label="evaluated (in order)")
+    ax.set_xlabel("target cost G")
+    ax.set_ylabel("target return R")
+    ax.set_title("safe set (white outline) and queries")
+    ax.legend(fontsize=7, loc="lower right")
+    for ax, column, label in ((axes[1], 1, "normalised reward"), (axes[2], 2, "normalised cost")):
+        for name, curve in curves.items():
+            ax.plot(curve[0], curve[column], "-o", ms=3, label=name)
+        ax.set_xlabel("online episodes")
+        ax.set_ylabel(label)
+        _readable_axes(ax)
+        ax.grid(alpha=0.3)
+    axes[2].axhline(1.0, color="grey", ls=":", lw=1, label="threshold")
+    axes[2].legend(fontsize=7)
     if title:
-        ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+        fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_intervals(path: str | Path, panels: dict, xlabel: str, title: str = "") -> Path:
+    """Point estimates with intervals, one panel per key of ``panels``: ``panels[panel][label] = (point, low,
+    high)`` (e.g. the IQM of normalised scores with its 95% bootstrap interval per method, rliable's style)."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 0.45 * max(len(p) for p in
+                                                                                     panels.values()) + 1.6),
+                             squeeze=False)
+    for ax, (panel, rows) in zip(axes[0], panels.items()):
+        labels = list(rows)
+        points = np.array([rows[k][0] for k in labels], float)
+        lows = np.array([rows[k][1] for k in labels], float)
+        highs = np.array([rows[k][2] for k in labels], float)
+        y = np.arange(len(labels))
+        ax.errorbar(points, y, xerr=[points - lows, highs - points], fmt="o", capsize=4)
+        ax.set_yticks(y)
+        ax.set_yticklabels(labels)
+        ax.invert_yaxis()
+        ax.set_xlabel(xlabel)
+        ax.set_title(str(panel))
+        ax.grid(alpha=0.3, axis="x")
+    if title:
+        fig.suptitle(title)
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=120)

@@ -120,7 +120,11 @@ def cmd_eval(args) -> int:
 #: ``jaxsafe offline COMMAND`` for the methods built on the offline learners: (command, module, help), each
 #: module with ``add_arguments(parser)`` and ``handle(namespace) -> int`` (see
 #: :func:`jaxsafe.llm.cli.add_experiment`).
-EXPERIMENTS: tuple[tuple[str, str, str], ...] = ()
+EXPERIMENTS: tuple[tuple[str, str, str], ...] = (
+    ("pls", "jaxsafe.offline.pls_experiment", "PLS: a safe GP search over a trained CDT's target returns"),
+    ("mtro", "jaxsafe.offline.mtro_experiment", "MTRO: target-return selectors on a trained multi-game DT"),
+    ("ogsrl", "jaxsafe.offline.ogsrl_experiment", "OGSRL: guarded model-based CPO on sepsis-sim / icu-sepsis"),
+)
 
 
 def add_subparser(subparsers) -> None:
