@@ -120,7 +120,8 @@ def aggregate(cells: list[dict], base: dict, settings: dict, budget_note: str) -
 def write_markdown(summary: dict, path: Path) -> None:
     lines = ["# Relative budget: GRPO efficiency against xi = H / E[T]", "",
              f"Budget reached: {summary['budget']}.", "",
-             "Base policies (E[T] pooled over the prompt set from capped rollouts; 'exact' is the SFT traces' law):", ""]
+             "Base policies (E[T] pooled over the prompt set from capped rollouts; 'exact' is the SFT traces' "
+             "law):", ""]
     for task, b in summary["base"].items():
         lines.append(f"- {task}: E[T] = {b['mean_first_success']:.2f} ({b['estimator']}, censored "
                      f"{b['censored_fraction']:.3f}); exact by construction {b['exact_by_construction']:.2f}")
@@ -226,14 +227,14 @@ def main(argv=None) -> int:
             cells.append(cell)
             print(f"{task} {reward} xi={xi:g} H={horizon}: pass@1 {np.mean(cell['pass_at_1_first']):.3f} -> "
                   f"{np.mean(cell['pass_at_1_last']):.3f} ({cell['seconds']:.0f} s)", flush=True)
-            note = (f"{len(cells)} of {total} cells (partial: the run was still going); {settings['seeds']} seeds x {settings['iterations']} "
-                    f"iterations x {8 * 8} rollouts per cell, SFT {args.sft_steps} steps")
+            note = (f"{len(cells)} of {total} cells (partial: the run was still going); {settings['seeds']} seeds x "
+                    f"{settings['iterations']} iterations x 64 rollouts per cell, SFT {args.sft_steps} steps")
             summary = aggregate(cells, base, settings, note)
             (out / f"{name}.json").write_text(json.dumps(summary, indent=2))
             write_markdown(summary, out / f"{name}.md")
             plot(summary, cells, cell_dir if args.quick else out)
-    note = (f"{len(cells)} of {total} cells (complete); {settings['seeds']} seeds x {settings['iterations']} iterations "
-            f"x 64 rollouts per cell, SFT {args.sft_steps} steps")
+    note = (f"{len(cells)} of {total} cells (complete); {settings['seeds']} seeds x {settings['iterations']} "
+            f"iterations x 64 rollouts per cell, SFT {args.sft_steps} steps")
     summary = aggregate(cells, base, settings, note)
     (out / f"{name}.json").write_text(json.dumps(summary, indent=2))
     write_markdown(summary, out / f"{name}.md")

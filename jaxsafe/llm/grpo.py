@@ -94,9 +94,10 @@ class GRPOConfig(Config):
     """Static settings (hashable; a jit static argument).
 
     group_size: G responses per prompt, >= 2 (TRL's ``num_generations``).
-    prompts_per_batch: prompts per iteration, >= 1 (default 16); the rollout batch is ``prompts_per_batch * G``.
-    batch_size: optional rollouts per iteration (TRL's generation batch); must be a multiple of ``group_size`` and
-      then sets ``prompts_per_batch = batch_size // group_size``.
+    prompts_per_batch: prompts per iteration, >= 1; the rollout batch is ``prompts_per_batch * G``.
+    batch_size: rollouts per iteration (TRL's generation batch), or 0 (the default) to take
+      ``prompts_per_batch * group_size``; a non-zero value must be a multiple of ``group_size`` and sets
+      ``prompts_per_batch = batch_size // group_size``.
     max_new_tokens: the token budget H, >= 1.
     loss_type: one of :data:`LOSS_TYPES` (TRL's default "dapo").
     scale_rewards: one of :data:`SCALE_REWARDS` (TRL's default "group").
@@ -111,7 +112,7 @@ class GRPOConfig(Config):
     """
 
     group_size: int = 8
-    prompts_per_batch: int | None = None
+    prompts_per_batch: int = 16
     max_new_tokens: int = 16
     loss_type: str = "dapo"
     scale_rewards: str = "group"
@@ -121,25 +122,20 @@ class GRPOConfig(Config):
     reward_range: tuple | None = None
     reward_transform: Callable | None = None
     reward_weights: tuple | None = None
-    batch_size: int | None = None
+    batch_size: int = 0
 
     def __post_init__(self):
         require(is_int(self.group_size, 2), "GRPOConfig.group_size",
                 "an integer >= 2 (a group needs two responses to compare)", self.group_size)
-        if self.batch_size is not None:
-            require(is_int(self.batch_size), "GRPOConfig.batch_size", "an integer >= 1", self.batch_size)
+        require(is_int(self.batch_size, 0), "GRPOConfig.batch_size", "an integer >= 0 (0: prompts_per_batch * G)",
+                self.batch_size)
+        if self.batch_size:
             if self.batch_size % self.group_size:
                 lower = self.batch_size // self.group_size * self.group_size
                 raise ValueError(f"GRPOConfig.batch_size must be a multiple of group_size={self.group_size} (each "
                                  f"prompt gets a whole group), got {self.batch_size}; e.g. "
                                  f"{max(lower, self.group_size)} or {lower + self.group_size}")
-            per_batch = self.batch_size // self.group_size
-            require(self.prompts_per_batch in (None, per_batch), "GRPOConfig.prompts_per_batch",
-                    f"batch_size / group_size = {per_batch} (or unset) when batch_size is given",
-                    self.prompts_per_batch)
-            object.__setattr__(self, "prompts_per_batch", per_batch)
-        elif self.prompts_per_batch is None:
-            object.__setattr__(self, "prompts_per_batch", 16)
+            object.__setattr__(self, "prompts_per_batch", self.batch_size // self.group_size)
         for name in ("prompts_per_batch", "max_new_tokens", "num_iterations", "inner_epochs"):
             allowed = "an integer >= 1" + (" (the token budget H)" if name == "max_new_tokens" else "")
             require(is_int(getattr(self, name)), f"GRPOConfig.{name}", allowed, getattr(self, name))
@@ -310,8 +306,7 @@ def check_problem(config: GRPOConfig, problem: GRPOProblem) -> int:
 def make_train_parts(config: GRPOConfig, problem: GRPOProblem) -> TrainParts:
     """GRPO from ``problem.params`` as ``init`` / ``update`` (one update = one GRPO iteration; see the module
     docstring for the metrics). Bad input raises ``ValueError`` here, before compilation."""
-    n_criteria = check_problem(config, problem)
-    del n_criteria
+    check_problem(config, problem)
     reward_fn = problem.reward_fn if config.reward_fn is None else config.reward_fn
     low, high = problem.reward_range if config.reward_range is None else config.reward_range
     transform = config.reward_transform

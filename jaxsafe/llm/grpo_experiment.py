@@ -390,7 +390,7 @@ def handle(namespace: argparse.Namespace) -> int:
           f"({summary['improvement_per_iteration']:.2e} per iteration, {summary['improvement_per_token']:.2e} per "
           f"token); zero-variance groups {summary['zero_variance_fraction']:.2f}")
     track = summary["xi_track"]
-    print("tracked xi: " + ", ".join(f"{i}: {x:.2f}" for i, x in zip(track["iterations"], track["xi"]))
-          + (f" (slope {track['slope']:.3g} per iteration, r2 {track['r2']:.2f})" if track["slope"] is not None else ""))
+    fit = "" if track["slope"] is None else f" (slope {track['slope']:.3g} per iteration, r2 {track['r2']:.2f})"
+    print("tracked xi: " + ", ".join(f"{i}: {x:.2f}" for i, x in zip(track["iterations"], track["xi"])) + fit)
     print(f"\nrun directory: {out}")
     return 0

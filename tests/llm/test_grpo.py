@@ -136,7 +136,6 @@ def test_vmapped_lane_equals_single_run(problem):
     (dict(loss_type="ppo"), r"GRPOConfig.loss_type must be one of \('grpo', 'bnpo', 'dr_grpo', 'dapo'\)"),
     (dict(scale_rewards="std"), r"GRPOConfig.scale_rewards must be one of"),
     (dict(batch_size=60), r"GRPOConfig.batch_size must be a multiple of group_size=8 .* e.g. 56 or 64"),
-    (dict(batch_size=64, prompts_per_batch=4), r"GRPOConfig.prompts_per_batch must be batch_size / group_size = 8"),
     (dict(reward_fn=lambda p, r, m: r), r"GRPOConfig.reward_range must be a \(low, high\) pair"),
 ])
 def test_config_errors(changes, message):
@@ -145,7 +144,8 @@ def test_config_errors(changes, message):
 
 
 def test_batch_size_sets_prompts_per_batch():
-    assert _config(prompts_per_batch=None, batch_size=32).prompts_per_batch == 4
+    assert _config(batch_size=64).prompts_per_batch == 8
+    assert _config().batch_size == 0 and _config().rollout_batch == 32
 
 
 def test_problem_errors_before_compilation(problem):
