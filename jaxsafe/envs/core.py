@@ -33,6 +33,7 @@ __all__ = [
     "EpisodeStats",
     "EpisodeStatsState",
     "VecEnv",
+    "VEC_AXIS",
     "Wrapper",
     "wrap_for_training",
     "check_action",
@@ -233,6 +234,18 @@ def _select(pred, on_true, on_false):
     return jax.tree.map(lambda a, b: jnp.where(pred, a, b), on_true, on_false)
 
 
+#: The axis name :class:`VecEnv` vmaps over; :class:`AutoReset` reduces ``done`` over it (batch-level reset).
+VEC_AXIS = "jaxsafe_vec_env"
+
+
+def _any_done_in_batch(done):
+    """``any(done)`` over the :class:`VecEnv` batch as an *unbatched* scalar, or ``None`` outside a VecEnv."""
+    try:
+        return jax.lax.psum(done.astype(jnp.int32), VEC_AXIS) > 0
+    except NameError:  # not under VecEnv's vmap
+        return None
+
+
 class AutoReset(Wrapper):
     """Resets finished episodes inside ``step``.
 
@@ -240,6 +253,14 @@ class AutoReset(Wrapper):
     ``reward``, ``cost``, ``terminated`` and ``truncated`` describe the finished transition. The pre-reset
     observation is kept in ``info["final_obs"]`` (on every step; equal to ``obs`` when nothing ended) so that a
     learner can bootstrap a truncated episode from its true last observation.
+
+    Batch-level reset: under :class:`VecEnv` the reset is computed (for the whole batch, with the same per-env keys)
+    only on steps where some environment of the batch finished, behind a ``lax.cond`` on ``any(done)`` reduced over
+    the VecEnv axis, instead of on every step. The results are identical to computing it every step (same keys, same
+    selection), so the reset-layout distribution is unchanged; the saving is the reset's cost on the steps where
+    nothing ends (all of them but one in ``max_steps`` for fixed-length navigation episodes). When the VecEnv itself
+    runs under a further ``vmap`` (e.g. over seeds), that outer axis makes the predicate batched and ``cond``
+    computes both branches again: correct, without the saving.
     """
 
     def reset(self, key, params):
@@ -249,12 +270,25 @@ class AutoReset(Wrapper):
     def step(self, key, state, action, params):
         key_step, key_reset = jax.random.split(key)
         next_state, timestep = self.env.step(key_step, state, action, params)
-        reset_state, reset_timestep = self.env.reset(key_reset, params)
         done = jnp.logical_or(timestep.terminated, timestep.truncated)
-        state_out = _select(done, reset_state, next_state)
-        obs_out = _select(done, reset_timestep.obs, timestep.obs)
-        info = {**_select(done, reset_timestep.info, timestep.info), "final_obs": timestep.obs}
-        return state_out, timestep._replace(obs=obs_out, info=info)
+
+        def with_reset(_):
+            reset_state, reset_timestep = self.env.reset(key_reset, params)
+            return (
+                _select(done, reset_state, next_state),
+                _select(done, reset_timestep.obs, timestep.obs),
+                _select(done, reset_timestep.info, timestep.info),
+            )
+
+        def without_reset(_):
+            return next_state, timestep.obs, timestep.info
+
+        any_done = _any_done_in_batch(done)
+        if any_done is None:
+            state_out, obs_out, info = with_reset(None)
+        else:
+            state_out, obs_out, info = jax.lax.cond(any_done, with_reset, without_reset, None)
+        return state_out, timestep._replace(obs=obs_out, info={**info, "final_obs": timestep.obs})
 
 
 class EpisodeStatsState(NamedTuple):
@@ -331,11 +365,11 @@ class VecEnv(Wrapper):
 
     def reset(self, key, params):
         keys = jax.random.split(key, self.num_envs)
-        return jax.vmap(self.env.reset, in_axes=(0, None))(keys, params)
+        return jax.vmap(self.env.reset, in_axes=(0, None), axis_name=VEC_AXIS)(keys, params)
 
     def step(self, key, state, action, params):
         keys = jax.random.split(key, self.num_envs)
-        return jax.vmap(self.env.step, in_axes=(0, 0, 0, None))(keys, state, action, params)
+        return jax.vmap(self.env.step, in_axes=(0, 0, 0, None), axis_name=VEC_AXIS)(keys, state, action, params)
 
 
 def wrap_for_training(env: SafeEnv, num_envs: int) -> VecEnv:

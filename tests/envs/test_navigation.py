@@ -99,8 +99,14 @@ def test_shapes_dtypes_and_info_keys(name):
     for block, where in layout.items():
         if block.endswith("_lidar"):
             assert np.all((ts.obs[..., where] >= 0) & (ts.obs[..., where] <= 1)), block
-    heading = ts.obs[..., layout["magnetometer"]]
-    np.testing.assert_allclose(np.linalg.norm(heading, axis=-1), 1.0, atol=1e-5)
+    # Safety-Gymnasium's conventions: the magnetometer reads MuJoCo's 0.5 field in the plane, the accelerometer
+    # carries gravity in z, the velocimeter's z and the gyro's x, y are 0
+    magnetometer = ts.obs[..., layout["magnetometer"]]
+    np.testing.assert_allclose(np.linalg.norm(magnetometer[..., :2], axis=-1), 0.5, atol=1e-5)
+    np.testing.assert_array_equal(magnetometer[..., 2], 0.0)
+    np.testing.assert_allclose(ts.obs[..., layout["accelerometer"]][..., 2], nav.GRAVITY, rtol=1e-6)
+    np.testing.assert_array_equal(ts.obs[..., layout["velocimeter"]][..., 2], 0.0)
+    np.testing.assert_array_equal(ts.obs[..., layout["gyro"]][..., :2], 0.0)
 
 
 @pytest.mark.parametrize("name", TASK_NAMES)
@@ -118,14 +124,15 @@ def _positions_after(after):
 
 
 @pytest.mark.parametrize("name", TASK_NAMES)
-def test_cost_is_the_indicator_recomputed_from_positions(name):
+def test_cost_recomputed_from_positions(name):
     env, params, _, (_, _, before, after, ts) = _rollout(name)
     done = ts.terminated | ts.truncated  # on done steps the state is already the next episode's
     live = ~done
     inner_before, inner_after = before.env_state, after.env_state
     position = _positions_after(after)
     if env.task in ("goal", "button"):
-        hazard_distance = np.min(np.linalg.norm(position[:, :, None, :] - inner_after.hazards, axis=-1), axis=-1)
+        distances = np.linalg.norm(position[:, :, None, :] - inner_after.hazards, axis=-1)
+        hazard_distance = np.min(distances, axis=-1)
         expected = hazard_distance <= params.hazard_size
         if env.task == "button":
             buttons = inner_before.buttons
@@ -133,8 +140,15 @@ def test_cost_is_the_indicator_recomputed_from_positions(name):
             is_goal = np.arange(buttons.shape[-2]) == inner_before.goal_button[..., None]
             wrong = np.min(np.where(is_goal, np.inf, distance), axis=-1)
             active = inner_before.button_timer == 0
-            touch = params.robot_radius + params.button_size
+            touch = params.robot_radius + params.button_size + nav._CONTACT_SLACK
             expected = expected | (active & (wrong <= touch))
+            gremlins = np.asarray(nav.gremlin_positions(inner_after.gremlin_bases, inner_after.time,
+                                                        params))
+            gremlin_distance = np.min(np.linalg.norm(position[:, :, None, :] - gremlins, axis=-1), axis=-1)
+            # Safety-Gymnasium's constrain_indicator: 1 when any cost source is active
+            expected = expected | (gremlin_distance <= params.gremlin_size + params.robot_radius)
+            np.testing.assert_allclose(ts.info["gremlin_distance"][live], gremlin_distance[live], rtol=1e-5,
+                                       atol=1e-6)
             np.testing.assert_allclose(ts.info["wrong_button_distance"][live], wrong[live], rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(ts.info["hazard_distance"][live], hazard_distance[live], rtol=1e-5, atol=1e-6)
     elif env.task == "circle":
@@ -146,7 +160,7 @@ def test_cost_is_the_indicator_recomputed_from_positions(name):
     else:  # run
         speed = np.linalg.norm(inner_after.body.velocity, axis=-1)
         expected = (np.abs(position[..., 1]) > params.corridor_half_width) | (speed > params.speed_limit)
-    np.testing.assert_array_equal(ts.cost[..., 0][live], expected[live].astype(np.float32))
+    np.testing.assert_allclose(ts.cost[..., 0][live], expected[live].astype(np.float32), rtol=1e-5, atol=1e-6)
     # the rollout must exercise both values, or this test could not fail
     assert 0 < ts.cost[..., 0][live].sum() < live.sum(), "rollout produced no (or only) cost"
 
@@ -164,13 +178,13 @@ def test_reward_recomputed_from_positions(name):
     elif env.task == "button":
         goal = np.take_along_axis(inner_before.buttons, inner_before.goal_button[..., None, None], axis=-2)[..., 0, :]
         goal_distance = np.linalg.norm(goal - position, axis=-1)
-        reached = (goal_distance <= params.robot_radius + params.button_size) & (inner_before.button_timer == 0)
+        reached = goal_distance <= params.robot_radius + params.button_size + nav._CONTACT_SLACK  # no timer gate
         expected = inner_before.last_goal_distance - goal_distance + reached * params.reward_goal
     elif env.task == "circle":
         x, y = position[..., 0], position[..., 1]
         u, v = inner_after.body.velocity[..., 0], inner_after.body.velocity[..., 1]
         radius = np.hypot(x, y)
-        expected = (-u * y + v * x) / radius / (1 + np.abs(radius - params.circle_radius))
+        expected = params.reward_factor * (-u * y + v * x) / radius / (1 + np.abs(radius - params.circle_radius))
     else:
         expected = (position[..., 0] - inner_before.body.position[..., 0]) / params.dt
     np.testing.assert_allclose(ts.reward[live], expected[live], rtol=1e-4, atol=1e-4)
@@ -261,12 +275,17 @@ def test_point_reaches_top_speed_and_turns():
     body = nav.initial_body(jnp.zeros(2), 0.0)
     for _ in range(200):
         body = nav.robot_step("point", body, jnp.array([1.0, 0.0]), params)
-    np.testing.assert_allclose(body.velocity, [params.thrust_accel / params.linear_damping, 0.0], atol=1e-3)
-    assert float(body.position[0]) > 3.0 and abs(float(body.position[1])) < 1e-6
+    # 200 steps = 4 s = 7.7 time constants: at top speed, exactly along the heading
+    np.testing.assert_allclose(body.velocity, [params.top_speed, 0.0], rtol=1e-3, atol=1e-6)
+    assert float(body.position[0]) > 4.0 and abs(float(body.position[1])) < 1e-6
+    # exact first-order integration: after one step v = top (1 - exp(-dt / tau)) (thrust 0.5 saturates too)
+    one = nav.robot_step("point", nav.initial_body(jnp.zeros(2), 0.0), jnp.array([0.5, 0.0]), params)
+    np.testing.assert_allclose(one.velocity[0], params.top_speed * -np.expm1(-params.dt / params.speed_time_constant),
+                               rtol=1e-5)
     body = nav.initial_body(jnp.zeros(2), 0.0)
-    for _ in range(100):
+    for _ in range(10):
         body = nav.robot_step("point", body, jnp.array([0.0, 1.0]), params)
-    np.testing.assert_allclose(body.angular_velocity, params.turn_accel / params.angular_damping, rtol=1e-3)
+    np.testing.assert_allclose(body.angular_velocity, params.top_turn_rate, rtol=1e-4)  # positive turn: CCW
     np.testing.assert_allclose(body.position, 0.0, atol=1e-7)  # turning in place does not move the point
 
 
@@ -275,14 +294,20 @@ def test_car_drives_straight_turns_on_wheel_difference_and_does_not_slide():
     body = nav.initial_body(jnp.zeros(2), 0.0)
     for _ in range(100):
         body = nav.robot_step("car", body, jnp.array([1.0, 1.0]), params)
-    assert float(body.position[0]) > 1.0 and abs(float(body.position[1])) < 1e-6
+    assert float(body.position[0]) > 2.0 and abs(float(body.position[1])) < 1e-6
+    np.testing.assert_allclose(body.velocity[0], params.top_speed, rtol=1e-4)
     assert abs(float(body.angular_velocity)) < 1e-7
     for _ in range(100):
-        body = nav.robot_step("car", body, jnp.array([0.3, 1.0]), params)
-    assert float(body.angular_velocity) > 1.0  # right wheel faster -> counter-clockwise
+        body = nav.robot_step("car", body, jnp.array([0.0, 1.0]), params)
+    # Safety-Gymnasium's car turns clockwise when its right wheel leads, at half the top turn rate on one wheel
+    np.testing.assert_allclose(body.angular_velocity, -0.5 * params.top_turn_rate, rtol=1e-4)
     sideways = float((nav._rotation(body.heading).T @ body.velocity)[1])
     forward = float((nav._rotation(body.heading).T @ body.velocity)[0])
     assert abs(sideways) < 0.2 * abs(forward)  # the wheels grip
+    # its body x points 90 degrees left of its travel: the velocimeter reads (sideways, -forward)
+    env, _ = registry.make("SafeCarGoal1")
+    velocimeter = np.asarray(nav.proprioception("car", body))[env.observation_layout()["velocimeter"]]
+    np.testing.assert_allclose(velocimeter[:2], [sideways, -forward], atol=1e-5)
 
 
 def test_pseudo_lidar_bins_alias_and_rotate_with_heading():
@@ -388,3 +413,98 @@ def test_bad_action_raises(action, match):
         env.step(jax.random.key(0), state, action, params)
     with pytest.raises(ValueError, match=match):  # also at trace time under jit
         jax.jit(env.step, static_argnums=())(jax.random.key(0), state, action, params)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Batch-level auto-reset (jaxsafe/envs/core.py)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+_RESET_CACHE: dict = {}
+
+
+def _two_rollouts(name, num_envs, num_steps, **overrides):
+    """Cached :func:`_rollouts_both_ways`."""
+    key = (name, num_envs, num_steps, tuple(sorted(overrides.items())))
+    if key not in _RESET_CACHE:
+        _RESET_CACHE[key] = _rollouts_both_ways(name, num_envs, num_steps, **overrides)
+    return _RESET_CACHE[key]
+
+
+def _rollouts_both_ways(name, num_envs, num_steps, **overrides):
+    """The same rollout through ``wrap_for_training`` (batch-level reset behind a cond) and through a plain vmap of
+    ``EpisodeStats(AutoReset(env))`` (no VecEnv axis: the reset computed on every step), with the same keys."""
+    from jaxsafe.envs.core import AutoReset, EpisodeStats
+
+    env, params = registry.make(name, **overrides)
+    batched = wrap_for_training(env, num_envs)
+    per_env = EpisodeStats(AutoReset(env))
+    space = env.action_space(params)
+
+    def run(key, use_vec_env):
+        key_reset, key_steps = jax.random.split(key)
+        if use_vec_env:
+            reset, step = batched.reset, batched.step
+        else:
+            reset = lambda k, p: jax.vmap(per_env.reset, in_axes=(0, None))(jax.random.split(k, num_envs), p)
+            step = lambda k, s, a, p: jax.vmap(per_env.step, in_axes=(0, 0, 0, None))(
+                jax.random.split(k, num_envs), s, a, p)
+        state, _ = reset(key_reset, params)
+
+        def body(state, key):
+            key_action, key_step = jax.random.split(key)
+            if hasattr(space, "n"):
+                action = jax.random.randint(key_action, (num_envs,), 0, space.n)
+            else:
+                action = jax.random.uniform(key_action, (num_envs, 2), minval=-1.0, maxval=1.0)
+            state, ts = step(key_step, state, action, params)
+            return state, (state, ts)
+
+        return jax.lax.scan(body, state, jax.random.split(key_steps, num_steps))[1]
+
+    key = jax.random.key(5)
+    fast = _fast_compile(lambda k: run(k, True), key)(key)
+    slow = _fast_compile(lambda k: run(k, False), key)(key)
+    jaxpr = str(jax.make_jaxpr(lambda k: run(k, True))(key))
+    return env, params, jax.device_get(fast), jax.device_get(slow), jaxpr
+
+
+RESET_ROLLOUTS = {"SafePointGoal1": (32, 60, dict(max_steps=20)), "SafeCartPole": (8, 120, {})}
+
+
+@pytest.mark.parametrize("name", list(RESET_ROLLOUTS))
+def test_batch_level_reset_gives_the_per_step_reset_results(name):
+    """Bit-identical trajectories (same keys, same selection), episodes still reset, and the reset sits behind a
+    cond; CartPole's episodes end at different steps, the navigation ones all at once."""
+    num_envs, num_steps, overrides = RESET_ROLLOUTS[name]
+    env, params, fast, slow, jaxpr = _two_rollouts(name, num_envs, num_steps, **overrides)
+    for a, b in zip(jax.tree.leaves(fast), jax.tree.leaves(slow)):
+        np.testing.assert_array_equal(a, b)
+    _, ts = fast
+    done = ts.terminated | ts.truncated
+    assert done.sum() >= num_envs and ts.info["episode_done"].sum() == done.sum()
+    if name == "SafePointGoal1":
+        assert done.sum(axis=1).tolist().count(num_envs) == 3  # all envs finish at steps 20, 40, 60
+    else:
+        assert len(set(np.flatnonzero(done.any(axis=1)))) > 3  # staggered episode ends
+    assert " cond[" in jaxpr or "cond " in jaxpr
+
+
+def test_batch_level_reset_keeps_the_reset_layout_distribution():
+    """The layouts the rollout resets into have the distribution of fresh resets (two-sample KS per coordinate)."""
+    from scipy import stats
+
+    num_envs, num_steps, overrides = RESET_ROLLOUTS["SafePointGoal1"]
+    env, params, fast, _, _ = _two_rollouts("SafePointGoal1", num_envs, num_steps, **overrides)
+    state, ts = fast
+    done = ts.terminated | ts.truncated  # (T, N): the state on these steps is a fresh episode's
+    inner = state.env_state
+    reset_hazards = inner.hazards[done].reshape(-1, 2)
+    reset_robot = inner.body.position[done]
+    fresh, _ = _fast_compile(jax.vmap(lambda k: env.reset(k, params)), jax.random.split(jax.random.key(9), 256))(
+        jax.random.split(jax.random.key(9), 256))
+    for ours, theirs in [(reset_hazards, np.asarray(fresh.hazards).reshape(-1, 2)),
+                         (reset_robot, np.asarray(fresh.body.position))]:
+        for axis in (0, 1):
+            assert stats.ks_2samp(ours[:, axis], theirs[:, axis]).pvalue > 0.001
+    assert len(reset_robot) == num_envs * 3 and len(np.unique(reset_robot.round(5), axis=0)) == num_envs * 3
