@@ -17,7 +17,8 @@ Tasks (library functions, also used by ``benchmarks/iama.py``):
   and safety g); for every weight w of ``w R_help + (1 - w) R_safe`` (each criterion under the transform at
   inference), the exact IAMA optimum from the hand-made base policy against the standard optimum
   ``pi_ref exp((w r + (1 - w) g) / beta)``; both scored with and without the inference-time transform by
-  enumeration. Writes ``front.png``.
+  enumeration. Writes ``front.png``. :func:`safety_grpo_front` (library and benchmark only) trains the decoders
+  with GRPO instead (:func:`safety_reward_fn`, the oracle on tokens) and scores them the same way.
 * ``length`` (:func:`run_length_study`; needs the GRPO trainer :mod:`jaxsafe.llm.grpo`): section 3.4's length
   task. A small decoder over ``{a, b, c, EOS}`` fine-tuned to uniform lengths 1..24, two criteria
   ``r_i = -((len - L_i) / 24)^2`` with ``L = (5, 15)``; non-linear GRPO (the derivative reward as GRPO's
