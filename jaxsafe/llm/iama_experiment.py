@@ -319,9 +319,8 @@ def length_problem(graphdef, params, num_prompts: int = 8):
     """The :class:`~jaxsafe.llm.grpo.GRPOProblem` of the length task: ``num_prompts`` copies of the prompt ``[BOS]``,
     the two length criteria, the response alphabet, EOS as the stop token.
 
-    The sampler pads finished rows with EOS, not PAD: a pad token outside the response alphabet has log-prob -inf
-    under the masked policy, and the surrogate's ratio and k3 terms turn that into NaN gradients even where the
-    response mask drops the position. EOS is in the alphabet, and the response mask still excludes those positions.
+    The sampler pads finished rows with EOS (in the response alphabet, so every log-prob the loss sees is finite;
+    the response mask excludes those positions).
     """
     from jaxsafe.llm import grpo
 
