@@ -156,6 +156,8 @@ def _add_tsdi(methods) -> None:
 #: ``handle(namespace) -> int`` (exit status); its docstring is the command's description.
 EXPERIMENTS: tuple[tuple[str, str, str], ...] = (
     ("poison", "jaxsafe.llm.poisoning_experiment", "minimum-cost label-flipping poisoning of RLHF/DPO (LP)"),
+    ("grpo", "jaxsafe.llm.grpo_experiment", "GRPO on verifiable tasks at a token budget H; relative budget xi"),
+    ("iama", "jaxsafe.llm.iama_experiment", "inference-aware meta-alignment: train for best-of-N at inference"),
 )
 
 

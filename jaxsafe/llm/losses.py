@@ -18,8 +18,9 @@ frozen reference and return a :class:`PreferenceLoss`. Their conventions follow 
 * Bradley-Terry reward-model loss with fractional labels ``p``:
   ``-p log sigma(s_c - s_r) - (1 - p) log sigma(s_r - s_c)``.
 
-GRPO (group-normalised advantages, clipped token-level surrogate) belongs here too and
-will reuse :func:`token_logprobs` / :func:`sum_response_logprobs`; it is not built yet.
+GRPO (TRL conventions): :func:`group_advantages` (``scale_rewards`` group / batch / none), :func:`k3_kl`, and
+:func:`grpo_loss`, the clipped token-level surrogate plus ``beta * k3`` aggregated by ``loss_type``
+(:func:`aggregate_token_loss`: grpo, bnpo, dr_grpo, dapo); the trainer is :mod:`jaxsafe.llm.grpo`.
 """
 
 from __future__ import annotations
@@ -244,3 +245,114 @@ def sft_objective(graphdef, params, tokens, attention_mask, loss_mask, vocab_mas
     loss_mask = loss_mask.astype(bool).at[:, 0].set(False)
     loss = -jnp.sum(jnp.where(loss_mask, per_token, 0.0)) / jnp.maximum(loss_mask.sum(), 1)
     return loss, {"loss": loss}
+
+
+# ----------------------------------------------------------------------------- GRPO
+
+#: TRL's ``loss_type`` values (token aggregations of the per-token GRPO loss).
+GRPO_LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
+#: TRL's ``scale_rewards`` values (the denominator of the group advantage).
+SCALE_REWARDS = ("group", "batch", "none")
+#: TRL's epsilon in ``(r - mean) / (std + eps)``.
+GRPO_ADVANTAGE_EPS = 1e-4
+
+
+def group_advantages(rewards: jax.Array, scale: str = "group", eps: float = GRPO_ADVANTAGE_EPS) -> jax.Array:
+    """Group-relative advantages [P, G] from scalar rewards ``[P prompts, G responses]``.
+
+    As TRL's ``GRPOTrainer`` computes them (https://huggingface.co/docs/trl/main/grpo_trainer, "Computing the
+    advantage"; ``scale_rewards``): ``A_ij = (r_ij - mean_j r_ij) / (std + eps)`` with the group mean, and ``std``
+    the Bessel-corrected (``ddof=1``), NaN-aware standard deviation of the group (``"group"``, the default) or of
+    the whole batch (``"batch"``); ``"none"`` skips the division (Dr. GRPO). ``eps = 1e-4``.
+    """
+    if scale not in SCALE_REWARDS:
+        raise ValueError(f"scale_rewards must be one of {SCALE_REWARDS}, got {scale!r}")
+    if rewards.ndim != 2 or rewards.shape[1] < 2:
+        raise ValueError(f"rewards must be [prompts, group] with group >= 2, got shape {rewards.shape}")
+    centred = rewards - jnp.nanmean(rewards, axis=1, keepdims=True)
+    if scale == "none":
+        return centred
+    if scale == "group":
+        std = jnp.nanstd(rewards, axis=1, keepdims=True, ddof=1)
+    else:
+        std = jnp.nanstd(rewards, ddof=1)
+    return centred / (std + eps)
+
+
+def k3_kl(logprobs: jax.Array, reference_logprobs: jax.Array) -> jax.Array:
+    """Schulman's k3 estimator of ``KL(pi || pi_ref)`` per token: ``exp(ref - logp) - (ref - logp) - 1`` (TRL's
+    per-token KL), elementwise. Non-negative, and unbiased: ``E_{a ~ pi}[k3] = KL(pi || pi_ref)``."""
+    log_ratio = reference_logprobs - logprobs
+    return jnp.expm1(log_ratio) - log_ratio
+
+
+def aggregate_token_loss(per_token: jax.Array, mask: jax.Array, loss_type: str,
+                         max_completion_length: int | None = None, num_items_in_batch=None) -> jax.Array:
+    """Reduce a per-token loss ``[B, L]`` over ``mask [B, L]`` as TRL's ``loss_type`` does
+    (https://huggingface.co/docs/trl/main/grpo_trainer, "Loss types"):
+
+    * ``grpo``: each sequence's token mean, then the mean over sequences (DeepSeekMath's GRPO);
+    * ``bnpo``: the sum over the batch's tokens / the number of active tokens in this (local) batch;
+    * ``dr_grpo``: the sum / ``(B * max_completion_length)`` (Dr. GRPO's constant normaliser; default ``L``);
+    * ``dapo``: the sum / ``num_items_in_batch``, the active tokens of the whole (global, accumulated) generation
+      batch (DAPO); with no accumulation (the default ``None``) that is this batch's count, i.e. ``bnpo``.
+    """
+    if loss_type not in GRPO_LOSS_TYPES:
+        raise ValueError(f"loss_type must be one of {GRPO_LOSS_TYPES}, got {loss_type!r}")
+    mask = mask.astype(per_token.dtype)
+    total = jnp.sum(per_token * mask)
+    if loss_type == "grpo":
+        return jnp.mean(jnp.sum(per_token * mask, axis=-1) / jnp.maximum(jnp.sum(mask, axis=-1), 1.0))
+    if loss_type == "bnpo":
+        return total / jnp.maximum(jnp.sum(mask), 1.0)
+    if loss_type == "dr_grpo":
+        length = per_token.shape[-1] if max_completion_length is None else max_completion_length
+        return total / (per_token.shape[0] * length)
+    count = jnp.sum(mask) if num_items_in_batch is None else num_items_in_batch
+    return total / jnp.maximum(count, 1.0)
+
+
+class GRPOLoss(NamedTuple):
+    """loss []: aggregated; per_token [B, L]: clipped-surrogate loss plus ``beta * k3``; clip_fraction []: share of
+    active tokens whose ratio left the clip range; kl []: mean k3 KL to the reference over active tokens."""
+
+    loss: jax.Array
+    per_token: jax.Array
+    clip_fraction: jax.Array
+    kl: jax.Array
+
+
+def grpo_loss(logprobs, old_logprobs, advantages, mask, *, loss_type: str = "dapo", clip_eps=0.2,
+              clip_eps_high=None, beta=0.0, reference_logprobs=None, max_completion_length: int | None = None,
+              num_items_in_batch=None) -> GRPOLoss:
+    """TRL's GRPO loss on response tokens.
+
+    logprobs, old_logprobs, reference_logprobs [B, L]: token log-probs under the policy being optimised, the
+    policy that sampled, and the frozen reference; advantages [B] (one per sequence, broadcast over its tokens);
+    mask [B, L] active tokens. Per token, with ``r = exp(logp - old)``:
+    ``-min(r A, clip(r, 1 - clip_eps, 1 + clip_eps_high) A) + beta * k3(logp, ref)``, then
+    :func:`aggregate_token_loss` by ``loss_type``. ``clip_eps_high`` defaults to ``clip_eps`` (DAPO uses 0.28);
+    ``beta = 0`` (TRL's default) drops the KL term and ``reference_logprobs`` may be None.
+    """
+    clip_eps_high = clip_eps if clip_eps_high is None else clip_eps_high
+    mask = mask.astype(bool)
+    # Inactive positions may hold -inf log-probs (a pad token outside a masked alphabet); zero them before any
+    # arithmetic, so neither the forward pass nor the gradient sees inf - inf.
+    logprobs = jnp.where(mask, logprobs, 0.0)
+    old_logprobs = jnp.where(mask, old_logprobs, 0.0)
+    if reference_logprobs is not None:
+        reference_logprobs = jnp.where(mask, reference_logprobs, 0.0)
+    log_ratio = logprobs - old_logprobs
+    ratio = jnp.exp(log_ratio)
+    advantage = advantages[:, None]
+    clipped = jnp.clip(ratio, 1.0 - clip_eps, 1.0 + clip_eps_high)
+    per_token = -jnp.minimum(ratio * advantage, clipped * advantage)
+    if reference_logprobs is not None:
+        kl = jnp.where(mask, k3_kl(logprobs, reference_logprobs), 0.0)
+        per_token = per_token + beta * kl
+    else:
+        kl = jnp.zeros_like(per_token)
+    active = jnp.maximum(jnp.sum(mask), 1)
+    outside = ((ratio < 1.0 - clip_eps) | (ratio > 1.0 + clip_eps_high)) & mask
+    return GRPOLoss(aggregate_token_loss(per_token, mask, loss_type, max_completion_length, num_items_in_batch),
+                    per_token, jnp.sum(outside) / active, jnp.sum(kl) / active)

@@ -7,6 +7,7 @@ sft_steps=300, ...)`` builds the synthetic safety language's SFT policy and pref
     jaxsafe train sacpo --problem safety_language --set beta=0.5
     jaxsafe sweep sacpo --problem safety_language --grid lagrange_multipliers=0.5,1,2
     jaxsafe sweep safe_rlhf --problem safety_language --grid cost_limit=-1,-2
+    jaxsafe train grpo --problem first_guess --set max_new_tokens=6 --problem-set reward=solve_early
 
 run through the generic chunked runner (checkpoints, resume, progress in examples or samples, metrics,
 figure).
@@ -15,7 +16,7 @@ figure).
 from __future__ import annotations
 
 from jaxsafe.algorithms import Algorithm, ProblemSpace, register_algorithm
-from jaxsafe.llm import sacpo, safe_rlhf, sacpo_experiment
+from jaxsafe.llm import grpo, grpo_experiment, sacpo, safe_rlhf, sacpo_experiment
 
 SACPO_TASKS = ProblemSpace("alignment task", sacpo_experiment.make_problem,
                            sacpo_experiment.describe_problems)
@@ -48,5 +49,20 @@ SAFE_RLHF = Algorithm(
     cost_limit_field="cost_limit",
 )
 
-for _algorithm in (SACPO, SAFE_RLHF):
+VERIFIABLE_TASKS = ProblemSpace("verifiable task", grpo_experiment.make_problem, grpo_experiment.describe_problems)
+
+GRPO = Algorithm(
+    name="grpo",
+    description="GRPO on verifiable rewards (TRL's loss types and reward scalings), token budget max_new_tokens",
+    config_cls=grpo.GRPOConfig,
+    config_defaults={},
+    make_train_parts=grpo.make_train_parts,
+    problems=VERIFIABLE_TASKS,
+    curve_metrics=("pass_at_1", "mean_reward"),
+    chunk_means=("pass_at_1", "mean_reward", "zero_variance_fraction", "group_reward_std", "tokens_generated", "kl"),
+    step_unit="samples",
+    cost_limit_field=None,
+)
+
+for _algorithm in (SACPO, SAFE_RLHF, GRPO):
     register_algorithm(_algorithm)
