@@ -766,7 +766,7 @@ def _survival(mdp, policy, steps: int = 500) -> float:
 
 
 def icu_sepsis_track(seed: int = 42, num_episodes: int = 20_000, min_count: int = 5, gamma: float = 0.99,
-                     ood_limit: float = 0.0, icu: ICUSepsis | None = None) -> dict:
+                     ood_limit: float = 0.0, icu: ICUSepsis | None = None, with_oracle: bool = True) -> dict:
     """The exact guarded-vs-unguarded comparison on ICU-Sepsis (see the module docstring of ``docs/ogsrl.md``).
 
     Clinicians' data (``num_episodes`` episodes of the package's clinician policy) give the count model and the
@@ -774,7 +774,7 @@ def icu_sepsis_track(seed: int = 42, num_episodes: int = 20_000, min_count: int 
     the clinicians' (model) values; the guarded one adds ``E[sum gamma^t 1[flagged]] <= ood_limit``. Solved exactly
     by :func:`jaxsafe.exact.tabular.solve_constrained_mdp`, then each policy is scored in the model and in the true
     MDP. Returns ``{name: {model_value, true_value, survival, ood_mass, cost_values_true}}`` for
-    ``clinicians``, ``unguarded``, ``guarded`` and the true optimum ``oracle``.
+    ``clinicians``, ``unguarded``, ``guarded`` and (``with_oracle``) the true constrained optimum ``oracle``.
     """
     from jaxsafe.exact.tabular import evaluate_policy, solve_constrained_mdp
 
@@ -788,7 +788,7 @@ def icu_sepsis_track(seed: int = 42, num_episodes: int = 20_000, min_count: int 
     limits = np.asarray(clinician_model.cost_values, np.float64)[:2] + 1e-6
     unguarded = solve_constrained_mdp(model._replace(costs=model.costs[..., :2]), gamma, limits)
     guarded = solve_constrained_mdp(model, gamma, np.concatenate([limits, [ood_limit]]))
-    oracle = solve_constrained_mdp(true, gamma, limits)
+    oracle = solve_constrained_mdp(true, gamma, limits) if with_oracle else None
     true3 = true._replace(costs=model.costs)  # true dynamics, with the OOD indicator as a third cost
 
     def score(policy):
@@ -800,8 +800,9 @@ def icu_sepsis_track(seed: int = 42, num_episodes: int = 20_000, min_count: int 
                 "cost_values_true": [float(v) for v in np.asarray(in_true.cost_values)[:2]],
                 "cost_values_model": [float(v) for v in np.asarray(in_model.cost_values)[:2]]}
 
-    out = {name: score(policy) for name, policy in (("clinicians", clinician), ("unguarded", unguarded.policy),
-                                                     ("guarded", guarded.policy), ("oracle", oracle.policy))}
+    policies = [("clinicians", clinician), ("unguarded", unguarded.policy), ("guarded", guarded.policy)]
+    policies += [("oracle", oracle.policy)] if with_oracle else []
+    out = {name: score(policy) for name, policy in policies}
     out["settings"] = {"seed": seed, "num_episodes": num_episodes, "min_count": min_count, "gamma": gamma,
                        "ood_limit": ood_limit, "cost_limits": limits.tolist(),
                        "flagged_pairs": int(flagged.sum()), "pairs": int((~np.asarray(true.terminal)).sum() * 25),
