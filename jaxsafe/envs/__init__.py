@@ -1,6 +1,6 @@
 """Safe environments: the contract, wrappers, registry and tasks."""
 
-from jaxsafe.envs import chance_bandit, classic, gridworld, locomotion, navigation, point2d
+from jaxsafe.envs import chance_bandit, classic, gridworld, locomotion, navigation, point2d, sepsis
 from jaxsafe.envs.core import (
     AutoReset,
     EpisodeStats,
@@ -20,6 +20,7 @@ register("SafePendulum", classic.safe_pendulum, "Pendulum-v1; cost 1 when |angul
 register("SafeGridWorld", gridworld.GridWorld, "constrained gridworld with an exact model (layout=...)")
 register("ChanceBandit", chance_bandit.ChanceBandit, "one-step chance-constrained bandit; optimum flips between 2 actions")
 register("ChancePoint2D", point2d.ChancePoint2D, "2-D point with Gaussian disturbance and two hazards (flipping paper, App. K)")
+register("SepsisSim", sepsis.SepsisSim, "septic-shock patients, 2-D fluid/vasopressor dose; costs SpO2 < 92 %, urine < 0.5 mL/kg/h")
 navigation.register_navigation()
 locomotion.register_locomotion()  # brax is imported only when a locomotion task is built
 

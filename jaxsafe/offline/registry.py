@@ -11,8 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from jaxsafe.algorithms import Algorithm, ProblemSpace, register_algorithm
-from jaxsafe.offline import baselines, bcq_lag, cdt
+from jaxsafe.offline import baselines, bcq_lag, cdt, mgdt, multigame
+from jaxsafe.offline import ogsrl
 from jaxsafe.offline.dataset import load_npz
+from jaxsafe.rl import cpo
 
 __all__ = ["DATASETS", "make_dataset", "describe_datasets"]
 
@@ -36,6 +38,8 @@ def describe_datasets() -> dict[str, str]:
 
 
 DATASETS = ProblemSpace("offline dataset", make_dataset, describe_datasets)
+#: Multi-game data (one dataset per game of a suite) for the Multi-Game Decision Transformer.
+MULTIGAME = ProblemSpace("multi-game data", multigame.make_problem, multigame.describe_problems)
 
 _LOSS = dict(curve_metrics=("loss",), chunk_means=("loss",), step_unit="samples", cost_limit_field=None)
 
@@ -50,5 +54,21 @@ for _algorithm in (
               bcq_lag.make_train_parts, DATASETS, curve_metrics=("critic_loss", "cost_estimate"),
               chunk_means=("critic_loss", "cost_critic_loss", "cost_estimate"), step_unit="samples",
               cost_limit_field=None),
+    Algorithm("mgdt", "Multi-Game Decision Transformer (Lee et al. 2022) on multi-game data (MTRO's base model)",
+              mgdt.MGDTConfig, {}, mgdt.make_train_parts, MULTIGAME, **_LOSS),
+):
+    register_algorithm(_algorithm)
+
+#: OGSRL's learned model of clinicians' data (a SafeEnv with costs [SpO2, urine, OOD]) for GMB-CPO / MB-CPO.
+OGSRL_MODELS = ProblemSpace("OGSRL learned model", ogsrl.make_model_problem, ogsrl.describe_model_problems)
+for _algorithm in (
+    Algorithm("gmb_cpo", "guarded model-based CPO (OGSRL): CPO in a 1-NN model with the KDE guardian's OOD cost",
+              cpo.CPOConfig, {"num_envs": 32, "num_steps": 20, "total_steps": 96_000, "cg_iters": 10,
+                              "line_search_steps": 30, "critic_epochs": 2},
+              ogsrl.make_multi_cpo_train_parts, OGSRL_MODELS, ogsrl.gmb_cpo_hparams, cpo.make_act),
+    Algorithm("mb_cpo", "model-based CPO without the guardian constraint (OGSRL's MB-CPO baseline)",
+              cpo.CPOConfig, {"num_envs": 32, "num_steps": 20, "total_steps": 96_000, "cg_iters": 10,
+                              "line_search_steps": 30, "critic_epochs": 2},
+              ogsrl.make_multi_cpo_train_parts, OGSRL_MODELS, ogsrl.mb_cpo_hparams, cpo.make_act),
 ):
     register_algorithm(_algorithm)
