@@ -26,6 +26,32 @@ ACTIVATIONS = {"tanh": nn.tanh, "relu": nn.relu, "gelu": nn.gelu, "silu": nn.sil
 #: Actor families for ``make_actor(policy=...)``; "gaussian" is the standard actor (Categorical on a
 #: Discrete space), "flipping" the two-candidate mixture (Box spaces only).
 POLICIES = ("gaussian", "flipping")
+#: Observation torsos before the MLP (``torso=...`` of the actors, critics and ``PPOConfig``): "mlp" feeds vector
+#: observations to the MLP as they are; "flatten" and "conv" take image observations ``[..., H, W, C]`` (MinAtar)
+#: and flatten them, "conv" after one 3x3 convolution with 16 channels and a ReLU (PureJaxRL's MinAtar network).
+TORSOS = ("mlp", "flatten", "conv")
+
+
+class ImageTorso(nn.Module):
+    """``[..., H, W, C] -> [..., features]``: "flatten" the image, or "conv" (3x3, 16 channels, ReLU) then flatten."""
+
+    kind: str = "flatten"
+
+    @nn.compact
+    def __call__(self, obs):
+        if self.kind not in ("flatten", "conv"):
+            raise ValueError(f"torso must be one of {TORSOS[1:]} for image observations, got {self.kind!r}")
+        if obs.ndim < 3:
+            raise ValueError(f"torso={self.kind!r} needs image observations [..., H, W, C], got shape {obs.shape}")
+        x = obs.astype(jnp.float32)
+        if self.kind == "conv":
+            x = nn.relu(nn.Conv(16, (3, 3), padding="SAME", kernel_init=nn.initializers.orthogonal(np.sqrt(2.0)),
+                                bias_init=nn.initializers.zeros)(x))
+        return x.reshape(x.shape[:-3] + (-1,))
+
+
+def _features(obs, torso: str):
+    return obs if torso == "mlp" else ImageTorso(torso)(obs)
 
 
 def _dense(features: int, scale: float) -> nn.Dense:
@@ -50,10 +76,11 @@ class Critic(nn.Module):
     hidden: Sequence[int]
     activation: str = "tanh"
     num_outputs: int | None = None
+    torso: str = "mlp"
 
     @nn.compact
     def __call__(self, obs):
-        values = _dense(self.num_outputs or 1, 1.0)(MLP(self.hidden, self.activation)(obs))
+        values = _dense(self.num_outputs or 1, 1.0)(MLP(self.hidden, self.activation)(_features(obs, self.torso)))
         return values[..., 0] if self.num_outputs is None else values
 
 
@@ -61,10 +88,11 @@ class DiscreteActor(nn.Module):
     num_actions: int
     hidden: Sequence[int]
     activation: str = "tanh"
+    torso: str = "mlp"
 
     @nn.compact
     def __call__(self, obs):
-        logits = _dense(self.num_actions, 0.01)(MLP(self.hidden, self.activation)(obs))
+        logits = _dense(self.num_actions, 0.01)(MLP(self.hidden, self.activation)(_features(obs, self.torso)))
         return distrax.Categorical(logits=logits)
 
 
@@ -73,10 +101,11 @@ class GaussianActor(nn.Module):
     hidden: Sequence[int]
     activation: str = "tanh"
     initial_log_std: float = 0.0
+    torso: str = "mlp"
 
     @nn.compact
     def __call__(self, obs):
-        mean = _dense(self.action_dim, 0.01)(MLP(self.hidden, self.activation)(obs))
+        mean = _dense(self.action_dim, 0.01)(MLP(self.hidden, self.activation)(_features(obs, self.torso)))
         log_std = self.param("log_std", nn.initializers.constant(self.initial_log_std), (self.action_dim,))
         return distrax.MultivariateNormalDiag(mean, jnp.exp(log_std) * jnp.ones_like(mean))
 
@@ -261,11 +290,13 @@ class FlippingActor(nn.Module):
         return FlippingMixture(candidates, jnp.exp(log_std) * jnp.ones_like(candidates), weight_logit[..., 0])
 
 
-def make_actor(action_space, hidden: Sequence[int], activation: str = "tanh", policy: str = "gaussian") -> nn.Module:
+def make_actor(action_space, hidden: Sequence[int], activation: str = "tanh", policy: str = "gaussian",
+               torso: str = "mlp") -> nn.Module:
     """The actor for a gymnax ``Discrete`` or ``Box`` action space.
 
     ``policy``: ``"gaussian"`` (the standard actor: Categorical on a ``Discrete`` space, diagonal Gaussian on a
-    ``Box``) or ``"flipping"`` (:class:`FlippingActor`, ``Box`` only).
+    ``Box``) or ``"flipping"`` (:class:`FlippingActor`, ``Box`` only). ``torso``: one of :data:`TORSOS` ("mlp"
+    for vector observations; "flatten" / "conv" for images; the flipping actor takes "mlp" only).
 
     Raises:
       ValueError: an unknown ``policy``, ``"flipping"`` on a non-``Box`` space, or an unsupported space.
@@ -274,13 +305,15 @@ def make_actor(action_space, hidden: Sequence[int], activation: str = "tanh", po
 
     if policy not in POLICIES:
         raise ValueError(f"policy must be one of {list(POLICIES)}, got {policy!r}")
+    if torso not in TORSOS or (policy == "flipping" and torso != "mlp"):
+        raise ValueError(f"torso must be one of {list(TORSOS)} ('mlp' for policy='flipping'), got {torso!r}")
     if policy == "flipping":
         if not isinstance(action_space, spaces.Box):
             raise ValueError(f"policy='flipping' needs a Box action space, got {action_space!r}; "
                              f"use policy='gaussian' for Discrete actions")
         return FlippingActor(int(np.prod(action_space.shape)), tuple(hidden), activation)
     if isinstance(action_space, spaces.Discrete):
-        return DiscreteActor(int(action_space.n), tuple(hidden), activation)
+        return DiscreteActor(int(action_space.n), tuple(hidden), activation, torso=torso)
     if isinstance(action_space, spaces.Box):
-        return GaussianActor(int(np.prod(action_space.shape)), tuple(hidden), activation)
+        return GaussianActor(int(np.prod(action_space.shape)), tuple(hidden), activation, torso=torso)
     raise ValueError(f"unsupported action space {action_space!r}; expected Discrete or Box")

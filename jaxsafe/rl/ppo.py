@@ -52,7 +52,7 @@ from jaxsafe import constraints, losses
 from jaxsafe.envs.core import SafeEnv, spaces, wrap_for_training
 from jaxsafe.learner import Config, HParams, TrainParts, make_train_from_parts
 from jaxsafe.rl.gae import batched_gae
-from jaxsafe.rl.networks import ACTIVATIONS, POLICIES, Critic, make_actor
+from jaxsafe.rl.networks import ACTIVATIONS, POLICIES, TORSOS, Critic, make_actor
 from jaxsafe.types import Transition
 from jaxsafe.validation import is_int, non_negative, positive, require, unit_interval
 
@@ -107,6 +107,12 @@ def check_networks(config, name: str) -> None:
     require(config.activation in ACTIVATIONS, f"{name}.activation", f"one of {sorted(ACTIVATIONS)}",
             config.activation)
     require(config.policy in POLICIES, f"{name}.policy", f"one of {list(POLICIES)}", config.policy)
+    require(torso_of(config) in TORSOS, f"{name}.torso", f"one of {list(TORSOS)}", torso_of(config))
+
+
+def torso_of(config) -> str:
+    """The observation torso of a config (``"mlp"`` for configs without a ``torso`` field)."""
+    return getattr(config, "torso", "mlp")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,6 +132,8 @@ class PPOConfig(Config, RolloutBudget):
       anneal_lr: linearly decay the learning rate to zero over the run.
       policy: the actor family, ``gaussian`` (the standard actor) or ``flipping`` (two candidate actions and a
         state-dependent coin, :class:`jaxsafe.rl.networks.FlippingActor`; Box action spaces only).
+      torso: the observation torso before the MLP (:data:`jaxsafe.rl.networks.TORSOS`): ``mlp`` (vector
+        observations, the default), ``flatten`` or ``conv`` (image observations ``[H, W, C]``, e.g. MinAtar).
     """
 
     num_envs: int = 16
@@ -139,6 +147,7 @@ class PPOConfig(Config, RolloutBudget):
     max_grad_norm: float = 0.5
     anneal_lr: bool = False
     policy: str = "gaussian"
+    torso: str = "mlp"
 
     def __post_init__(self):
         require(is_int(self.num_epochs), "PPOConfig.num_epochs", "a positive integer", self.num_epochs)
@@ -239,7 +248,7 @@ def check_cost_limit(hparams: Any, env: SafeEnv) -> None:
 
 def make_cost_critic(config, n_costs: int) -> Critic:
     """The cost critic: one value per cost (a scalar head for one cost)."""
-    return Critic(config.hidden, config.activation, None if n_costs == 1 else int(n_costs))
+    return Critic(config.hidden, config.activation, None if n_costs == 1 else int(n_costs), torso=torso_of(config))
 
 
 def _per_cost(fn, *arrays):
@@ -412,8 +421,8 @@ def make_on_policy(config, env: SafeEnv, env_params: Any) -> OnPolicySetup:
     ``policy``) on ``env``."""
     vec_env = wrap_for_training(env, config.num_envs)
     action_space = env.action_space(env_params)
-    actor = make_actor(action_space, config.hidden, config.activation, config.policy)
-    critic = Critic(config.hidden, config.activation)
+    actor = make_actor(action_space, config.hidden, config.activation, config.policy, torso_of(config))
+    critic = Critic(config.hidden, config.activation, torso=torso_of(config))
     cost_critic = make_cost_critic(config, env.n_costs)
     collect = make_collect_rollout(vec_env, env_params, actor, critic, action_space, config.num_steps, cost_critic)
     return OnPolicySetup(env, env_params, vec_env, actor, critic, cost_critic, collect, env.n_costs)
@@ -545,7 +554,7 @@ def make_act(config: PPOConfig, env: SafeEnv | tuple, env_params: Any = None):
     the ``(env, env_params)`` pair."""
     env, env_params = env_problem(env, env_params)
     action_space = env.action_space(env_params)
-    actor = make_actor(action_space, config.hidden, config.activation, config.policy)
+    actor = make_actor(action_space, config.hidden, config.activation, config.policy, torso_of(config))
     continuous = isinstance(action_space, spaces.Box)
 
     def act(params: ActorCriticParams, obs, key, deterministic: bool = False):
