@@ -35,7 +35,7 @@ FIXTURE_DIR = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "safe
 def load_reference(directory: Path | str = FIXTURE_DIR) -> tuple[dict, dict]:
     """``(reference.json as a dict, step_responses.npz as a dict of arrays)``."""
     directory = Path(directory)
-    with np.load(directory / "step_responses.npz") as traces:
+    with np.load(directory / "step_responses.npz", allow_pickle=False) as traces:
         arrays = {key: traces[key] for key in traces.files}
     return json.loads((directory / "reference.json").read_text()), arrays
 

@@ -161,14 +161,15 @@ def test_update_is_one_step_and_a_shorter_run_is_the_first_stage(policy):
     assert int(state.adam_state.count) == 5  # Adam restarted at the boundary
     np.testing.assert_array_equal(np.concatenate([metrics["stage"], metrics_2["stage"]]), [0] * 5 + [1] * 5)
     assert not np.any(metrics["nonfinite"]) and {"loss", "accuracy", "margin", "grad_norm"} <= set(metrics)
-    # lane 0 of the vmapped grid is the scan of updates above (vmapping reorders float sums: tolerance 2e-5);
-    # lane 1 (another lambda) is not
+    # lane 0 of the vmapped grid is the scan of updates above (vmapping reorders float sums: tolerance 5e-5, two
+    # orders below the 1e-3 that separates another lambda; measured 2.2e-5 since the core gained its dropout
+    # option, which changed XLA's fusion); lane 1 (another lambda) is not
     grid = sweep.make_grid(hparams, seeds=1, base_seed=7, lagrange_multipliers=[1.0, 3.0])
     lanes = sweep.run_grid(sacpo.make_train(config, problem), grid)
     gaps = [float(jnp.abs(a - b).max()) for lane in (0, 1)
             for a, b in zip(jax.tree.leaves(_pick(lanes.params, lane)), jax.tree.leaves(state.params))]
     n_leaves = len(jax.tree.leaves(state.params))
-    assert max(gaps[:n_leaves]) < 2e-5 and max(gaps[n_leaves:]) > 1e-3, gaps
+    assert max(gaps[:n_leaves]) < 5e-5 and max(gaps[n_leaves:]) > 1e-3, gaps
     by_stage = sacpo.stage_metrics(config, lanes.metrics)
     assert by_stage["safety/loss"].shape == (2, 5) and "stage" not in {k.split("/")[1] for k in by_stage}
 
