@@ -18,7 +18,8 @@ from the mean cost of the episodes that finished (OmniSafe's order); compute rew
 (bootstrapping truncated episodes from their final observation); standardise the reward advantages, centre the cost
 advantages and mix them as ``(A_r - m A_c) / (1 + m)`` (:func:`jaxsafe.losses.mix_advantages`); run ``num_epochs``
 epochs of clipped-surrogate updates over ``num_minibatches`` minibatches, training the reward and cost critics by
-regression on their GAE returns.
+regression on their GAE returns. Unconstrained PPO (``"none"``) skips everything about costs except their
+bookkeeping: no cost critic evaluation, no cost GAE, no cost value loss (``cost_value_loss`` is reported as 0).
 
 **Several costs.** On an environment with ``n_costs > 1`` (``TimeStep.cost`` of shape ``(n_costs,)``) every cost is
 constrained on its own: ``cost_limit`` must have shape ``(n_costs,)`` (a scalar is refused, naming the field, when
@@ -325,7 +326,8 @@ class Rollout(NamedTuple):
     key: jax.Array
 
 
-def make_collect_rollout(vec_env, env_params: Any, actor, critic, action_space, num_steps: int, cost_critic=None):
+def make_collect_rollout(vec_env, env_params: Any, actor, critic, action_space, num_steps: int, cost_critic=None,
+                         cost_values: bool = True):
     """``collect(params, env_state, obs, key) -> Rollout``: ``num_steps`` steps of the auto-resetting ``vec_env``.
 
     ``params`` is an :class:`ActorCriticParams` (``actor``, ``critic``, ``cost_critic``); ``cost_critic`` is the
@@ -334,6 +336,11 @@ def make_collect_rollout(vec_env, env_params: Any, actor, critic, action_space, 
     The trajectory's ``cost``, ``cost_value`` and ``next_cost_value`` are ``[T, E]`` for one cost and
     ``[T, E, n_costs]`` for several (``vec_env.n_costs``). Shared by every on-policy learner (PPO, CPO,
     TRPO-Lagrangian).
+
+    Only the actor and the environment run inside the time scan: the critics are evaluated afterwards on the
+    whole ``[T, E]`` batch of observations and pre-reset successor observations at once (one large matrix product
+    instead of ``T`` small ones; the same values). ``cost_values=False`` skips the cost critic (the trajectory's
+    cost values are zeros): unconstrained PPO, which never reads them, does not pay for them.
     """
     cost_critic = critic if cost_critic is None else cost_critic
     n_costs = vec_env.n_costs
@@ -346,35 +353,35 @@ def make_collect_rollout(vec_env, env_params: Any, actor, critic, action_space, 
         low, high = jnp.asarray(action_space.low), jnp.asarray(action_space.high)
 
     def env_step(carry, _):
-        params, env_state, obs, key = carry
+        actor_params, env_state, obs, key = carry
         key, action_key, step_key = jax.random.split(key, 3)
-        dist = actor.apply(params.actor, obs)
+        dist = actor.apply(actor_params, obs)
         action = dist.sample(seed=action_key)
         log_prob = dist.log_prob(action)
         env_action = jnp.clip(action, low, high) if continuous else action
         env_state, timestep = vec_env.step(step_key, env_state, env_action, env_params)
-        final_obs = timestep.info["final_obs"]
-        transition = Transition(
-            obs=obs,
-            action=action,
-            log_prob=log_prob,
-            value=critic.apply(params.critic, obs),
-            cost_value=cost_critic.apply(params.cost_critic, obs),
-            reward=timestep.reward,
-            cost=per_cost(timestep.cost),
-            terminated=timestep.terminated,
-            truncated=timestep.truncated,
-            next_value=critic.apply(params.critic, final_obs),
-            next_cost_value=cost_critic.apply(params.cost_critic, final_obs),
-        )
         info = timestep.info
+        step = (obs, action, log_prob, timestep.reward, per_cost(timestep.cost), timestep.terminated,
+                timestep.truncated, info["final_obs"])
         episode_info = (info["episode_done"], info["episode_return"], per_cost(info["episode_cost"]),
                         info["episode_length"])
-        return (params, env_state, timestep.obs, key), (transition, episode_info)
+        return (actor_params, env_state, timestep.obs, key), (step, episode_info)
 
     def collect(params, env_state, obs, key) -> Rollout:
-        (_, env_state, obs, key), (traj, episode_info) = jax.lax.scan(
-            env_step, (params, env_state, obs, key), None, length=num_steps
+        (_, env_state, obs, key), (steps, episode_info) = jax.lax.scan(
+            env_step, (params.actor, env_state, obs, key), None, length=num_steps
+        )
+        step_obs, action, log_prob, reward, cost, terminated, truncated, final_obs = steps
+        if cost_values:
+            cost_value = cost_critic.apply(params.cost_critic, step_obs)
+            next_cost_value = cost_critic.apply(params.cost_critic, final_obs)
+        else:
+            cost_value = next_cost_value = jnp.zeros_like(cost)
+        traj = Transition(
+            obs=step_obs, action=action, log_prob=log_prob,
+            value=critic.apply(params.critic, step_obs), cost_value=cost_value,
+            reward=reward, cost=cost, terminated=terminated, truncated=truncated,
+            next_value=critic.apply(params.critic, final_obs), next_cost_value=next_cost_value,
         )
         episode_done, episode_return, episode_cost, episode_length = episode_info
         valid = env_state.has_finished
@@ -416,30 +423,35 @@ class OnPolicySetup(NamedTuple):
         return params, env_state, timestep.obs, key
 
 
-def make_on_policy(config, env: SafeEnv, env_params: Any) -> OnPolicySetup:
+def make_on_policy(config, env: SafeEnv, env_params: Any, cost_values: bool = True) -> OnPolicySetup:
     """Actor, critics and rollout for ``config`` (``num_envs``, ``num_steps``, ``hidden``, ``activation``,
-    ``policy``) on ``env``."""
+    ``policy``) on ``env``; ``cost_values=False`` gives a rollout without cost-critic values
+    (:func:`make_collect_rollout`)."""
     vec_env = wrap_for_training(env, config.num_envs)
     action_space = env.action_space(env_params)
     actor = make_actor(action_space, config.hidden, config.activation, config.policy, torso_of(config))
     critic = Critic(config.hidden, config.activation, torso=torso_of(config))
     cost_critic = make_cost_critic(config, env.n_costs)
-    collect = make_collect_rollout(vec_env, env_params, actor, critic, action_space, config.num_steps, cost_critic)
+    collect = make_collect_rollout(vec_env, env_params, actor, critic, action_space, config.num_steps, cost_critic,
+                                   cost_values)
     return OnPolicySetup(env, env_params, vec_env, actor, critic, cost_critic, collect, env.n_costs)
 
 
-def compute_advantages(traj: Transition, hparams: Any):
+def compute_advantages(traj: Transition, hparams: Any, costs: bool = True):
     """Reward and cost GAE of a ``[T, E]`` rollout: ``(advantages, value_targets, cost_advantages, cost_targets)``.
 
     Truncated episodes bootstrap from their final observation; reads ``gamma``, ``gae_lambda``, ``cost_gamma``,
     ``cost_gae_lambda`` from ``hparams``. Returned raw (learners normalise them): ``[T, E]`` each, the cost ones
-    ``[T, E, n_costs]`` when the rollout has several costs (one GAE per cost).
+    ``[T, E, n_costs]`` when the rollout has several costs (one GAE per cost). ``costs=False`` skips the cost GAE
+    (the cost advantages and targets are zeros).
     """
     episode_end = jnp.logical_or(traj.terminated, traj.truncated)
     advantages, value_targets = batched_gae(
         traj.reward, traj.value, traj.next_value, traj.terminated, episode_end,
         hparams.gamma, hparams.gae_lambda,
     )
+    if not costs:
+        return advantages, value_targets, jnp.zeros_like(traj.cost), jnp.zeros_like(traj.cost)
     cost_gae = batched_gae
     if traj.cost.ndim == traj.reward.ndim + 1:  # one GAE per cost, over the trailing cost axis
         cost_gae = jax.vmap(batched_gae, in_axes=(-1, -1, -1, None, None, None, None), out_axes=-1)
@@ -454,7 +466,10 @@ def make_train_parts(config: PPOConfig, env: SafeEnv | tuple, env_params: Any = 
     """The learner as ``init`` and ``update`` (see the module docstring); ``env`` may be the ``(env, env_params)``
     pair ``envs.make`` returns."""
     env, env_params = env_problem(env, env_params)
-    setup = make_on_policy(config, env, env_params)
+    # Unconstrained PPO never reads the cost critic: it is neither evaluated nor trained (its parameters stay at
+    # their initial values, so every PPO state has the same structure).
+    constrained = config.multiplier != "none"
+    setup = make_on_policy(config, env, env_params, cost_values=constrained)
     actor, critic, cost_critic, collect, n_costs = (setup.actor, setup.critic, setup.cost_critic, setup.collect,
                                                     setup.n_costs)
     handler = constraints.make_handler(config.multiplier)
@@ -479,7 +494,10 @@ def make_train_parts(config: PPOConfig, env: SafeEnv | tuple, env_params: Any = 
         surrogate = losses.clipped_surrogate(dist.log_prob(action), old_log_prob, advantage, hparams.clip_eps)
         entropy = dist.entropy().mean()
         value_loss = losses.value_loss(critic.apply(params.critic, obs), value_target)
-        cost_loss = cost_value_loss(cost_critic.apply(params.cost_critic, obs), cost_target, n_costs)
+        if constrained:
+            cost_loss = cost_value_loss(cost_critic.apply(params.cost_critic, obs), cost_target, n_costs)
+        else:
+            cost_loss = jnp.zeros(())
         total = surrogate.loss - hparams.entropy_coef * entropy + hparams.value_coef * (value_loss + cost_loss)
         return total, dict(actor_loss=surrogate.loss, value_loss=value_loss, cost_value_loss=cost_loss,
                            entropy=entropy, approx_kl=surrogate.approx_kl, total_loss=total)
@@ -495,7 +513,7 @@ def make_train_parts(config: PPOConfig, env: SafeEnv | tuple, env_params: Any = 
         constraint_state = handler.update(state.constraint, measured_cost, hparams.cost_limit, hparams)
         multiplier = constraint_state.multiplier
 
-        advantages, value_targets, cost_advantages, cost_targets = compute_advantages(traj, hparams)
+        advantages, value_targets, cost_advantages, cost_targets = compute_advantages(traj, hparams, constrained)
         # Reward advantages are standardised; cost advantages are only centred (as OmniSafe does), so that a
         # rollout with (almost) no cost does not blow critic noise up to unit scale.
         cost_advantages = centre_cost_advantages(cost_advantages, n_costs)
