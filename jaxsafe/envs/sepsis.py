@@ -56,7 +56,8 @@ from jaxsafe.types import TimeStep
 from jaxsafe.validation import non_negative, positive
 
 __all__ = ["SepsisSim", "SepsisParams", "SepsisState", "OBS_NAMES", "OBS_SCALE", "COST_NAMES", "MAX_FLUID_L",
-           "MAX_VASO", "SPO2_THRESHOLD", "URINE_THRESHOLD", "vitals", "doses", "clinician_action"]
+           "MAX_VASO", "SPO2_THRESHOLD", "URINE_THRESHOLD", "vitals", "doses", "clinician_action",
+           "observed_reward_and_costs"]
 
 OBS_NAMES = ("map", "heart_rate", "spo2", "urine_output", "lactate", "sofa", "fluid_balance", "age", "weight")
 #: ``vitals = obs * OBS_SCALE`` (mmHg, bpm, %, mL/kg/h, mmol/L, points, L, years, kg).
@@ -146,6 +147,16 @@ def _observe(key, patient, infection, volume, tissue_water, kidney, lactate, flu
     values = jnp.stack([mean_map, heart_rate, spo2, urine, lactate, sofa, fluid_balance, patient[_AGE],
                         patient[_WEIGHT]])
     return (values / OBS_SCALE).astype(jnp.float32), sofa
+
+
+def observed_reward_and_costs(obs, died, death_penalty) -> tuple[jax.Array, jax.Array]:
+    """``(reward, cost [2])`` of a step that led to observation ``obs [9]``: ``-death_penalty`` if ``died``, else
+    minus the observed SOFA-like score, and the two cost indicators of ``obs``. :meth:`SepsisSim.step` gives the
+    same up to float32 rounding (it uses the unscaled score); learned models (OGSRL's ensemble) use this."""
+    v = vitals(obs)
+    reward = jnp.where(died, -jnp.asarray(death_penalty, jnp.float32), -v["sofa"]).astype(jnp.float32)
+    cost = jnp.stack([v["spo2"] < SPO2_THRESHOLD, v["urine_output"] < URINE_THRESHOLD], -1).astype(jnp.float32)
+    return reward, cost
 
 
 def clinician_action(obs: jax.Array, key: jax.Array, noise: float = 1.0) -> jax.Array:

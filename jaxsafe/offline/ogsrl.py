@@ -21,12 +21,18 @@ Methods (:data:`METHODS`, :func:`train_method`):
   official code's guarded rollout), physiological costs unconstrained. Runs on :mod:`jaxsafe.rl.cpo`'s
   ``trpo_lag`` with a zero, frozen multiplier (plain TRPO).
 * ``bc``: behaviour cloning (:mod:`jaxsafe.offline.baselines`) of the clinicians on the training split.
+* ``cql`` / ``gcql``: DDPG-style conservative Q-learning (:mod:`jaxsafe.offline.cql`) on the training split's
+  transitions (reward only, as the paper's CQL), and GCQL, whose bootstrap targets at guardian-flagged
+  ``(s', pi(s'))`` are a large negative constant.
 
-CPO with several costs: :func:`multi_constraint_cpo_step` solves ``max g.x`` s.t. ``0.5 x.Hx <= delta`` and
-``c_j + b_j.x <= 0`` for every ``j`` exactly, by enumerating the active sets of the dual (``2^K`` faces; each has
-the closed form of the single-cost CPO dual), and falls back to a recovery step along the summed gradient of the
-violated costs when no point of the trust region satisfies them all. With ``K = 1`` it is CPO's step
-(:func:`jaxsafe.rl.trust_region.cpo_step_from_solves`; the tests check this).
+``MethodSettings.dynamics`` picks the model the model-based learners train in: ``"knn"`` (the paper's 1-NN
+lookup) or ``"ensemble"`` (a probabilistic ensemble, :mod:`jaxsafe.offline.ensemble`, fitted by
+:func:`with_ensemble`). Evaluation (ME) always uses the 1-NN eval model, as the paper.
+
+CPO with several costs: :func:`jaxsafe.rl.trust_region.multi_constraint_cpo_step_from_solves` solves ``max g.x``
+s.t. ``0.5 x.Hx <= delta`` and ``c_j + b_j.x <= 0`` for every ``j`` exactly, by enumerating the active sets of
+the dual (``2^K`` faces), with a recovery step when no point of the trust region satisfies them all. With ``K = 1``
+it is CPO's step (:func:`jaxsafe.rl.trust_region.cpo_step_from_solves`; tests/rl/test_trust_region.py checks it).
 
 Policies everywhere see the state min-max normalised with the training split's statistics (the guardian's
 normaliser) and output SepsisSim's action in ``[-1, 1]^2``.
@@ -34,7 +40,6 @@ normaliser) and output SepsisSim's action in ``[-1, 1]^2``.
 
 from __future__ import annotations
 
-import itertools
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -46,7 +51,7 @@ from jaxsafe import constraints, losses
 from jaxsafe.envs import sepsis
 from jaxsafe.envs.core import SafeEnv, spaces
 from jaxsafe.learner import TrainParts, train_from_parts
-from jaxsafe.offline import baselines, guardian as guard
+from jaxsafe.offline import baselines, cql, ensemble as ens, guardian as guard
 from jaxsafe.offline.dataset import TrajectoryDataset, collect_dataset
 from jaxsafe.policy import stateless
 from jaxsafe.rl import cpo, trust_region
@@ -59,7 +64,7 @@ __all__ = ["PAPER_SEEDS", "METHODS", "SepsisTask", "build_task", "clinician_data
            "train_method", "evaluate", "policy_metrics", "soc_metrics", "simulate", "state_embedding"]
 
 PAPER_SEEDS = (40, 42, 44, 54, 64)
-METHODS = ("gmb_cpo", "mb_cpo", "gmb_trpo", "bc")
+METHODS = ("gmb_cpo", "mb_cpo", "gmb_trpo", "bc", "cql", "gcql")
 OBS_DIM, ACTION_DIM = len(sepsis.OBS_NAMES), 2
 N_PHYS_COSTS = len(sepsis.COST_NAMES)
 COST_NAMES = sepsis.COST_NAMES + ("ood",)
@@ -107,6 +112,7 @@ class SepsisTask(NamedTuple):
     initial_test: np.ndarray
     env_params: sepsis.SepsisParams
     seed: int
+    ensemble: Any = None  # ens.EnsembleModel over the training split (see with_ensemble), or None
 
     @property
     def state_normaliser(self) -> guard.Normaliser:
@@ -159,6 +165,37 @@ def build_task(seed: int = 42, num_patients: int = 1000, bandwidth: float = guar
                       _first_steps(dataset, train), _first_steps(dataset, splits["test"]), env_params, int(seed))
 
 
+#: Dynamics models a learner can train in (``MethodSettings.dynamics``): the paper's 1-NN lookup, or the ensemble.
+DYNAMICS = ("knn", "ensemble")
+#: Ensemble outcome classes of a step: 0 continue, 1 death, 2 discharge (terminal without death).
+OUTCOME_CONTINUE, OUTCOME_DEATH, OUTCOME_DISCHARGE = 0, 1, 2
+
+
+def ensemble_training_data(task: SepsisTask, mask: np.ndarray | None = None):
+    """``(inputs, targets, labels)`` of the ensemble: normalised ``(s, a)`` (the guardian's normaliser), the change
+    of the normalised state, and the step's outcome class (continue / death / discharge); training split by
+    default."""
+    mask = task.splits["train"] if mask is None else mask
+    data = task.dataset
+    obs, actions = np.asarray(data.observations)[mask], np.asarray(data.actions)[mask]
+    next_obs = np.asarray(data.next_observations)[mask]
+    norm = task.state_normaliser
+    inputs = np.asarray(task.guardian.normaliser(jnp.concatenate([jnp.asarray(obs), jnp.asarray(actions)], 1)))
+    targets = np.asarray(norm(jnp.asarray(next_obs)) - norm(jnp.asarray(obs)))
+    died, terminal = task.died[mask], np.asarray(data.terminals)[mask]
+    labels = np.where(died, OUTCOME_DEATH, np.where(terminal, OUTCOME_DISCHARGE, OUTCOME_CONTINUE)).astype(np.int32)
+    return inputs, targets, labels
+
+
+def with_ensemble(task: SepsisTask, config: ens.EnsembleConfig = ens.EnsembleConfig(), key=None) -> SepsisTask:
+    """``task`` with a probabilistic ensemble fitted on its training split (``key`` defaults to
+    ``fold_in(PRNGKey(task.seed), 11)``)."""
+    key = jax.random.fold_in(jax.random.PRNGKey(task.seed), 11) if key is None else key
+    inputs, targets, labels = ensemble_training_data(task)
+    model, _ = ens.fit_ensemble(key, config, inputs, targets, labels, num_classes=3)
+    return task._replace(ensemble=model)
+
+
 # ------------------------------------------------------------------------------------------------ the model as an env
 
 
@@ -169,20 +206,29 @@ class ModelEnvState(NamedTuple):
 
 
 class ModelEnv(SafeEnv):
-    """The 1-NN model of a :class:`SepsisTask` as a :class:`~jaxsafe.envs.core.SafeEnv` (the E-CMDP).
+    """The learned model of a :class:`SepsisTask` as a :class:`~jaxsafe.envs.core.SafeEnv` (the E-CMDP).
 
-    Observations are the normalised state; actions SepsisSim's. Each step looks up the nearest dataset transition
-    of ``(s, a)``: its next state, reward, physiological costs and terminal flag. Costs are ``[SpO2, urine, OOD]``
-    with ``OOD = g(s, a)`` of the guardian. With ``ood_penalty`` set (GMB-TRPO), an OOD step instead gets that
+    Observations are the normalised state; actions SepsisSim's. With a
+    :class:`~jaxsafe.offline.guardian.NearestNeighbourModel` each step looks up the nearest dataset transition of
+    ``(s, a)``: its next state, reward, physiological costs and terminal flag. With an
+    :class:`~jaxsafe.offline.ensemble.EnsembleModel` a member is drawn per step, the next normalised state is
+    sampled from its Gaussian (clipped to ``[-1.5, 1.5]``) and the outcome (continue / death / discharge) from its
+    softmax; the reward and costs are :func:`sepsis.observed_reward_and_costs` of the sampled state (known functions
+    of the observation, as in SepsisSim). Costs are ``[SpO2, urine, OOD]`` with ``OOD = g(s, a)`` of the guardian. With ``ood_penalty`` set (GMB-TRPO), an OOD step instead gets that
     reward and freezes the state, and every later step of the episode gets the penalty too (the official code's
-    guarded rollout). ``info``: ``ood``, ``died``.
+    guarded rollout). ``info``: ``ood``, ``died``, ``disagreement`` (the ensemble's; 0 for the 1-NN model).
     """
 
     n_costs = N_PHYS_COSTS + 1
 
     def __init__(self, model: guard.NearestNeighbourModel, guardian: guard.Guardian, initial_states,
-                 state_normaliser: guard.Normaliser, max_steps: int = 20, ood_penalty: float | None = None):
+                 state_normaliser: guard.Normaliser, max_steps: int = 20, ood_penalty: float | None = None,
+                 death_penalty: float = 100.0):
+        if not isinstance(model, (guard.NearestNeighbourModel, ens.EnsembleModel)):
+            raise ValueError(f"ModelEnv: model must be a NearestNeighbourModel or an EnsembleModel, got "
+                             f"{type(model).__name__}")
         self.model, self.guardian = model, guardian
+        self.death_penalty = float(death_penalty)
         self.initial_states = jnp.asarray(initial_states, jnp.float32)
         self.state_normaliser = state_normaliser
         self.max_steps = int(max_steps)
@@ -202,8 +248,23 @@ class ModelEnv(SafeEnv):
     def action_space(self, params):
         return spaces.Box(-1.0, 1.0, (ACTION_DIM,), jnp.float32)
 
-    def _info(self, ood, died):
-        return {"ood": jnp.asarray(ood, bool), "died": jnp.asarray(died, bool)}
+    def _info(self, ood, died, disagreement=0.0):
+        return {"ood": jnp.asarray(ood, bool), "died": jnp.asarray(died, bool),
+                "disagreement": jnp.asarray(disagreement, jnp.float32)}
+
+    def _transition(self, key, obs, action):
+        """``(next_obs, reward, phys_cost [2], terminated, died, disagreement)`` of the learned model."""
+        if isinstance(self.model, guard.NearestNeighbourModel):
+            index = guard.nearest_index(self.model, obs[None], action[None])[0]
+            m = self.model
+            return (m.next_states[index], m.rewards[index], m.costs[index], m.terminals[index], m.died[index],
+                    jnp.zeros((), jnp.float32))
+        x = self.guardian.normaliser(jnp.concatenate([obs, action]))
+        delta, outcome, _ = ens.sample(self.model, key, x)
+        next_obs = self.state_normaliser.inverse(jnp.clip(self.state_normaliser(obs) + delta, -1.5, 1.5))
+        died = outcome == OUTCOME_DEATH
+        reward, phys_cost = sepsis.observed_reward_and_costs(next_obs, died, self.death_penalty)
+        return next_obs, reward, phys_cost, outcome != OUTCOME_CONTINUE, died, ens.disagreement(self.model, x)
 
     def reset(self, key, params):
         obs = self.initial_states[jax.random.randint(key, (), 0, self.initial_states.shape[0])]
@@ -214,10 +275,8 @@ class ModelEnv(SafeEnv):
 
     def step(self, key, state: ModelEnvState, action, params):
         action = jnp.clip(jnp.asarray(action, jnp.float32), -1.0, 1.0)
-        index = guard.nearest_index(self.model, state.obs[None], action[None])[0]
         ood = guard.guardian_flags(self.guardian, state.obs[None], action[None])[0]
-        next_obs, reward = self.model.next_states[index], self.model.rewards[index]
-        phys_cost, terminated, died = self.model.costs[index], self.model.terminals[index], self.model.died[index]
+        next_obs, reward, phys_cost, terminated, died, disagreement = self._transition(key, state.obs, action)
         if self.ood_penalty is not None:
             penalised = ood | state.frozen
             next_obs = jnp.where(penalised, state.obs, next_obs)
@@ -231,88 +290,36 @@ class ModelEnv(SafeEnv):
         cost = jnp.concatenate([phys_cost, ood.astype(jnp.float32)[None]])
         new_state = ModelEnvState(next_obs, frozen, time)
         return new_state, TimeStep(self.state_normaliser(next_obs), reward.astype(jnp.float32), cost, terminated,
-                                   truncated, self._info(ood, died))
+                                   truncated, self._info(ood, died, disagreement))
 
 
 def model_env(task: SepsisTask, which: str = "train", ood_penalty: float | None = None,
-              initial: str = "train") -> ModelEnv:
-    """The train (learning) or eval (all data) 1-NN model of ``task`` as a :class:`ModelEnv`, starting from the
-    training or test split's initial states."""
-    model = task.model_train if which == "train" else task.model_eval
+              initial: str = "train", dynamics: str = "knn") -> ModelEnv:
+    """The train (learning) or eval (all data) model of ``task`` as a :class:`ModelEnv`, starting from the
+    training or test split's initial states. ``dynamics``: ``"knn"`` (the paper's 1-NN lookup) or ``"ensemble"``
+    (``task.ensemble``, fitted on the training split by :func:`with_ensemble`; training copy only)."""
+    if dynamics not in DYNAMICS:
+        raise ValueError(f"dynamics must be one of {list(DYNAMICS)}, got {dynamics!r}")
+    if dynamics == "ensemble":
+        if which != "train":
+            raise ValueError("dynamics='ensemble' has a training copy only (it is fitted on the training split); "
+                             "evaluation uses the 1-NN eval model")
+        if task.ensemble is None:
+            raise ValueError("dynamics='ensemble' needs a task with a fitted ensemble: task = with_ensemble(task) "
+                             "(or build_task(...) then with_ensemble)")
+        model = task.ensemble
+    else:
+        model = task.model_train if which == "train" else task.model_eval
     starts = task.initial_train if initial == "train" else task.initial_test
     return ModelEnv(model, task.guardian, starts, task.state_normaliser, int(task.env_params.max_steps),
-                    ood_penalty)
+                    ood_penalty, float(task.env_params.death_penalty))
 
 
 # ------------------------------------------------------------------------------------------------ CPO, several costs
 
-#: ``case`` codes of :func:`multi_constraint_cpo_step` (trust_region's numbering where it applies).
-CASE_RECOVERY, CASE_DUAL, CASE_TRUST_REGION = 0, 1, 3
-
-
-class MultiCPOStep(NamedTuple):
-    step: jax.Array  # (P,)
-    case: jax.Array  # int32: 0 recovery, 1 some cost constraint active, 3 the plain trust-region step
-    lagrange_multiplier: jax.Array
-    cost_multipliers: jax.Array  # (K,)
-    predicted_cost_change: jax.Array  # (K,) b_j . step
-
-
-def multi_constraint_cpo_step(reward_grad, cost_grads, constraint_values, hinv_reward_grad, hinv_cost_grads,
-                              max_kl, feasibility_tol: float = 1e-6) -> MultiCPOStep:
-    """Exact step of ``max g.x`` s.t. ``0.5 x.Hx <= delta`` and ``c_j + b_j.x <= 0`` (``j < K``), from solves.
-
-    Args:
-      reward_grad: ``g (P,)``; cost_grads: ``B (K, P)``; constraint_values: ``c (K,)`` (positive = violated now);
-      hinv_reward_grad: ``H^-1 g (P,)``; hinv_cost_grads: ``H^-1 b_j`` stacked ``(K, P)``; max_kl: ``delta``.
-
-    The dual ``D(lambda, nu) = (q - 2 r.nu + nu.S nu) / (2 lambda) + lambda delta - nu.c`` (``q = g.H^-1 g``,
-    ``r = B H^-1 g``, ``S = B H^-1 B^T``) is minimised over ``lambda > 0, nu >= 0`` by trying every active set
-    ``A``: on it ``lambda = sqrt((q - r_A.S_A^-1 r_A) / (2 delta - c_A.S_A^-1 c_A))``, ``nu_A = S_A^-1 (r_A +
-    lambda c_A)``; a face is valid where both are defined and ``nu_A >= 0``, and the valid face with the smallest
-    dual value is the optimum (``D`` is convex). The step is ``(H^-1 g - nu.H^-1 B) / lambda``. If it violates a
-    linearised constraint, the problem is infeasible and the step is the recovery step
-    ``-sqrt(2 delta / (b.H^-1 b)) H^-1 b`` along ``b``, the sum of the gradients of the violated costs.
-    """
-    g, big_b = jnp.asarray(reward_grad), jnp.asarray(cost_grads)
-    n_costs = big_b.shape[0]
-    c = jnp.asarray(constraint_values, g.dtype).reshape(n_costs)
-    delta = jnp.asarray(max_kl, g.dtype)
-    eps = 1e-8
-    q = jnp.maximum(jnp.vdot(g, hinv_reward_grad), 0.0)
-    r = big_b @ hinv_reward_grad
-    s = 0.5 * (big_b @ hinv_cost_grads.T + hinv_cost_grads @ big_b.T) + eps * jnp.eye(n_costs)
-    faces = jnp.asarray(list(itertools.product([False, True], repeat=n_costs)), bool)  # [2^K, K]
-
-    def face(active):
-        both = active[:, None] & active[None, :]
-        s_a = jnp.where(both, s, jnp.eye(n_costs))
-        r_a, c_a = jnp.where(active, r, 0.0), jnp.where(active, c, 0.0)
-        s_inv_r, s_inv_c = jnp.linalg.solve(s_a, r_a), jnp.linalg.solve(s_a, c_a)
-        a_term = q - r_a @ s_inv_r
-        b_term = 2.0 * delta - c_a @ s_inv_c
-        lam = jnp.sqrt(jnp.maximum(a_term, eps) / jnp.maximum(b_term, eps))
-        nu = jnp.where(active, s_inv_r + lam * s_inv_c, 0.0)
-        valid = (b_term > 0) & (a_term >= -1e-9) & jnp.all(nu >= -1e-9)
-        nu = jnp.maximum(nu, 0.0)
-        dual = (q - 2.0 * r @ nu + nu @ s @ nu) / (2.0 * lam) + lam * delta - nu @ c
-        return jnp.where(valid, dual, jnp.inf), lam, nu
-
-    duals, lams, nus = jax.vmap(face)(faces)
-    best = jnp.argmin(duals)
-    lam, nu = jnp.maximum(lams[best], eps), nus[best]
-    dual_step = (hinv_reward_grad - nu @ hinv_cost_grads) / lam
-    violation = c + big_b @ dual_step
-    scale = 1.0 + jnp.abs(c)
-    feasible = jnp.isfinite(duals[best]) & jnp.all(violation <= feasibility_tol * scale)
-    violated = (c > 0) | (violation > feasibility_tol * scale)
-    b_sum = (violated.astype(g.dtype)[:, None] * big_b).sum(0)
-    hinv_b_sum = (violated.astype(g.dtype)[:, None] * hinv_cost_grads).sum(0)
-    recovery = -jnp.sqrt(2.0 * delta / jnp.maximum(jnp.vdot(b_sum, hinv_b_sum), eps)) * hinv_b_sum
-    step = jnp.where(feasible, dual_step, recovery)
-    case = jnp.where(feasible, jnp.where(jnp.any(nu > 0), CASE_DUAL, CASE_TRUST_REGION), CASE_RECOVERY)
-    return MultiCPOStep(step, case.astype(jnp.int32), jnp.where(feasible, lam, 0.0),
-                        jnp.where(feasible, nu, 0.0), big_b @ step)
+#: The multi-constraint CPO step lives in :mod:`jaxsafe.rl.trust_region` (one way to solve the CPO subproblem).
+multi_constraint_cpo_step = trust_region.multi_constraint_cpo_step_from_solves
+CASE_RECOVERY = trust_region.CASE_INFEASIBLE_RECOVERY
 
 
 def make_multi_cpo_train_parts(config: cpo.CPOConfig, env: SafeEnv | tuple, env_params: Any = None) -> TrainParts:
@@ -380,8 +387,9 @@ def make_multi_cpo_train_parts(config: cpo.CPOConfig, env: SafeEnv | tuple, env_
         solve = lambda v: trust_region.conjugate_gradient(fvp, v, config.cg_iters)  # noqa: E731
         length = jnp.where(jnp.isnan(stats.episode_length), 1.0, jnp.maximum(stats.episode_length, 1.0))
         constraint_values = (measured - limits) / length
-        step = multi_constraint_cpo_step(reward_grad, cost_grads, constraint_values, solve(reward_grad),
-                                         jax.vmap(solve)(cost_grads), hparams.target_kl)
+        step = trust_region.multi_constraint_cpo_step_from_solves(
+            reward_grad, cost_grads, constraint_values, solve(reward_grad), jax.vmap(solve)(cost_grads),
+            hparams.target_kl)
         safe_step = jnp.where(jnp.all(jnp.isfinite(step.step)), step.step, 0.0)
         allowed = jnp.maximum(-constraint_values, 0.0)
         cost_before = surrogates(flat_actor)[1]
@@ -417,7 +425,7 @@ def make_multi_cpo_train_parts(config: cpo.CPOConfig, env: SafeEnv | tuple, env_
         metrics = dict(env_steps=new_state.update_step * config.batch_size, episode_return=stats.episode_return,
                        episode_cost=jnp.reshape(stats.episode_cost, (n_costs,)), episode_length=stats.episode_length,
                        step_cost=per_cost(traj.cost).mean((0, 1)), constraint_value=constraint_values,
-                       case=step.case, cost_multiplier=step.cost_multipliers, accepted=search.accepted,
+                       case=step.case, cost_multiplier=step.cost_multiplier, accepted=search.accepted,
                        step_fraction=search.step_fraction, approx_kl=search.kl, value_loss=value_loss.mean(),
                        cost_value_loss=cost_loss.mean(),
                        nonfinite=~(jnp.isfinite(value_loss.mean()) & jnp.all(jnp.isfinite(search.params))))
@@ -440,6 +448,10 @@ class MethodSettings(NamedTuple):
     ood_penalty: float = -25.0  # GMB-TRPO's reward on an OOD step (the official code's KDE penalty)
     target_kl: float = 0.01
     bc_updates: int = 2000
+    dynamics: str = "knn"  # the model the model-based learners train in: "knn" (the paper's) or "ensemble"
+    cql_updates: int = 3000  # CQL / GCQL gradient steps (batch 256)
+    cql_alpha: float = 1.0
+    gcql_ood_target: float = -20.0  # GCQL's bootstrap value at a flagged pair (rewards scaled by 0.1: -200 unscaled)
 
 
 def _cpo_config(settings: MethodSettings, method: str) -> cpo.CPOConfig:
@@ -455,6 +467,8 @@ def check_cost_limits(settings: MethodSettings) -> None:
     if len(limits) != N_PHYS_COSTS:
         raise ValueError(f"cost_limits must have {N_PHYS_COSTS} entries, one per physiological cost "
                          f"{list(sepsis.COST_NAMES)} (the OOD limit is ood_limit), got {len(limits)}: {list(limits)}")
+    if settings.dynamics not in DYNAMICS:
+        raise ValueError(f"MethodSettings.dynamics must be one of {list(DYNAMICS)}, got {settings.dynamics!r}")
     if any(not np.isfinite(v) or v < 0 for v in limits + (settings.ood_limit,)):
         raise ValueError(f"cost_limits and ood_limit must be finite and >= 0, got {list(limits)} and "
                          f"{settings.ood_limit}")
@@ -465,6 +479,35 @@ class TrainedPolicy(NamedTuple):
     act: Callable  # act(normalised_obs, key) -> action, deterministic
     params: Any
     curves: dict  # metric -> [updates, ...] numpy
+
+
+def normalised_training_data(task: SepsisTask) -> TrajectoryDataset:
+    """The training split with observations (and next observations) normalised as policies see them."""
+    norm = task.state_normaliser
+    data = task.dataset._replace(
+        observations=np.asarray(norm(jnp.asarray(task.dataset.observations))),
+        next_observations=np.asarray(norm(jnp.asarray(task.dataset.next_observations))))
+    return jax.tree.map(lambda x: x[task.splits["train"]], data)
+
+
+def guardian_ood_fn(task: SepsisTask) -> Callable:
+    """``ood_fn(normalised_obs [B, 9], action [B, 2]) -> [B] bool``: the task's guardian on policy inputs."""
+    norm = task.state_normaliser
+    return lambda obs, action: guard.guardian_flags(task.guardian, norm.inverse(obs), action)
+
+
+def _train_cql(task: SepsisTask, method: str, key, settings: MethodSettings) -> TrainedPolicy:
+    data = normalised_training_data(task)
+    config = cql.CQLConfig(hidden=tuple(settings.hidden), num_updates=int(settings.cql_updates),
+                           guarded=method == "gcql")
+    problem = cql.GuardedDataset(data, guardian_ood_fn(task))
+    hparams = config.default_hparams().replace(cql_alpha=jnp.float32(settings.cql_alpha),
+                                               ood_target=jnp.float32(settings.gcql_ood_target)).validate()
+    result = jax.jit(train_from_parts(cql.make_train_parts(config, problem)))(key, hparams)
+    act_fn = cql.make_act(config, problem)
+    params = result.params
+    act = lambda obs, k: act_fn(params, obs, k, True)  # noqa: E731
+    return TrainedPolicy(method, act, params, {k: np.asarray(v) for k, v in result.metrics.items()})
 
 
 def train_method(task: SepsisTask, method: str, key, settings: MethodSettings = MethodSettings()) -> TrainedPolicy:
@@ -483,16 +526,18 @@ def train_method(task: SepsisTask, method: str, key, settings: MethodSettings = 
         policy = baselines.make_policy(config, data, result.params, -1.0, 1.0)
         act = lambda obs, k: policy.step(None, obs, k)[1]  # noqa: E731
         return TrainedPolicy(method, act, result.params, {k: np.asarray(v) for k, v in result.metrics.items()})
+    if method in ("cql", "gcql"):
+        return _train_cql(task, method, key, settings)
     ood_cost_limit = settings.ood_limit if method == "gmb_cpo" else UNCONSTRAINED
     limits = jnp.asarray(tuple(settings.cost_limits) + (ood_cost_limit,), jnp.float32)
     if method == "gmb_trpo":
-        env = model_env(task, "train", ood_penalty=settings.ood_penalty)
+        env = model_env(task, "train", ood_penalty=settings.ood_penalty, dynamics=settings.dynamics)
         config = _cpo_config(settings, "trpo_lag")
         hparams = config.default_hparams(env.n_costs).replace(cost_limit=limits, multiplier_lr=0.0,
                                                               initial_multiplier=0.0)
         parts = cpo.make_train_parts(config, env, None)
     else:
-        env = model_env(task, "train")
+        env = model_env(task, "train", dynamics=settings.dynamics)
         config = _cpo_config(settings, "cpo")
         hparams = config.default_hparams(env.n_costs).replace(cost_limit=limits)
         parts = make_multi_cpo_train_parts(config, env, None)
@@ -816,33 +861,53 @@ def icu_sepsis_track(seed: int = 42, num_episodes: int = 20_000, min_count: int 
 CURVE_METRICS = ("episode_return", "episode_cost")
 
 
+def visited_states(task: SepsisTask, act: Callable, key, num_episodes: int = 100) -> np.ndarray:
+    """``[n, OBS_DIM]`` raw SepsisSim states visited by ``act(normalised_obs, key)`` (the embedding panels)."""
+    norm = task.state_normaliser
+    sim = simulate(sepsis.SepsisSim(), task.env_params, lambda o, k: act(norm(o), k), key, num_episodes,
+                   int(task.env_params.max_steps), task)
+    return sim.obs[sim.valid]
+
+
+def run_method(task: SepsisTask, method: str, settings: MethodSettings, train_key, eval_key, soc: dict,
+               eval_episodes: int = 1000, embedding_episodes: int = 100) -> dict:
+    """Train one method on ``task`` and score it: ``{"metrics", "curves", "visited"}`` (numpy / Python values).
+    The embedding rollouts use ``fold_in(PRNGKey(task.seed), 3)`` for every method (the same patients)."""
+    trained = train_method(task, method, train_key, settings)
+    metrics = evaluate(task, trained.act, eval_key, eval_episodes, soc)
+    curves = {name: np.asarray(trained.curves[name]).tolist() for name in CURVE_METRICS if name in trained.curves}
+    visited = visited_states(task, trained.act, jax.random.fold_in(jax.random.PRNGKey(task.seed), 3),
+                             embedding_episodes)
+    return {"metrics": metrics, "curves": curves, "visited": visited}
+
+
 def run_sepsis_seed(seed: int, num_patients: int = 1000, settings: MethodSettings = MethodSettings(),
                     methods=METHODS, eval_episodes: int = 1000, guardian_kind: str = "kde",
                     bandwidth: float = guard.DEFAULT_BANDWIDTH, percentile: float = guard.DEFAULT_PERCENTILE,
                     embedding_episodes: int = 100) -> dict:
     """Build the task of ``seed`` (data, split, guardian, models), train ``methods``, score each and the
     standard of care. Returns ``{"soc", "methods": {name: metrics}, "curves": {name: {metric: list}},
-    "visited": {name: [n, OBS_DIM] true-simulator states}}`` (numpy / Python values)."""
+    "visited": {name: [n, OBS_DIM] true-simulator states}}`` (numpy / Python values). Method ``m`` trains with
+    ``fold_in(PRNGKey(seed), 100 + METHODS.index(m))`` and is scored with ``200 + ...``, whatever else runs."""
     for method in methods:
         if method not in METHODS:
             raise ValueError(f"method must be one of {list(METHODS)}, got {method!r}")
     check_cost_limits(settings)
     task = build_task(seed, num_patients, bandwidth, percentile, guardian_kind)
+    if settings.dynamics == "ensemble":
+        task = with_ensemble(task)
     key = jax.random.PRNGKey(seed)
     soc = soc_metrics(task, jax.random.fold_in(key, 1), eval_episodes)
     out = {"soc": soc, "methods": {}, "curves": {}, "visited": {}}
     clinicians = simulate(sepsis.SepsisSim(), task.env_params, lambda o, k: sepsis.clinician_action(o, k),
                           jax.random.fold_in(key, 3), embedding_episodes, int(task.env_params.max_steps), task)
     out["visited"]["clinicians"] = clinicians.obs[clinicians.valid]
-    for i, method in enumerate(methods):
-        trained = train_method(task, method, jax.random.fold_in(key, 100 + i), settings)
-        out["methods"][method] = evaluate(task, trained.act, jax.random.fold_in(key, 200 + i), eval_episodes, soc)
-        out["curves"][method] = {name: np.asarray(trained.curves[name]).tolist() for name in CURVE_METRICS
-                                 if name in trained.curves}
-        norm = task.state_normaliser
-        sim = simulate(sepsis.SepsisSim(), task.env_params, lambda o, k: trained.act(norm(o), k),
-                       jax.random.fold_in(key, 3), embedding_episodes, int(task.env_params.max_steps), task)
-        out["visited"][method] = sim.obs[sim.valid]
+    for method in methods:
+        i = METHODS.index(method)
+        cell = run_method(task, method, settings, jax.random.fold_in(key, 100 + i), jax.random.fold_in(key, 200 + i),
+                          soc, eval_episodes, embedding_episodes)
+        out["methods"][method], out["curves"][method], out["visited"][method] = (cell["metrics"], cell["curves"],
+                                                                                 cell["visited"])
     out["normaliser"] = task.state_normaliser
     return out
 
@@ -886,6 +951,24 @@ def make_model_problem(name: str, **overrides) -> ModelEnv:
 
 def describe_model_problems() -> dict[str, str]:
     return {"sepsis-sim": "the 1-NN model of SepsisSim clinicians' data (costs SpO2, urine, OOD)"}
+
+
+def make_data_problem(name: str, **overrides) -> cql.GuardedDataset:
+    """The problem space of the registered ``cql`` / ``gcql``: ``sepsis-sim`` is the training split of
+    :func:`build_task`'s clinicians' data (normalised observations) with the task's guardian as the OOD test
+    (overrides as :func:`make_model_problem`)."""
+    if name != "sepsis-sim":
+        raise ValueError(f"unknown OGSRL data problem {name!r}; available: sepsis-sim")
+    allowed = ("seed", "num_patients", "bandwidth", "percentile", "guardian_kind")
+    unknown = sorted(set(overrides) - set(allowed))
+    if unknown:
+        raise ValueError(f"sepsis-sim: unknown override(s) {unknown}; allowed: {list(allowed)}")
+    task = build_task(**overrides)
+    return cql.GuardedDataset(normalised_training_data(task), guardian_ood_fn(task))
+
+
+def describe_data_problems() -> dict[str, str]:
+    return {"sepsis-sim": "SepsisSim clinicians' data (training split) with the KDE guardian as the OOD test"}
 
 
 def _hparams_with_ood_limit(ood_limit: float):

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from jaxsafe.algorithms import Algorithm, ProblemSpace, register_algorithm
-from jaxsafe.offline import baselines, bcq_lag, cdt, mgdt, multigame
+from jaxsafe.offline import baselines, bcq_lag, cdt, cql, mgdt, multigame
 from jaxsafe.offline import ogsrl
 from jaxsafe.offline.dataset import load_npz
 from jaxsafe.rl import cpo
@@ -70,5 +70,17 @@ for _algorithm in (
               cpo.CPOConfig, {"num_envs": 32, "num_steps": 20, "total_steps": 96_000, "cg_iters": 10,
                               "line_search_steps": 30, "critic_epochs": 2},
               ogsrl.make_multi_cpo_train_parts, OGSRL_MODELS, ogsrl.mb_cpo_hparams, cpo.make_act),
+):
+    register_algorithm(_algorithm)
+
+#: OGSRL's clinicians' data with the guardian as the OOD test, for the offline value baselines CQL / GCQL.
+OGSRL_DATA = ProblemSpace("OGSRL clinicians' data", ogsrl.make_data_problem, ogsrl.describe_data_problems)
+_CQL = dict(curve_metrics=("critic_loss", "q_data"), chunk_means=("critic_loss", "cql_penalty", "q_data"),
+            step_unit="samples", cost_limit_field=None)
+for _algorithm in (
+    Algorithm("cql", "conservative Q-learning, DDPG-style (OGSRL's CQL baseline)", cql.CQLConfig, {},
+              cql.make_train_parts, OGSRL_DATA, None, cql.make_act, **_CQL),
+    Algorithm("gcql", "CQL with guarded bootstrap targets: flagged (s', a') get a large negative value (OGSRL's GCQL)",
+              cql.CQLConfig, {"guarded": True}, cql.make_train_parts, OGSRL_DATA, None, cql.make_act, **_CQL),
 ):
     register_algorithm(_algorithm)

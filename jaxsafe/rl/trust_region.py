@@ -7,7 +7,9 @@ The pieces, in the order an update uses them:
    Hessian of the mean KL between the old (fixed) and the new policy at the old parameters, i.e. the Fisher
    information, by forward-over-reverse differentiation (``jvp`` of ``grad``); never materialises ``H``.
 3. :func:`conjugate_gradient` -- ``H^-1 g`` with a fixed iteration count (``lax.fori_loop``).
-4. :func:`natural_gradient_step` (TRPO) or :func:`cpo_step` (CPO) -- the step of the local quadratic problem.
+4. :func:`natural_gradient_step` (TRPO) or :func:`cpo_step` (CPO) -- the step of the local quadratic problem;
+   :func:`multi_constraint_cpo_step` for ``K`` cost constraints (exact, by active-set enumeration of the dual;
+   equal to :func:`cpo_step` when ``K = 1``, which the tests check).
 5. :func:`backtracking_line_search` -- shrink the step until the true KL, surrogate and cost checks pass.
 
 CPO (Achiam et al. 2017, sec. 6.1 and appendix 10.2) solves, with ``g`` the reward-surrogate gradient (ascent),
@@ -47,6 +49,7 @@ vmappable; the tests check each case against an independent QP solver.
 
 from __future__ import annotations
 
+import itertools
 import math
 import numbers
 from typing import Any, Callable, NamedTuple
@@ -74,6 +77,8 @@ __all__ = [
     "natural_gradient_step",
     "cpo_step_from_solves",
     "cpo_step",
+    "multi_constraint_cpo_step_from_solves",
+    "multi_constraint_cpo_step",
     "backtracking_line_search",
 ]
 
@@ -360,6 +365,106 @@ def cpo_step(
     return cpo_step_from_solves(
         reward_grad, cost_grad, constraint_value, hinv_reward_grad, hinv_cost_grad, max_kl, cost_grad_tol
     )
+
+
+def multi_constraint_cpo_step_from_solves(
+    reward_grad: jax.Array,
+    cost_grads: jax.Array,
+    constraint_values: jax.Array,
+    hinv_reward_grad: jax.Array,
+    hinv_cost_grads: jax.Array,
+    max_kl,
+    feasibility_tol: float = 1e-6,
+) -> TrustRegionStep:
+    """CPO with ``K`` cost constraints: the exact step of ``max g.x`` s.t. ``0.5 x.Hx <= delta`` and
+    ``c_j + b_j.x <= 0`` (``j < K``), from the solves.
+
+    Args:
+      reward_grad: ``g (P,)``; cost_grads: ``B (K, P)``; constraint_values: ``c (K,)`` (positive = violated now);
+      hinv_reward_grad: ``H^-1 g (P,)``; hinv_cost_grads: ``H^-1 b_j`` stacked ``(K, P)``; max_kl: ``delta``.
+
+    The dual ``D(lambda, nu) = (q - 2 r.nu + nu.S nu) / (2 lambda) + lambda delta - nu.c`` (``q = g.H^-1 g``,
+    ``r = B H^-1 g``, ``S = B H^-1 B^T``) is minimised over ``lambda > 0, nu >= 0`` by trying every active set
+    ``A`` (``2^K`` faces, so meant for a handful of costs): on it ``lambda = sqrt((q - r_A.S_A^-1 r_A) / (2 delta
+    - c_A.S_A^-1 c_A))``, ``nu_A = S_A^-1 (r_A + lambda c_A)``; a face is valid where both are defined and
+    ``nu_A >= 0``, and the valid face with the smallest dual value is the optimum (``D`` is convex). The step is
+    ``(H^-1 g - nu.H^-1 B) / lambda``. If it violates a linearised constraint, no point of the trust region
+    satisfies them all and the step is the recovery step ``-sqrt(2 delta / (b.H^-1 b)) H^-1 b`` along ``b``, the
+    sum of the gradients of the violated costs (with ``K = 1``: CPO's recovery step).
+
+    Returns:
+      :class:`TrustRegionStep` with ``cost_multiplier`` and ``predicted_cost_change`` of shape ``(K,)``; ``case``:
+      0 recovery, 1 a cost constraint active while some ``c_j >= 0``, 2 active with every ``c_j < 0``, 3 no cost
+      constraint active (the trust-region step).
+    """
+    _check_flat("reward_grad", reward_grad)
+    _check_max_kl(max_kl)
+    g, big_b = jnp.asarray(reward_grad), jnp.asarray(cost_grads)
+    if big_b.ndim != 2 or big_b.shape[1] != g.shape[0] or jnp.shape(hinv_cost_grads) != big_b.shape:
+        raise ValueError(f"cost_grads and hinv_cost_grads must be (K, P) with P = {g.shape[0]}, got "
+                         f"{jnp.shape(cost_grads)} and {jnp.shape(hinv_cost_grads)}")
+    n_costs = big_b.shape[0]
+    c = jnp.asarray(constraint_values, g.dtype).reshape(n_costs)
+    delta = jnp.asarray(max_kl, g.dtype)
+    q = jnp.maximum(jnp.vdot(g, hinv_reward_grad), 0.0)
+    r = big_b @ hinv_reward_grad
+    s = 0.5 * (big_b @ hinv_cost_grads.T + hinv_cost_grads @ big_b.T) + _EPS * jnp.eye(n_costs)
+    faces = jnp.asarray(list(itertools.product([False, True], repeat=n_costs)), bool)  # [2^K, K]
+
+    def face(active):
+        both = active[:, None] & active[None, :]
+        s_a = jnp.where(both, s, jnp.eye(n_costs))
+        r_a, c_a = jnp.where(active, r, 0.0), jnp.where(active, c, 0.0)
+        s_inv_r, s_inv_c = jnp.linalg.solve(s_a, r_a), jnp.linalg.solve(s_a, c_a)
+        a_term = q - r_a @ s_inv_r
+        b_term = 2.0 * delta - c_a @ s_inv_c
+        lam = jnp.sqrt(jnp.maximum(a_term, _EPS) / jnp.maximum(b_term, _EPS))
+        nu = jnp.where(active, s_inv_r + lam * s_inv_c, 0.0)
+        valid = (b_term > 0) & (a_term >= -1e-9) & jnp.all(nu >= -1e-9)
+        nu = jnp.maximum(nu, 0.0)
+        dual = (q - 2.0 * r @ nu + nu @ s @ nu) / (2.0 * lam) + lam * delta - nu @ c
+        return jnp.where(valid, dual, jnp.inf), lam, nu
+
+    duals, lams, nus = jax.vmap(face)(faces)
+    best = jnp.argmin(duals)
+    lam, nu = jnp.maximum(lams[best], _EPS), nus[best]
+    dual_step = (hinv_reward_grad - nu @ hinv_cost_grads) / lam
+    violation = c + big_b @ dual_step
+    scale = 1.0 + jnp.abs(c)
+    feasible = jnp.isfinite(duals[best]) & jnp.all(violation <= feasibility_tol * scale)
+    violated = (c > 0) | (violation > feasibility_tol * scale)
+    b_sum = (violated.astype(g.dtype)[:, None] * big_b).sum(0)
+    hinv_b_sum = (violated.astype(g.dtype)[:, None] * hinv_cost_grads).sum(0)
+    recovery = -jnp.sqrt(2.0 * delta / jnp.maximum(jnp.vdot(b_sum, hinv_b_sum), _EPS)) * hinv_b_sum
+    step = jnp.where(feasible, dual_step, recovery)
+    active_case = jnp.where(jnp.any(c >= 0), CASE_INFEASIBLE_RECOVERABLE, CASE_FEASIBLE_INTERSECTING)
+    case = jnp.where(feasible, jnp.where(jnp.any(nu > 0), active_case, CASE_FEASIBLE_TRUST_REGION),
+                     CASE_INFEASIBLE_RECOVERY)
+    dual_kl = 0.5 * (q - 2.0 * r @ nu + nu @ s @ nu) / lam**2
+    return TrustRegionStep(
+        step=step,
+        case=case.astype(jnp.int32),
+        lagrange_multiplier=jnp.where(feasible, lam, 0.0),
+        cost_multiplier=jnp.where(feasible, nu, 0.0),
+        predicted_improvement=jnp.vdot(g, step),
+        predicted_cost_change=big_b @ step,
+        predicted_kl=jnp.where(feasible, dual_kl, delta),
+    )
+
+
+def multi_constraint_cpo_step(
+    reward_grad: jax.Array,
+    cost_grads: jax.Array,
+    constraint_values: jax.Array,
+    fvp: Callable[[jax.Array], jax.Array],
+    max_kl,
+    cg_iterations: int = 10,
+    cg_residual_tol: float = 1e-10,
+) -> TrustRegionStep:
+    """CPO with ``K`` costs: ``1 + K`` CG solves with ``fvp``, then :func:`multi_constraint_cpo_step_from_solves`."""
+    solve = lambda v: conjugate_gradient(fvp, v, cg_iterations, cg_residual_tol)  # noqa: E731
+    return multi_constraint_cpo_step_from_solves(reward_grad, cost_grads, constraint_values, solve(reward_grad),
+                                                 jax.vmap(solve)(jnp.asarray(cost_grads)), max_kl)
 
 
 def backtracking_line_search(

@@ -71,3 +71,13 @@ def test_clinicians_give_more_fluid_when_pressure_is_low():
     late = low.copy()
     late[sepsis.OBS_NAMES.index("fluid_balance")] = 0.4  # 4 L in
     assert float(sepsis.doses(sepsis.clinician_action(jnp.asarray(late), key, noise=0.0))[1]) == pytest.approx(0.25)
+
+
+def test_observed_reward_and_costs_match_the_step(episodes):
+    _, steps, params = episodes
+    valid = steps.valid
+    died = steps.terminated & (steps.rewards == -params.death_penalty)
+    reward, cost = sepsis.observed_reward_and_costs(jnp.asarray(steps.next_observations), jnp.asarray(died),
+                                                    params.death_penalty)
+    np.testing.assert_allclose(np.asarray(reward)[valid], steps.rewards[valid], rtol=1e-5, atol=1e-4)
+    np.testing.assert_array_equal(np.asarray(cost)[valid], steps.costs[valid])

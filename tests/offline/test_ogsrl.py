@@ -1,5 +1,6 @@
-"""OGSRL: the guardian and 1-NN model against numpy brute force, the multi-cost CPO step against CPO's and an
-independent QP solver, bad input, the guarded model env, the exact ICU-Sepsis track, and GMB-CPO vs MB-CPO."""
+"""OGSRL: the guardian and 1-NN model against numpy brute force, bad input, the guarded model env (1-NN and
+ensemble), the exact ICU-Sepsis track, GMB-CPO vs MB-CPO, and CQL / GCQL on the task. (The multi-cost CPO step is
+tested in tests/rl/test_trust_region.py.)"""
 
 import importlib.util
 import math
@@ -8,12 +9,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from scipy.optimize import minimize
 
+from jaxsafe.envs import sepsis
 from jaxsafe.learner import train_from_parts
+from jaxsafe.offline import ensemble
 from jaxsafe.offline import guardian as guard
 from jaxsafe.offline import ogsrl
-from jaxsafe.rl import trust_region
 
 
 @pytest.fixture(scope="module")
@@ -93,56 +94,6 @@ def test_icu_track_without_the_extra_says_how_to_install(monkeypatch):
         ogsrl.load_icu_sepsis()
 
 
-def _random_problem(rng, n_params, n_costs):
-    root = rng.normal(size=(n_params, n_params))
-    hessian = root @ root.T + n_params * np.eye(n_params)
-    g = rng.normal(size=n_params)
-    big_b = rng.normal(size=(n_costs, n_params))
-    c = rng.normal(size=n_costs) * 0.3
-    return hessian, g, big_b, c
-
-
-_STEP = jax.jit(ogsrl.multi_constraint_cpo_step)  # one compilation per cost count, reused by every trial
-
-
-def test_one_cost_step_is_cpos_step():
-    rng = np.random.default_rng(0)
-    reference = jax.jit(trust_region.cpo_step_from_solves)
-    cases = set()
-    for trial in range(40):
-        hessian, g, big_b, c = _random_problem(rng, 6, 1)
-        c = c * (1 + 4 * (trial % 3 == 0))
-        h_inv = np.linalg.inv(hessian)
-        args = [jnp.asarray(v, jnp.float32) for v in (g, big_b[0], c[0], h_inv @ g, h_inv @ big_b[0])]
-        ours = _STEP(args[0], args[1][None], args[2][None], args[3], args[4][None], 0.01)
-        theirs = reference(*args, 0.01)
-        cases.add(int(theirs.case))
-        np.testing.assert_allclose(np.asarray(ours.step), np.asarray(theirs.step), rtol=2e-3, atol=1e-5)
-    assert {0, 1, 2}.issubset(cases) or {0, 2, 3}.issubset(cases)
-
-
-def test_two_cost_step_solves_the_qp():
-    rng = np.random.default_rng(3)
-    checked = 0
-    for _ in range(30):
-        hessian, g, big_b, c = _random_problem(rng, 5, 2)
-        delta = 0.05
-        cons = [{"type": "ineq", "fun": lambda x: delta - 0.5 * x @ hessian @ x}]
-        cons += [{"type": "ineq", "fun": (lambda x, j=j: -(c[j] + big_b[j] @ x))} for j in range(2)]
-        ref = minimize(lambda x: -g @ x, np.zeros(5), constraints=cons, method="SLSQP", options={"ftol": 1e-12})
-        h_inv = np.linalg.inv(hessian)
-        step = _STEP(*[jnp.asarray(v, jnp.float32) for v in
-                                                 (g, big_b, c, h_inv @ g, big_b @ h_inv)], delta)
-        feasible = ref.success and np.all(c + big_b @ ref.x <= 1e-6) and 0.5 * ref.x @ hessian @ ref.x <= delta + 1e-6
-        if feasible:
-            checked += 1
-            assert int(step.case) != ogsrl.CASE_RECOVERY
-            np.testing.assert_allclose(np.asarray(step.step), ref.x, rtol=1e-2, atol=2e-3)
-        else:
-            assert int(step.case) == ogsrl.CASE_RECOVERY
-    assert checked >= 10
-
-
 def test_penalty_model_env_freezes_after_an_ood_step(task):
     env = ogsrl.model_env(task, "train", ood_penalty=-25.0)
     state, ts = env.reset(jax.random.PRNGKey(0), None)
@@ -188,3 +139,38 @@ def test_gmb_cpo_visits_fewer_ood_pairs_than_mb_cpo_with_the_same_seeds(task):
     np.testing.assert_allclose(ood[0, 0], ood[1, 0])  # the same start
     guarded, unguarded = ood[0, -10:].mean(), ood[1, -10:].mean()
     assert guarded < 0.75 * unguarded, (guarded, unguarded)
+
+
+def test_ensemble_model_env_samples_a_state_and_scores_it_like_sepsissim(task):
+    with pytest.raises(ValueError, match="needs a task with a fitted ensemble"):
+        ogsrl.model_env(task, "train", dynamics="ensemble")
+    with pytest.raises(ValueError, match="dynamics must be one of"):
+        ogsrl.model_env(task, "train", dynamics="gp")
+    config = ensemble.EnsembleConfig(num_members=2, hidden=(16, 16), num_updates=200)
+    fitted = ogsrl.with_ensemble(task, config)
+    with pytest.raises(ValueError, match="training copy only"):
+        ogsrl.model_env(fitted, "eval", dynamics="ensemble")
+    inputs, targets, labels = ogsrl.ensemble_training_data(fitted)
+    assert inputs.shape == (int(task.splits["train"].sum()), 11) and targets.shape[1] == 9
+    assert set(np.unique(labels)) <= {0, 1, 2} and (labels == ogsrl.OUTCOME_DEATH).sum() == task.died[
+        task.splits["train"]].sum()
+    env = ogsrl.model_env(fitted, "train", dynamics="ensemble")
+    state, _ = env.reset(jax.random.PRNGKey(0), None)
+    state, ts = jax.jit(lambda k, s, a: env.step(k, s, a, None))(jax.random.PRNGKey(1), state, jnp.asarray([0.0, -1.0]))
+    reward, cost = sepsis.observed_reward_and_costs(state.obs, ts.info["died"], task.env_params.death_penalty)
+    assert float(ts.reward) == pytest.approx(float(reward))
+    np.testing.assert_array_equal(np.asarray(ts.cost[:2]), np.asarray(cost))
+    assert float(ts.info["disagreement"]) > 0.0
+    np.testing.assert_allclose(np.asarray(ts.obs), np.asarray(task.state_normaliser(state.obs)), atol=1e-5)
+
+
+def test_cql_and_gcql_train_on_the_task_and_only_gcql_replaces_targets(task):
+    settings = ogsrl.MethodSettings(cql_updates=40, hidden=(16, 16))
+    shares = {}
+    for method in ("cql", "gcql"):
+        trained = ogsrl.train_method(task, method, jax.random.PRNGKey(0), settings)
+        assert not np.asarray(trained.curves["nonfinite"]).any()
+        shares[method] = float(np.asarray(trained.curves["ood_target_share"]).mean())
+        action = trained.act(jnp.zeros(9), None)
+        assert action.shape == (2,) and np.all(np.abs(np.asarray(action)) <= 1.0)
+    assert shares["cql"] == 0.0 < shares["gcql"]

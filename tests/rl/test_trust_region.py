@@ -423,3 +423,73 @@ def test_line_search_takes_a_traced_backtrack_ratio():
         _run_line_search(max_kl=1.0, backtrack_ratio=1.0)
     with pytest.raises(ValueError, match="max_backtracks"):
         _run_line_search(max_kl=1.0, max_backtracks=0)
+
+
+# --- CPO with several cost constraints (moved from OGSRL): K = 1 is CPO's step, K = 2 solves the QP ---
+
+
+def _multi_problem(rng, n_params, n_costs):
+    root = rng.normal(size=(n_params, n_params))
+    hessian = root @ root.T + n_params * np.eye(n_params)
+    g = rng.normal(size=n_params)
+    big_b = rng.normal(size=(n_costs, n_params))
+    c = rng.normal(size=n_costs) * 0.3
+    return hessian, g, big_b, c
+
+
+_MULTI_STEP = jax.jit(tr.multi_constraint_cpo_step_from_solves)  # one compilation per cost count, reused by every trial
+
+
+def test_multi_constraint_step_with_one_cost_is_cpos_step():
+    rng = np.random.default_rng(0)
+    reference = jax.jit(tr.cpo_step_from_solves)
+    cases = set()
+    for trial in range(40):
+        hessian, g, big_b, c = _multi_problem(rng, 6, 1)
+        c = c * (1 + 4 * (trial % 3 == 0))
+        h_inv = np.linalg.inv(hessian)
+        args = [jnp.asarray(v, jnp.float32) for v in (g, big_b[0], c[0], h_inv @ g, h_inv @ big_b[0])]
+        ours = _MULTI_STEP(args[0], args[1][None], args[2][None], args[3], args[4][None], 0.01)
+        theirs = reference(*args, 0.01)
+        cases.add(int(theirs.case))
+        np.testing.assert_allclose(np.asarray(ours.step), np.asarray(theirs.step), rtol=2e-3, atol=1e-5)
+    assert {0, 1, 2}.issubset(cases) or {0, 2, 3}.issubset(cases)
+
+
+def test_multi_constraint_step_with_two_costs_solves_the_qp():
+    rng = np.random.default_rng(3)
+    checked = 0
+    for _ in range(30):
+        hessian, g, big_b, c = _multi_problem(rng, 5, 2)
+        delta = 0.05
+        cons = [{"type": "ineq", "fun": lambda x: delta - 0.5 * x @ hessian @ x}]
+        cons += [{"type": "ineq", "fun": (lambda x, j=j: -(c[j] + big_b[j] @ x))} for j in range(2)]
+        ref = minimize(lambda x: -g @ x, np.zeros(5), constraints=cons, method="SLSQP", options={"ftol": 1e-12})
+        h_inv = np.linalg.inv(hessian)
+        step = _MULTI_STEP(*[jnp.asarray(v, jnp.float32) for v in
+                                                 (g, big_b, c, h_inv @ g, big_b @ h_inv)], delta)
+        feasible = ref.success and np.all(c + big_b @ ref.x <= 1e-6) and 0.5 * ref.x @ hessian @ ref.x <= delta + 1e-6
+        if feasible:
+            checked += 1
+            assert int(step.case) != tr.CASE_INFEASIBLE_RECOVERY
+            np.testing.assert_allclose(np.asarray(step.step), ref.x, rtol=1e-2, atol=2e-3)
+        else:
+            assert int(step.case) == tr.CASE_INFEASIBLE_RECOVERY
+    assert checked >= 10
+
+
+def test_multi_constraint_step_with_cg_equals_the_step_from_exact_solves():
+    rng = np.random.default_rng(7)
+    hessian, g, big_b, c = _multi_problem(rng, 5, 3)
+    h_inv = np.linalg.inv(hessian)
+    f32 = lambda v: jnp.asarray(v, jnp.float32)  # noqa: E731
+    exact = tr.multi_constraint_cpo_step_from_solves(f32(g), f32(big_b), f32(c), f32(h_inv @ g), f32(big_b @ h_inv),
+                                                     0.02)
+    with_cg = tr.multi_constraint_cpo_step(f32(g), f32(big_b), f32(c), lambda v: f32(hessian) @ v, 0.02,
+                                           cg_iterations=5)
+    np.testing.assert_allclose(np.asarray(with_cg.step), np.asarray(exact.step), rtol=1e-3, atol=1e-5)
+    assert int(with_cg.case) == int(exact.case)
+    assert exact.cost_multiplier.shape == (3,) and exact.predicted_cost_change.shape == (3,)
+    if int(exact.case) != tr.CASE_INFEASIBLE_RECOVERY:
+        x = np.asarray(exact.step, np.float64)
+        assert float(exact.predicted_kl) == pytest.approx(0.5 * x @ hessian @ x, rel=1e-3)
