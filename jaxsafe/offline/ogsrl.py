@@ -449,7 +449,7 @@ class MethodSettings(NamedTuple):
     target_kl: float = 0.01
     bc_updates: int = 2000
     dynamics: str = "knn"  # the model the model-based learners train in: "knn" (the paper's) or "ensemble"
-    cql_updates: int = 3000  # CQL / GCQL gradient steps (batch 256)
+    cql_updates: int = 5000  # CQL / GCQL gradient steps (batch 256)
     cql_alpha: float = 1.0
     gcql_ood_target: float = -20.0  # GCQL's bootstrap value at a flagged pair (rewards scaled by 0.1: -200 unscaled)
 

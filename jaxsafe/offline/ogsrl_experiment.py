@@ -35,6 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--cost-limits", type=float, nargs="+", default=[1.0, 1.0],
                         help="sepsis-sim: per-episode limits of the physiological costs [SpO2, urine]")
     parser.add_argument("--ood-limit", type=float, default=0.5, help="sepsis-sim: GMB-CPO's OOD steps per episode")
+    parser.add_argument("--dynamics", default="knn", choices=ogsrl.DYNAMICS,
+                        help="sepsis-sim: the model the model-based learners train in (1-NN as the paper, or a "
+                        "probabilistic ensemble)")
     parser.add_argument("--guardian", default="kde", choices=guard.GUARDIAN_KINDS)
     parser.add_argument("--bandwidth", type=float, default=guard.DEFAULT_BANDWIDTH, help="KDE bandwidth (> 0)")
     parser.add_argument("--percentile", type=float, default=guard.DEFAULT_PERCENTILE,
@@ -76,7 +79,7 @@ def run_icu(namespace, run_dir: RunDir) -> dict:
 
 def run_sepsis(namespace, run_dir: RunDir) -> dict:
     settings = ogsrl.MethodSettings(updates=namespace.updates, cost_limits=tuple(namespace.cost_limits),
-                                    ood_limit=namespace.ood_limit)
+                                    ood_limit=namespace.ood_limit, dynamics=namespace.dynamics)
     progress = Progress(len(namespace.seeds), "ogsrl", unit="seeds")
     summary, curves, first = {}, {}, None
     for done, seed in enumerate(namespace.seeds, 1):
