@@ -198,15 +198,15 @@ def game_statistics(config: mgdt.MGDTConfig, data: MultiGameData, accuracy=None,
 
 
 def return_accuracy(config: mgdt.MGDTConfig, data: MultiGameData, params, key, windows: int = 256,
-                    tolerance: int = 1) -> np.ndarray:
+                    tolerance: int = 1, lanes: bool = False) -> np.ndarray:
     """``[G]`` the model's return accuracy per game: the mean probability its return head puts within
     ``tolerance`` bins of the true bin, over ``windows`` windows of each game's data (the training data: no split
-    is held out at this scale)."""
+    is held out at this scale). ``lanes=True``: ``params`` and ``key`` carry a leading lane axis (e.g. seeds) and
+    the result is ``[L, G]``, one compiled program for every lane."""
     prepared = mgdt.prepare(config, data)
     graphdef, _ = mgdt.make_model(config, prepared.layout)
     sample_config = config.replace(batch_size=windows * len(data.games))
 
-    @jax.jit
     def per_game(params, key):
         patches, bins, actions, rewards, mask = mgdt.sample_windows(key, prepared, sample_config)
         logits = nnx.merge(graphdef, params)(patches, bins, actions, rewards, mask)[0]
@@ -216,7 +216,7 @@ def return_accuracy(config: mgdt.MGDTConfig, data: MultiGameData, params, key, w
         weight = mask.reshape(len(data.games), windows, -1).astype(jnp.float32)
         return (mass.reshape(weight.shape) * weight).sum((1, 2)) / weight.sum((1, 2))
 
-    return np.asarray(per_game(params, key))
+    return np.asarray(jax.jit(jax.vmap(per_game) if lanes else per_game)(params, key))
 
 
 # ----------------------------------------------------------------------------------------- play
@@ -411,8 +411,8 @@ def evaluate_selectors(data: MultiGameData, cards: dict, config: mgdt.MGDTConfig
         require(game in cards and "random_return" in cards[game], "cards", f"a card with random_return for {game}",
                 sorted(cards))
     lanes = int(jax.tree.leaves(params_lanes)[0].shape[0])
-    accuracy = np.stack([return_accuracy(config, data, jax.tree.map(lambda x, i=i: x[i], params_lanes),
-                                         jax.random.PRNGKey(seed + 1 + i)) for i in range(lanes)])
+    accuracy = return_accuracy(config, data, params_lanes,
+                               jnp.stack([jax.random.PRNGKey(seed + 1 + i) for i in range(lanes)]), lanes=True)
     stats = game_statistics(config, data, accuracy.mean(0))
     selectors = [make_selector(name, config) for name in selector_names]
     start = time.time()

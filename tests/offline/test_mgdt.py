@@ -11,6 +11,8 @@ from jaxsafe.offline import mgdt
 from jaxsafe.offline import multigame as mg
 from jaxsafe.offline.dataset import from_transitions
 
+import _mgdt_tiny as tiny
+
 
 def test_return_bins_round_trip_and_count():
     config = mgdt.MGDTConfig()
@@ -65,9 +67,7 @@ def test_patchify_image_tiles_and_vector_pieces():
 
 @pytest.fixture(scope="module")
 def small_data():
-    datasets = [mg.random_dataset("mini", game, jax.random.PRNGKey(i), 12, max_steps=40)
-                for i, game in enumerate(("CartPole", "Catch"))]
-    return mg.MultiGameData("mini", ("CartPole", "Catch"), tuple(datasets), (2, 3))
+    return tiny.data()  # shared with test_mtro.py (built once per process)
 
 
 def test_layout_pads_to_shared_shapes(small_data):
@@ -76,24 +76,21 @@ def test_layout_pads_to_shared_shapes(small_data):
     assert layout.num_actions == 3
 
 
-def test_training_lowers_the_loss_and_a_vmapped_lane_is_a_single_run(small_data):
-    config = mgdt.MGDTConfig(d_model=16, n_layers=1, n_heads=2, batch_size=16, num_updates=24, warmup_steps=4)
-    train = mgdt.make_train(config, small_data)
-    hparams = config.default_hparams().replace(learning_rate=jnp.float32(3e-3))
-    keys = jax.random.split(jax.random.PRNGKey(0), 2)
-    lanes = jax.jit(jax.vmap(train, in_axes=(0, None)))(keys, hparams)
-    loss = np.asarray(lanes.metrics["loss"])
-    assert np.all(np.isfinite(loss))
-    assert np.all(loss[:, -4:].mean(1) < loss[:, :4].mean(1) - 0.2)
-    single = jax.jit(train)(keys[1], hparams)
+def test_training_lowers_the_loss_and_a_vmapped_lane_is_a_single_run():
+    # the vmapped lanes are the ones test_mtro.py plays (tests/offline/_mgdt_tiny.py: d_model 16, 1 layer,
+    # 16 windows, 150 updates)
+    loss = np.asarray(tiny.lanes().metrics["loss"])
+    assert loss.shape == (tiny.LANES, tiny.CONFIG.num_updates) and np.all(np.isfinite(loss))
+    assert np.all(loss[:, -10:].mean(1) < loss[:, :10].mean(1) - 0.5)
+    single = jax.jit(tiny.train())(tiny.keys()[1], tiny.hparams())
     np.testing.assert_allclose(np.asarray(single.metrics["loss"]), loss[1], rtol=1e-4, atol=1e-4)
 
 
 def test_bad_input_is_refused_with_the_field_named(small_data):
     with pytest.raises(ValueError, match="valid games: Asterix, Breakout, Freeway, Seaquest, SpaceInvaders"):
         mg.make_game("minatar", "Pong")
-    with pytest.raises(ValueError, match="return_low/return_high.*CartPole"):
-        mgdt.prepare(mgdt.MGDTConfig(return_high=5), small_data)
+    with pytest.raises(ValueError, match="return_low/return_high.*Catch's returns-to-go.*range \\[-10, 10\\]"):
+        mgdt.prepare(mgdt.MGDTConfig(return_low=-5), small_data)
     image = from_transitions(np.zeros((3, 8, 8, 2)), np.zeros((3, 8, 8, 2)), np.zeros(3, np.int32), np.ones(3),
                              np.zeros(3), np.array([False, False, True]), np.zeros(3, bool))
     mixed = small_data._replace(datasets=(small_data.datasets[0], image))
