@@ -57,14 +57,21 @@ class GameSpec:
     obs_kind: str
     ppo_total_steps: int
     ppo_torso: str = "mlp"
+    ppo_hidden: tuple = (64, 64)
+    ppo_num_envs: int = 16
+    ppo_num_steps: int = 64
+    ppo_learning_rate: float = 3e-4
 
+
+_MINATAR_PPO = dict(ppo_torso="flatten", ppo_hidden=(256, 256), ppo_num_envs=64, ppo_num_steps=32,
+                    ppo_learning_rate=5e-4)
 
 MINATAR = {spec.name: spec for spec in (
-    GameSpec("Asterix", "Asterix-MinAtar", 1000, 1.0, "image", 120_000, "conv"),
-    GameSpec("Breakout", "Breakout-MinAtar", 1000, 1.0, "image", 120_000, "conv"),
-    GameSpec("Freeway", "Freeway-MinAtar", 1000, 1.0, "image", 120_000, "conv"),
-    GameSpec("Seaquest", "Seaquest-MinAtar", 1000, 1.0, "image", 120_000, "conv"),
-    GameSpec("SpaceInvaders", "SpaceInvaders-MinAtar", 1000, 0.5, "image", 120_000, "conv"),
+    GameSpec("Asterix", "Asterix-MinAtar", 1000, 1.0, "image", 250_000, **_MINATAR_PPO),
+    GameSpec("Breakout", "Breakout-MinAtar", 1000, 1.0, "image", 160_000, **_MINATAR_PPO),
+    GameSpec("Freeway", "Freeway-MinAtar", 1000, 1.0, "image", 160_000, **_MINATAR_PPO),
+    GameSpec("Seaquest", "Seaquest-MinAtar", 1000, 1.0, "image", 160_000, **_MINATAR_PPO),
+    GameSpec("SpaceInvaders", "SpaceInvaders-MinAtar", 1000, 0.5, "image", 160_000, **_MINATAR_PPO),
 )}
 
 MINI = {spec.name: spec for spec in (
@@ -169,24 +176,26 @@ def _streams_to_episodes(obs, actions, rewards, terminated, truncated) -> dict:
     return {k: np.concatenate(v) for k, v in fields.items()}
 
 
-def log_ppo_run(suite: str, game: str, key, total_steps: int | None = None, num_envs: int = 16,
-                num_steps: int = 64, chunk_updates: int = 10, progress=None) -> TrajectoryDataset:
+def log_ppo_run(suite: str, game: str, key, total_steps: int | None = None, num_envs: int | None = None,
+                num_steps: int | None = None, chunk_updates: int = 10, progress=None) -> TrajectoryDataset:
     """Every transition of one PPO training run on ``game`` (see the module docstring) as a dataset.
 
-    ``total_steps`` defaults to the game's ``ppo_total_steps``; PPO runs ``total_steps // (num_envs * num_steps)``
-    updates in jitted chunks of ``chunk_updates``; ``progress(done_updates, total_updates, mean_return)`` is called
-    after each chunk. Costs are zero.
+    ``total_steps``, ``num_envs`` and ``num_steps`` default to the game's ``ppo_*`` settings; PPO runs
+    ``total_steps // (num_envs * num_steps)`` updates in jitted chunks of ``chunk_updates``;
+    ``progress(done_updates, total_updates, mean_return)`` is called after each chunk (the mean return of the
+    episodes that finished in the chunk's last update; NaN when none did). Costs are zero.
     """
     from jaxsafe.rl import ppo
 
     spec = _spec(suite, game)
     env, env_params = make_game(suite, game)
     total_steps = spec.ppo_total_steps if total_steps is None else int(total_steps)
-    config = ppo.PPOConfig(num_envs=num_envs, num_steps=num_steps, total_steps=total_steps, multiplier="none",
-                           torso=spec.ppo_torso, hidden=(64, 64), activation="relu" if spec.obs_kind == "image"
-                           else "tanh", num_minibatches=4, num_epochs=4)
-    hparams = config.default_hparams().replace(learning_rate=jnp.float32(5e-4 if spec.obs_kind == "image" else
-                                                                         3e-4))
+    config = ppo.PPOConfig(num_envs=spec.ppo_num_envs if num_envs is None else int(num_envs),
+                           num_steps=spec.ppo_num_steps if num_steps is None else int(num_steps),
+                           total_steps=total_steps, multiplier="none", torso=spec.ppo_torso, hidden=spec.ppo_hidden,
+                           activation="relu" if spec.obs_kind == "image" else "tanh", num_minibatches=4,
+                           num_epochs=4)
+    hparams = config.default_hparams().replace(learning_rate=jnp.float32(spec.ppo_learning_rate))
     parts = ppo.make_train_parts(config, env, env_params)
     setup = ppo.make_on_policy(config, env, env_params)
     as_uint8 = spec.obs_kind == "image"
@@ -279,8 +288,10 @@ def collect_suite(suite: str, directory, seed: int = 0, games=None, total_steps:
             cards[game] = json.loads(card_path.read_text())
             continue
         start = time.time()
+        curve = []
 
-        def report(done, total, mean_return, game=game):
+        def report(done, total, mean_return, game=game, curve=curve):
+            curve.append([done, mean_return])
             if progress:
                 print(f"[{game}] update {done}/{total} return {mean_return:.2f} ({time.time() - start:.0f}s)",
                       flush=True)
@@ -292,7 +303,9 @@ def collect_suite(suite: str, directory, seed: int = 0, games=None, total_steps:
         card = {"suite": suite, "game": game, "num_steps": dataset.num_steps, "num_episodes": dataset.num_episodes,
                 "return_min": float(returns.min()), "return_max": float(returns.max()),
                 "return_mean": float(returns.mean()), "random_return": float(random.mean()),
-                "seconds": time.time() - start, "seed": seed}
+                "seconds": time.time() - start, "seed": seed,
+                "ppo_return_curve": [[u, None if np.isnan(r) else r] for u, r in curve],
+                "ppo_steps_per_update": _spec(suite, game).ppo_num_envs * _spec(suite, game).ppo_num_steps}
         if data_path.exists():
             data_path.unlink()  # a partial file from an interrupted save (its card was never written)
         save_npz(dataset, data_path)
