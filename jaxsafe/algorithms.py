@@ -49,6 +49,8 @@ class Algorithm(NamedTuple):
         at the chunk's last update.
       step_unit: what ``TrainParts.steps_per_update`` counts ("env steps", "samples", "examples").
       cost_limit_field: the hparams field drawn as a dashed limit on the cost curve (``None``: no limit).
+      presets: ``(problem name) -> (preset name or None, {field: value})``: per-problem defaults applied before
+        the user's overrides (:mod:`jaxsafe.rl.presets`); ``None``: the config's defaults everywhere.
     """
 
     name: str
@@ -63,9 +65,14 @@ class Algorithm(NamedTuple):
     chunk_means: tuple[str, ...] = ("episode_return", "episode_cost", "step_cost")
     step_unit: str = "env steps"
     cost_limit_field: str | None = "cost_limit"
+    presets: Callable[[str], tuple[str | None, dict]] | None = None
 
     def make_config(self, **overrides):
         return self.config_cls(**{**self.config_defaults, **overrides})
+
+    def preset(self, problem_name: str) -> tuple[str | None, dict]:
+        """``(preset name, overrides)`` for ``problem_name`` (``(None, {})`` when the method has none for it)."""
+        return (None, {}) if self.presets is None else self.presets(problem_name)
 
     def hparams_for(self, config, problem):
         """The default hparams of ``config`` on ``problem`` (problems may set their own defaults)."""

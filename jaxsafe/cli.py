@@ -92,7 +92,11 @@ def _train(args, grid: dict) -> int:
         problem_overrides = {k: _maybe_number(v) for k, v in _key_values(args.problem_set, "--problem-set").items()}
         spec = runner.make_spec(args.algorithm, args.problem, seeds=args.seeds, grid=grid, overrides=overrides,
                                 problem_overrides=problem_overrides, num_chunks=args.chunks,
-                                keep_checkpoints=args.keep_checkpoints)
+                                keep_checkpoints=args.keep_checkpoints, preset=not args.no_preset)
+        preset_name = get_algorithm(args.algorithm).preset(args.problem)[0] if not args.no_preset else None
+        if preset_name and not args.quiet:
+            print(f"{args.problem}: the {preset_name!r} preset of {args.algorithm} (docs/safety_suite.md; "
+                  f"--set overrides a field, --no-preset ignores it)")
         out = Path(args.out) if args.out else _default_out(args.command, args.algorithm, args.problem)
         result = runner.run_training(spec, out, progress=not args.quiet)
     algo = get_algorithm(result.summary["algorithm"])
@@ -192,6 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--keep-checkpoints", type=int, default=2, metavar="N",
                        help="chunk checkpoints kept on disk, the newest (default 2; 0 keeps every chunk's)")
         p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+        p.add_argument("--no-preset", action="store_true",
+                       help="start from the learner's own defaults, not the task's preset (jaxsafe.rl.presets)")
         p.add_argument("--quiet", action="store_true", help="no progress bar")
         multi = p.add_argument_group("several processes or hosts (jax.distributed; see docs/distributed.md)")
         multi.add_argument("--coordinator", default=None, metavar="HOST:PORT", help="process 0's address")

@@ -211,20 +211,23 @@ def make_spec(
     num_chunks: int = 10,
     env_overrides: dict | None = None,
     keep_checkpoints: int = 2,
+    preset: bool = True,
 ) -> RunSpec:
     """Validate a run description (no compilation) and return its :class:`RunSpec`.
 
     ``problem`` is an environment name for the RL learners (``env_overrides`` is the old name of
     ``problem_overrides``). ``keep_checkpoints`` is how many chunk checkpoints stay on disk (the newest; 0 keeps
     every chunk's, e.g. for best-checkpoint selection by online rollouts; at least 2 keeps a fallback when the
-    newest is damaged).
+    newest is damaged). ``preset`` applies the algorithm's per-problem preset (:mod:`jaxsafe.rl.presets`) under
+    ``overrides``; ``False`` starts from the config's own defaults.
     """
     if env_overrides is not None:
         if problem_overrides is not None:
             raise ValueError("give problem_overrides or env_overrides, not both")
         problem_overrides = env_overrides
-    config_overrides, hparam_overrides = split_overrides(algorithm, overrides or {})
     algo = get_algorithm(algorithm)
+    preset_fields = algo.preset(problem)[1] if preset else {}
+    config_overrides, hparam_overrides = split_overrides(algorithm, {**preset_fields, **(overrides or {})})
     config = algo.make_config(**config_overrides)  # validates static fields
     built_problem = make_problem(algo, problem, problem_overrides)  # validates the problem name and overrides
     hparams = algo.hparams_for(config, built_problem).replace(**hparam_overrides)

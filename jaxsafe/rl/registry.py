@@ -2,14 +2,15 @@
 
 Their problem space is the environment registry: a problem is the ``(env, env_params)`` pair ``envs.make`` returns,
 passed straight to ``make_train_parts(config, problem)`` / ``make_act(config, problem)``. Default hparams have one
-``cost_limit`` per cost of the environment.
+``cost_limit`` per cost of the environment; navigation and velocity tasks start from their preset
+(:mod:`jaxsafe.rl.presets`).
 """
 
 from __future__ import annotations
 
 from jaxsafe import envs
 from jaxsafe.algorithms import Algorithm, ProblemSpace, register_algorithm
-from jaxsafe.rl import cpo, ppo
+from jaxsafe.rl import cpo, ppo, presets
 
 ENVIRONMENTS = ProblemSpace("environment", envs.make, envs.describe_envs)
 
@@ -29,6 +30,7 @@ def _entry(name, description, module, config_cls, defaults):
         make_act=module.make_act,
         default_hparams=_default_hparams,
         cost_limit_field=None if unconstrained else "cost_limit",
+        presets=lambda task: presets.preset_overrides(config_cls, task),
     )
 
 
