@@ -27,8 +27,10 @@ import jax
 import numpy as np
 
 from jaxsafe import envs
+from jaxsafe.evaluate import rollout_trajectories
 from jaxsafe.learner import train_from_parts
-from jaxsafe.offline.dataset import FORMAT_VERSION, TrajectoryDataset, collect_dataset, concatenate, episode_returns
+from jaxsafe.offline.dataset import (FORMAT_VERSION, TrajectoryDataset, concatenate, episode_returns,
+                                     trajectories_to_dataset)
 from jaxsafe.policy import from_act
 from jaxsafe.sweep import lane, make_grid, run_grid
 from jaxsafe.validation import is_int, require
@@ -79,18 +81,22 @@ def collect_ladder(task: str, key, episodes_per_policy: int, cost_limits: Sequen
     plan = []
     for algorithm in algorithms:
         act, params_per_limit = train_ladder(task, cost_limits, algorithm, seed, train_overrides)
+        # one compiled rollout per (algorithm, noise): the behaviour's parameters are an argument, not a constant
+        play = {noisy: jax.jit(lambda params, k, noisy=noisy: rollout_trajectories(
+            env, env_params, from_act(act, params, deterministic=not noisy), k, episodes_per_policy, max_steps))
+            for noisy in noise}
         for cost_limit, params in zip(cost_limits, params_per_limit):
             for noisy in noise:
                 plan.append((dict(algorithm=algorithm, cost_limit=float(cost_limit), seed=seed, noisy=bool(noisy),
-                                  episodes=episodes_per_policy), from_act(act, params, deterministic=not noisy)))
+                                  episodes=episodes_per_policy), play[noisy], params))
     iterator = plan
     if progress:
         from tqdm.auto import tqdm
 
         iterator = tqdm(plan, desc=f"collect {task}", unit="policy")
-    for index, (behaviour, policy) in enumerate(iterator):
+    for index, (behaviour, play, params) in enumerate(iterator):
         key, collect_key = jax.random.split(key)
-        parts.append(collect_dataset(env, env_params, policy, collect_key, episodes_per_policy, max_steps))
+        parts.append(trajectories_to_dataset(play(params, collect_key), f"collect_ladder({task})"))
         behaviours.append(behaviour)
         episode_behaviour += [index] * parts[-1].num_episodes
     dataset = concatenate(parts)

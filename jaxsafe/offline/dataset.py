@@ -40,8 +40,8 @@ from jaxsafe.rl.gae import returns_to_go
 from jaxsafe.validation import is_int, require
 
 __all__ = ["FORMAT_VERSION", "DSRL_FIELDS", "DERIVED_FIELDS", "TrajectoryDataset", "from_transitions",
-           "collect_dataset", "save_npz", "load_npz", "episode_returns", "concatenate", "from_dsrl_fields",
-           "load_hdf5"]
+           "collect_dataset", "trajectories_to_dataset", "save_npz", "load_npz", "episode_returns", "concatenate",
+           "from_dsrl_fields", "load_hdf5"]
 
 #: Version of the ``.npz`` layout written by :func:`save_npz` (stored in the file as ``format_version``).
 FORMAT_VERSION = 1
@@ -178,6 +178,13 @@ def collect_dataset(env, env_params, policy: Policy, key, num_episodes: int, max
     require(is_int(num_episodes), "num_episodes", "a positive integer", num_episodes)
     require(is_int(max_steps), "max_steps", "a positive integer", max_steps)
     steps = jax.jit(lambda k: rollout_trajectories(env, env_params, policy, k, num_episodes, max_steps))(key)
+    return trajectories_to_dataset(steps, f"collect_dataset({getattr(env, 'name', env)})")
+
+
+def trajectories_to_dataset(steps, source: str = "rollout_trajectories") -> TrajectoryDataset:
+    """The :class:`TrajectoryDataset` of :func:`jaxsafe.evaluate.rollout_trajectories`' output ``[episodes, T, ...]``
+    (what :func:`collect_dataset` returns for it): the episodes one after another, the steps after each episode's end
+    dropped, and ``timeouts = True`` at the last step of an episode that ran out of steps."""
     steps = jax.tree.map(np.asarray, steps)
     valid = steps.valid
     last = valid & ~np.concatenate([valid[:, 1:], np.zeros_like(valid[:, :1])], axis=1)
@@ -189,7 +196,7 @@ def collect_dataset(env, env_params, policy: Policy, key, num_episodes: int, max
 
     return from_transitions(flat(steps.observations), flat(steps.next_observations), flat(steps.actions),
                             flat(steps.rewards), flat(steps.costs), flat(steps.terminated),
-                            flat(steps.truncated | cut), source=f"collect_dataset({getattr(env, 'name', env)})")
+                            flat(steps.truncated | cut), source=source)
 
 
 def episode_returns(dataset: TrajectoryDataset) -> tuple[np.ndarray, np.ndarray]:

@@ -238,7 +238,8 @@ def _check_range(name: str, given, low: float, high: float):
 
 def target_grid(dataset, num_returns: int = 30, num_costs: int = 30, return_range=None, cost_range=None):
     """The discretised target set ``Z`` ``[num_returns * num_costs, 2]`` of ``(R, G)`` (R-major), spanning the
-    dataset's episode return and cost ranges (or the given sub-ranges).
+    dataset's episode return and cost ranges (or the given sub-ranges); an axis whose range is one value has one
+    grid value.
 
     Raises:
       ValueError: a range outside the dataset's episode range, or fewer than 1 grid value per axis.
@@ -248,7 +249,9 @@ def target_grid(dataset, num_returns: int = 30, num_costs: int = 30, return_rang
     table = episode_table(dataset)
     r_low, r_high = _check_range("return_range", return_range, table.returns.min(), table.returns.max())
     c_low, c_high = _check_range("cost_range", cost_range, table.costs.min(), table.costs.max())
-    returns, costs = np.linspace(r_low, r_high, num_returns), np.linspace(c_low, c_high, num_costs)
+    # a degenerate range (every episode with the same cost, say) is one value on that axis, not repeats of it
+    returns = np.linspace(r_low, r_high, num_returns if r_high > r_low else 1)
+    costs = np.linspace(c_low, c_high, num_costs if c_high > c_low else 1)
     grid = np.stack(np.meshgrid(returns, costs, indexing="ij"), -1).reshape(-1, 2)
     return grid.astype(np.float32)
 
@@ -357,7 +360,7 @@ def make_search(config: PLSConfig, problem: PLSProblem) -> PLSSearch:
         del hparams
         data = GPData(jnp.zeros((slots,), jnp.int32), jnp.zeros((slots,)), jnp.zeros((slots,)),
                       jnp.zeros((slots,), bool))
-        upper = jnp.where(seeds, 1.0, jnp.inf)
+        upper = jnp.where(seeds, 1.0, jnp.inf).astype(jnp.float32)  # not weak-typed: one compile of update
         return PLSState(data, jnp.zeros((size,)), upper, seeds, jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32),
                         jnp.zeros((), bool), jnp.zeros((), jnp.int32), key)
 
@@ -622,8 +625,9 @@ def finetune_cdt(cdt_config, dataset, params, cdt_hparams, env, env_params, key,
     Returns ``dict(params, episode_returns [episodes], episode_costs [episodes], violations, rounds)``.
     ``progress(round, collected, violations)`` is called after each round.
     """
+    from jaxsafe.evaluate import rollout_trajectories
     from jaxsafe.offline import cdt
-    from jaxsafe.offline.dataset import collect_dataset, concatenate, from_transitions
+    from jaxsafe.offline.dataset import concatenate, from_transitions, trajectories_to_dataset
 
     require(is_int(episodes), "episodes", "an integer >= 1", episodes)
     require(is_int(episodes_per_round), "episodes_per_round", "an integer >= 1", episodes_per_round)
@@ -634,13 +638,19 @@ def finetune_cdt(cdt_config, dataset, params, cdt_hparams, env, env_params, key,
     grown, state = dataset, None
     all_returns, all_costs = [], []
     collected, round_index = 0, 0
+
+    def play(round_params, play_key, count):
+        # array targets, as PLS's traced ones (a task's returns may be negative); the parameters are an argument, so
+        # every round of the same size reuses one compiled rollout
+        policy = _split_feedback(cdt.make_policy(cdt_config, dataset, round_params, cdt_hparams, target[0],
+                                                 target[1], space.low, space.high))
+        return rollout_trajectories(flat_env, env_params, policy, play_key, count, max_steps)
+
+    play = jax.jit(play, static_argnums=2)
     while collected < episodes:
         count = min(episodes_per_round, episodes - collected)
         key, collect_key, init_key = jax.random.split(key, 3)
-        # array targets, as PLS's traced ones (a task's returns may be negative)
-        policy = _split_feedback(cdt.make_policy(cdt_config, dataset, params, cdt_hparams, target[0], target[1],
-                                                 space.low, space.high))
-        steps = collect_dataset(flat_env, env_params, policy, collect_key, count, max_steps)
+        steps = trajectories_to_dataset(play(params, collect_key, count), "cdt-ft")
         strip = lambda x: np.asarray(x)[:, :-2].reshape((-1,) + np.shape(dataset.observations)[1:])  # noqa: E731
         online = from_transitions(strip(steps.observations), strip(steps.next_observations), steps.actions,
                                   steps.rewards, steps.costs, steps.terminals, steps.timeouts, source="cdt-ft")
@@ -654,8 +664,9 @@ def finetune_cdt(cdt_config, dataset, params, cdt_hparams, env, env_params, key,
             parts = cdt.make_train_parts(cdt_config.replace(num_updates=updates_per_round), grown)
             if state is None:
                 state = parts.init(init_key, cdt_hparams)._replace(params=params)
-            state, _ = jax.jit(lambda s: jax.lax.scan(lambda c, _: parts.update(c, cdt_hparams), s, None,
-                                                      length=updates_per_round))(state)
+            # state and hparams are arguments (closed over, XLA folds them as constants and compiles far longer)
+            state, _ = jax.jit(lambda s, h: jax.lax.scan(lambda c, _: parts.update(c, h), s, None,
+                                                         length=updates_per_round))(state, cdt_hparams)
             params = state.params
         if progress is not None:
             progress(round_index, collected, int(sum(int((c > threshold).sum()) for c in all_costs)))

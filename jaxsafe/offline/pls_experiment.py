@@ -52,8 +52,9 @@ class PLSSettings:
     """Everything ``jaxsafe offline pls`` takes (see ``--help``); validated on construction."""
 
     threshold: float
-    episodes_per_query: int = 20
-    iterations: int = 20
+    # the search's own defaults (PLSConfig, PLSHParams), not repeated here
+    episodes_per_query: int = pls.PLSConfig.episodes_per_query
+    iterations: int = pls.PLSConfig.iterations
     grid: tuple = (30, 30)
     return_range: tuple | None = None
     cost_range: tuple | None = None
@@ -64,16 +65,16 @@ class PLSSettings:
     cost_lengthscale: tuple | None = None
     reward_variance: float | None = None
     cost_variance: float | None = None
-    reward_noise: float = 0.05
-    cost_noise: float = 0.05
-    delta: float = 0.05
-    beta_scale: float = 1.0
-    zeta: float = 0.1
-    lipschitz: float = 0.0
-    safe_set: str = "pessimistic"
-    expander: str = "optimistic"
-    width: str = "max"
-    expander_candidates: int = 64
+    reward_noise: float = pls.PLSHParams.reward_noise
+    cost_noise: float = pls.PLSHParams.cost_noise
+    delta: float = pls.PLSHParams.delta
+    beta_scale: float = pls.PLSHParams.beta_scale
+    zeta: float = pls.PLSHParams.zeta
+    lipschitz: float = pls.PLSHParams.lipschitz
+    safe_set: str = pls.PLSConfig.safe_set
+    expander: str = pls.PLSConfig.expander
+    width: str = pls.PLSConfig.width
+    expander_candidates: int = pls.PLSConfig.expander_candidates
     baselines: tuple = BASELINES
     finetune_episodes: tuple = (400,)
     finetune_round_episodes: int = 100
@@ -383,43 +384,59 @@ def _numbers(text: str | None, flag: str, count: tuple[int, ...] | None = None, 
     return values
 
 
+def _default(name: str):
+    """``PLSSettings``' default of ``name`` (the flags' defaults come from there, and through it from the search)."""
+    return next(f.default for f in dataclasses.fields(PLSSettings) if f.name == name)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the flags of ``jaxsafe offline pls``."""
+    d = _default
     parser.add_argument("run_dir", metavar="RUN_DIR", help="a CDT run directory (jaxsafe offline train cdt)")
     parser.add_argument("--threshold", type=float, required=True, help="cost threshold b (episode-cost units, > 0)")
-    parser.add_argument("--episodes-per-query", type=int, default=20, help="deployment episodes per GP query")
-    parser.add_argument("--iterations", type=int, default=20, help="GP queries (the online budget / episodes)")
-    parser.add_argument("--grid", default="30,30", help="target grid size NR,NC over the dataset's (R, G) range")
+    parser.add_argument("--episodes-per-query", type=int, default=d("episodes_per_query"),
+                        help="deployment episodes per GP query")
+    parser.add_argument("--iterations", type=int, default=d("iterations"),
+                        help="GP queries (the online budget / episodes)")
+    parser.add_argument("--grid", default=",".join(map(str, d("grid"))),
+                        help="target grid size NR,NC over the dataset's (R, G) range")
     parser.add_argument("--return-range", default=None, help="R0,R1: a sub-range of the dataset's returns")
     parser.add_argument("--cost-range", default=None, help="G0,G1: a sub-range of the dataset's costs")
     parser.add_argument("--seed-box", default=None, help="R0,R1,G0,G1: the seed set Z_0 as a box of targets")
-    parser.add_argument("--seed-margin", type=float, default=0.5,
+    parser.add_argument("--seed-margin", type=float, default=d("seed_margin"),
                         help="seed set from the data: targets with G <= margin * b reached by a dataset episode")
-    parser.add_argument("--preset", default="scaled", choices=PRESETS,
+    parser.add_argument("--preset", default=d("preset"), choices=PRESETS,
                         help="GP values: lengthscales as fractions of the grid span, or appendix K's")
     parser.add_argument("--reward-lengthscale", default=None, help="L or LR,LG (target units)")
     parser.add_argument("--cost-lengthscale", default=None, help="L or LR,LG (target units)")
     parser.add_argument("--reward-variance", type=float, default=None)
     parser.add_argument("--cost-variance", type=float, default=None)
-    parser.add_argument("--reward-noise", type=float, default=0.05, help="noise std of a query's normalised reward")
-    parser.add_argument("--cost-noise", type=float, default=0.05, help="noise std of a query's normalised cost")
-    parser.add_argument("--delta", type=float, default=0.05, help="failure probability Delta")
-    parser.add_argument("--beta-scale", type=float, default=1.0, help="factor on the Srinivas confidence scale")
-    parser.add_argument("--zeta", type=float, default=0.1, help="phase A width tolerance")
-    parser.add_argument("--lipschitz", type=float, default=0.0, help="L (the paper: 0)")
-    parser.add_argument("--safe-set", default="pessimistic", choices=pls.SAFE_SET_RULES)
-    parser.add_argument("--expander", default="optimistic", choices=pls.EXPANDER_RULES)
-    parser.add_argument("--width", default="max", choices=pls.WIDTH_RULES)
-    parser.add_argument("--baselines", default="fixed,naive,finetune",
+    parser.add_argument("--reward-noise", type=float, default=d("reward_noise"),
+                        help="noise std of a query's normalised reward")
+    parser.add_argument("--cost-noise", type=float, default=d("cost_noise"),
+                        help="noise std of a query's normalised cost")
+    parser.add_argument("--delta", type=float, default=d("delta"), help="failure probability Delta")
+    parser.add_argument("--beta-scale", type=float, default=d("beta_scale"),
+                        help="factor on the Srinivas confidence scale")
+    parser.add_argument("--zeta", type=float, default=d("zeta"), help="phase A width tolerance")
+    parser.add_argument("--lipschitz", type=float, default=d("lipschitz"), help="L (the paper: 0)")
+    parser.add_argument("--safe-set", default=d("safe_set"), choices=pls.SAFE_SET_RULES)
+    parser.add_argument("--expander", default=d("expander"), choices=pls.EXPANDER_RULES)
+    parser.add_argument("--width", default=d("width"), choices=pls.WIDTH_RULES)
+    parser.add_argument("--baselines", default=",".join(d("baselines")),
                         help=f"comma-separated subset of {','.join(BASELINES)} ('' for none)")
-    parser.add_argument("--finetune-episodes", default="400", help="CDT-FT online budgets, e.g. 400,40000")
-    parser.add_argument("--finetune-round-episodes", type=int, default=100, help="episodes per fine-tuning round")
-    parser.add_argument("--finetune-updates", type=int, default=200, help="gradient steps per fine-tuning round")
-    parser.add_argument("--final-episodes", type=int, default=20, help="episodes of each method's final evaluation")
+    parser.add_argument("--finetune-episodes", default=",".join(map(str, d("finetune_episodes"))),
+                        help="CDT-FT online budgets, e.g. 400,40000")
+    parser.add_argument("--finetune-round-episodes", type=int, default=d("finetune_round_episodes"),
+                        help="episodes per fine-tuning round")
+    parser.add_argument("--finetune-updates", type=int, default=d("finetune_updates"),
+                        help="gradient steps per fine-tuning round")
+    parser.add_argument("--final-episodes", type=int, default=d("final_episodes"),
+                        help="episodes of each method's final evaluation")
     parser.add_argument("--max-steps", type=int, default=None, help="episode length (default: the dataset card's)")
     parser.add_argument("--task", default=None, help="environment (default: the dataset card's task)")
-    parser.add_argument("--lane", type=int, default=0, help="which lane of the CDT run")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--lane", type=int, default=d("lane"), help="which lane of the CDT run")
+    parser.add_argument("--seed", type=int, default=d("seed"))
     parser.add_argument("--out", default=None, help="run directory (default runs/<time>-offline-pls)")
     parser.add_argument("--quiet", action="store_true")
     parser.set_defaults(func=handle, parser=parser)

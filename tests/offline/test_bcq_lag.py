@@ -28,11 +28,17 @@ def train(costly_data):
     return train_from_parts(bcq_lag.make_train_parts(CONFIG, costly_data))
 
 
-def test_pid_multiplier_rises_while_the_cost_estimate_exceeds_the_threshold(train):
+@pytest.fixture(scope="module")
+def runs(train):
+    """Two vmapped lanes (cost limits 0 and 1000, pure-integral PID) and lane 0 again as a single run."""
     base = CONFIG.default_hparams().replace(pid_kp=jnp.float32(0.0), pid_kd=jnp.float32(0.0),
                                             pid_ki=jnp.float32(0.01))
     grid = make_grid(base, seeds=1, cost_limit=[0.0, 1000.0])
-    results = run_grid(train, grid)
+    return grid, run_grid(train, grid), jax.jit(train)(grid.keys[0], lane(grid.hparams, 0))
+
+
+def test_pid_multiplier_rises_while_the_cost_estimate_exceeds_the_threshold(runs):
+    grid, results, single = runs
     tight = lane(results, 0).metrics
     assert not bool(tight["nonfinite"].any())
     excess = np.asarray(tight["cost_estimate"] - tight["cost_threshold"])
@@ -44,16 +50,14 @@ def test_pid_multiplier_rises_while_the_cost_estimate_exceeds_the_threshold(trai
     # a threshold above every estimate keeps the multiplier at 0
     loose = lane(results, 1).metrics
     assert float(loose["multiplier"].max()) == 0.0 and float(loose["cost_threshold"][0]) > 50.0
-    single = jax.jit(train)(grid.keys[0], lane(grid.hparams, 0))
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), lane(results, 0), single)
 
 
-def test_cost_threshold_and_policy(costly_data, train):
+def test_cost_threshold_and_policy(costly_data, runs):
     np.testing.assert_allclose(bcq_lag.cost_threshold(20.0, 0.99, 300), 20.0 * (1 - 0.99 ** 300) / (0.01 * 300))
-    hparams = CONFIG.default_hparams()
-    result = jax.jit(train)(jax.random.PRNGKey(1), hparams)
-    policy = bcq_lag.make_policy(CONFIG, costly_data, result.params, hparams)
-    _, action = policy.step(policy.init(jax.random.PRNGKey(0)), jnp.zeros(2), jax.random.PRNGKey(0))
+    grid, _, single = runs  # the trained single run's policy
+    policy = bcq_lag.make_policy(CONFIG, costly_data, single.params, lane(grid.hparams, 0))
+    _, action = jax.jit(policy.step)(policy.init(jax.random.PRNGKey(0)), jnp.zeros(2), jax.random.PRNGKey(0))
     assert action.shape == (1,) and float(jnp.abs(action).max()) <= 1.0
     with pytest.raises(ValueError, match="BCQLagConfig.num_samples"):
         bcq_lag.BCQLagConfig(num_samples=0)

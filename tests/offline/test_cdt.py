@@ -64,7 +64,12 @@ def trained(chain_data):
 def test_action_prediction_ignores_future_tokens():
     config = CONFIG.replace(context_len=4)
     graphdef, init_params = cdt.make_model(config, 3, 2)
-    model = nnx.merge(graphdef, init_params(jax.random.PRNGKey(1)))
+    params = init_params(jax.random.PRNGKey(1))
+
+    @jax.jit  # one compiled forward pass for the three inputs (eager, every op would compile on its own)
+    def model(**kwargs):
+        return nnx.merge(graphdef, params)(**kwargs)
+
     keys = jax.random.split(jax.random.PRNGKey(2), 8)
     inputs = dict(returns=jax.random.normal(keys[0], (1, 4)), costs=jax.random.normal(keys[1], (1, 4)),
                   states=jax.random.normal(keys[2], (1, 4, 3)), actions=jax.random.normal(keys[3], (1, 4, 2)))
@@ -103,11 +108,11 @@ def test_cdt_reproduces_the_conditioned_behaviour_episode(chain_data, trained):
 
 def test_deployed_targets_decrease_by_realised_reward_and_cost(chain_data, trained):
     policy = cdt.make_policy(CONFIG, chain_data, trained.params, HPARAMS, 10.0, 5.0, -1.0, 1.0)
-    state = policy.init(jax.random.PRNGKey(0))
+    state = jax.jit(policy.init)(jax.random.PRNGKey(0))
+    step = jax.jit(policy.step)
     obs = {"obs": jnp.zeros((1,)), "reward": jnp.float32(0.0), "cost": jnp.float32(0.0)}
-    state, _ = policy.step(state, obs, jax.random.PRNGKey(0))
-    state, _ = policy.step(state, {**obs, "reward": jnp.float32(2.0), "cost": jnp.float32(1.0)},
-                           jax.random.PRNGKey(0))
+    state, _ = step(state, obs, jax.random.PRNGKey(0))
+    state, _ = step(state, {**obs, "reward": jnp.float32(2.0), "cost": jnp.float32(1.0)}, jax.random.PRNGKey(0))
     assert float(state.target_return) == 8.0 and float(state.target_cost) == 4.0 and int(state.t) == 2
     np.testing.assert_allclose(state.returns[-2:], [10.0 * 0.1, 8.0 * 0.1], rtol=1e-6)
     np.testing.assert_array_equal(state.mask, [False, False, False, True, True])
@@ -130,15 +135,16 @@ def test_bad_targets_and_context_are_refused(chain_data, trained):
 def test_cdt_vmapped_lane_equals_single_run(chain_data, trained):
     from jaxsafe.sweep import lane, make_grid, run_grid
 
-    train = train_from_parts(cdt.make_train_parts(CONFIG, chain_data))
+    # the first 20 of the `trained` run's 400 updates (no schedule depends on num_updates)
+    train = train_from_parts(cdt.make_train_parts(CONFIG.replace(num_updates=20), chain_data))
     grid = make_grid(HPARAMS, seeds=[0], cost_offset=[0.0, 10.0])  # lane 0 is the `trained` run (key 0, HPARAMS)
     results = run_grid(train, grid)
     # float32 reductions differ in the last bit under vmap and 400 chaotic updates amplify that: the early updates
     # agree to rounding (another key or hparams would differ from the first one)
     for name in ("loss", "action_nll", "cost_ce", "temperature"):
-        np.testing.assert_allclose(lane(results, 0).metrics[name][:20], trained.metrics[name][:20], rtol=1e-4,
+        np.testing.assert_allclose(lane(results, 0).metrics[name], trained.metrics[name][:20], rtol=1e-4,
                                    atol=1e-5, err_msg=name)
-    assert not np.allclose(lane(results, 1).metrics["loss"], trained.metrics["loss"])  # the lanes differ
+    assert not np.allclose(lane(results, 1).metrics["loss"], trained.metrics["loss"][:20])  # the lanes differ
 
 
 def test_frontier_augmentation_relabels_episodes_to_targets_above_the_frontier(chain_data):

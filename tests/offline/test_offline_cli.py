@@ -27,9 +27,10 @@ def data_path(tmp_path_factory):
 
 def test_offline_train_then_eval_with_dsrl_metrics(data_path, tmp_path, capsys):
     out = tmp_path / "run"
-    code = main(["offline", "train", "bc_safe", "--data", str(data_path), "--set", "num_updates=10", "--set",
+    # the same training program as the best-checkpoint test below (its compilation is cached once)
+    code = main(["offline", "train", "bc_safe", "--data", str(data_path), "--set", "num_updates=6", "--set",
                  "batch_size=8", "--set", "hidden=8", "--set", "cost_limit=100", "--out", str(out), "--quiet",
-                 "--chunks", "2"])
+                 "--chunks", "3"])
     assert code == 0
     rows = evaluate_run(out, episodes=4, task="ChancePoint2D")
     assert len(rows) == 1 and rows[0]["threshold"] == 100.0 and rows[0]["checkpoint_step"] >= 1
