@@ -151,9 +151,15 @@ def _generate_jit(graphdef, sampling: SamplingConfig, processor, params, prompt_
                   processor_state=None):
     batch, prompt_length = prompt_tokens.shape
     total_length = prompt_length + sampling.max_new_tokens
-    cache = nnx.merge(graphdef, params).init_cache(batch, total_length)
+    decoder = nnx.merge(graphdef, params)
+    cache = decoder.init_cache(batch, total_length)
     positions = model_lib.positions_from_mask(prompt_mask)
-    prompt_logits, cache = model_lib.apply(graphdef, params, prompt_tokens, positions, prompt_mask, cache)
+    if hasattr(decoder, "hidden") and hasattr(decoder, "unembed"):
+        # the prefill needs the logits of the last prompt position only: unembed [B, 1, D], not [B, P, D]
+        hidden, cache = decoder.hidden(prompt_tokens, positions, prompt_mask, cache)
+        prompt_logits = decoder.unembed(hidden[:, -1:])
+    else:
+        prompt_logits, cache = model_lib.apply(graphdef, params, prompt_tokens, positions, prompt_mask, cache)
 
     pad = jnp.int32(sampling.pad_token)
     sequences = jnp.concatenate(
