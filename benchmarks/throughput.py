@@ -13,6 +13,13 @@ SafeCartPole (the same CartPole dynamics plus a cost). rejax 0.1.3 needs ``gymna
     python3 -m venv .venv-rejax && .venv-rejax/bin/pip install rejax==0.1.3 "gymnax<1.0"
 
 Every timing is of a second call of an already compiled function (compile time is reported separately).
+
+**Before and after.** ``--before REV ...`` times PPO on SafeCartPole and PPO-Lagrangian on SafePointGoal1 (its
+navigation preset's 40 x 500 rollout) with jaxsafe checked out at each git revision (a temporary ``git worktree``)
+next to the working tree, each in its own process, alternating A B A B and keeping each side's best of
+``--repeats`` (default 2), so a code change is measured side by side in one run.
+
+Run it on a quiet machine (nothing else running): two ratios stored from a loaded machine did not hold.
 Writes ``benchmarks/results/throughput.json`` and ``throughput.md``.
 """
 
@@ -46,6 +53,75 @@ t = time.perf_counter(); jax.block_until_ready(train(jax.random.PRNGKey(0))); fi
 t = time.perf_counter(); jax.block_until_ready(train(jax.random.PRNGKey(1))); second = time.perf_counter() - t
 print(json.dumps({"first_call_s": first, "seconds": second, "steps": total, "sps": total / second}))
 """
+
+
+#: Times one training run in a fresh process with jaxsafe imported from the tree given as argv[1].
+TREE_SCRIPT = """
+import json, sys, time
+sys.path.insert(0, sys.argv[1])
+import jaxsafe, jax
+from jaxsafe import envs
+from jaxsafe.rl import ppo
+assert jaxsafe.__file__.startswith(sys.argv[1]), jaxsafe.__file__
+env_name, multiplier = sys.argv[2], sys.argv[3]
+num_envs, num_steps, epochs, minibatches, updates = (int(v) for v in sys.argv[4:9])
+config = ppo.PPOConfig(num_envs=num_envs, num_steps=num_steps, total_steps=num_envs * num_steps * updates,
+                       num_epochs=epochs, num_minibatches=minibatches, multiplier=multiplier)
+train = jax.jit(ppo.make_train(config, envs.make(env_name)))
+hparams = config.default_hparams()
+t = time.perf_counter(); jax.block_until_ready(train(jax.random.PRNGKey(0), hparams)); first = time.perf_counter() - t
+t = time.perf_counter(); jax.block_until_ready(train(jax.random.PRNGKey(1), hparams)); second = time.perf_counter() - t
+print(json.dumps({"first_call_s": first, "seconds": second, "steps": config.total_steps,
+                  "sps": config.total_steps / second}))
+"""
+#: (label, env, multiplier, num_envs, num_steps, epochs, minibatches, updates) of the before/after workloads.
+TREE_WORKLOADS = (
+    ("PPO, SafeCartPole (64 x 64)", "SafeCartPole", "none", 64, 64, 4, 8, 24),
+    ("PPO-Lag, SafePointGoal1 (40 x 500)", "SafePointGoal1", "lagrangian", 40, 500, 10, 20, 3),
+)
+
+
+def tree_sps(tree: str, workload: tuple) -> dict:
+    """One workload of :data:`TREE_WORKLOADS` timed with jaxsafe from ``tree``, in a fresh process."""
+    _, env_name, multiplier, *counts = workload
+    proc = subprocess.run([sys.executable, "-c", TREE_SCRIPT, tree, env_name, multiplier, *map(str, counts)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"timing in {tree} failed: {proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def before_after(revisions: list[str], repeats: int) -> dict:
+    """Best-of-``repeats`` steps/s of every workload for the working tree and each revision, interleaved."""
+    import shutil
+    import tempfile
+
+    root = Path(__file__).resolve().parents[1]
+    trees, made = {"working tree": str(root)}, []
+    for rev in revisions:
+        path = tempfile.mkdtemp(prefix=f"jaxsafe-{rev[:12]}-")
+        subprocess.run(["git", "-C", str(root), "worktree", "add", "--detach", "-f", path, rev], check=True,
+                       capture_output=True)
+        trees[rev] = path
+        made.append(path)
+    try:
+        out = {}
+        for workload in TREE_WORKLOADS:
+            best: dict[str, dict] = {}
+            for _ in range(repeats):
+                for label, tree in trees.items():
+                    result = tree_sps(tree, workload)
+                    if label not in best or result["sps"] > best[label]["sps"]:
+                        best[label] = result
+                    print(f"{workload[0]} [{label}]: {result['sps']:,.0f} steps/s", flush=True)
+            out[workload[0]] = best
+        return {"revisions": {rev: subprocess.run(["git", "-C", str(root), "log", "-1", "--format=%h %s", rev],
+                                                  capture_output=True, text=True).stdout.strip()[:120]
+                              for rev in revisions}, "workloads": out}
+    finally:
+        for path in made:
+            subprocess.run(["git", "-C", str(root), "worktree", "remove", "--force", path], capture_output=True)
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def timed(fn, *args):
@@ -130,6 +206,9 @@ def main(argv=None):
     parser.add_argument("--seeds", type=int, default=8)
     parser.add_argument("--rejax-python", default=".venv-rejax/bin/python")
     parser.add_argument("--out", default=str(RESULTS))
+    parser.add_argument("--before", nargs="*", default=[], metavar="REV",
+                        help="git revisions to time beside the working tree (before/after table)")
+    parser.add_argument("--repeats", type=int, default=2, help="best-of repeats of each before/after timing")
     args = parser.parse_args(argv)
 
     total = args.num_envs * args.num_steps * args.updates
@@ -149,6 +228,8 @@ def main(argv=None):
     rejax = rejax_sps(args.rejax_python, args.num_envs, args.num_steps, 4, 8, total)
     results["vs_rejax"] = {"jaxsafe_ppo": jaxsafe_ppo, "rejax_ppo": rejax,
                            "ratio": jaxsafe_ppo["sps"] / rejax["sps"] if rejax else None}
+    if args.before:
+        results["before_after"] = before_after(args.before, args.repeats)
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -176,6 +257,18 @@ def main(argv=None):
                   "", f"jaxsafe / rejax throughput ratio: **{results['vs_rejax']['ratio']:.2f}**"]
     else:
         lines.append(f"rejax was not run (no interpreter at {args.rejax_python}); see the module docstring.")
+    if "before_after" in results:
+        revs = list(results["before_after"]["revisions"])
+        lines += ["", "## Before and after (same workloads, jaxsafe at each revision, best of "
+                  f"{args.repeats}, interleaved)", "",
+                  "| workload | working tree steps/s | " + " | ".join(f"`{r[:10]}` steps/s" for r in revs)
+                  + " | " + " | ".join(f"working tree / `{r[:10]}`" for r in revs) + " |",
+                  "|---|---:|" + "---:|" * (2 * len(revs))]
+        for name, best in results["before_after"]["workloads"].items():
+            now = best["working tree"]["sps"]
+            lines.append(f"| {name} | {now:,.0f} | " + " | ".join(f"{best[r]['sps']:,.0f}" for r in revs) + " | "
+                         + " | ".join(f"{now / best[r]['sps']:.2f}x" for r in revs) + " |")
+        lines += [""] + [f"- `{r[:10]}`: {text}" for r, text in results["before_after"]["revisions"].items()]
     (out / "throughput.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
