@@ -11,12 +11,13 @@ token, the fraction of zero-variance groups, and the tracked ``E[T]`` / xi under
 
     python benchmarks/relative_budget.py --quick          # a smoke run (2 xi values, 1 seed, 6 iterations)
     python benchmarks/relative_budget.py                  # the protocol (8 xi x 2 tasks x 2 rewards x 3 seeds)
+    python benchmarks/relative_budget.py --iterations 48  # longer runs: relative_budget_it48_s3.{json,md,png}
 
 Cells are saved as they finish under ``benchmarks/results/relative_budget_cells/`` and skipped on a rerun
 (resumable; run it with nohup in the background). Writes ``benchmarks/results/relative_budget.{json,md}`` and
 ``relative_budget.png`` (improvement against xi, regimes shaded) and ``relative_budget_xi.png`` (tracked xi over
-iterations against its linear fit). Throughput (tokens and updates per second, and the TRL comparison) is not
-measured here: speed needs a quiet machine.
+iterations against its linear fit). Throughput (tokens and updates per second) and the TRL comparison are in
+``benchmarks/grpo_trl.py``.
 """
 
 from __future__ import annotations
@@ -136,12 +137,13 @@ def write_markdown(summary: dict, path: Path) -> None:
     for key, peak in summary["peaks"].items():
         lines.append(f"- {key}: " + ", ".join(f"{m} at xi = {v:.2f}" + (" (in [1.5, 2])" if 1.5 <= v <= 2 else "")
                                              for m, v in peak.items()))
-    lines += ["", "Throughput (tokens / updates per second, and TRL's GRPOTrainer side by side) is not measured: "
-              "speed ratios need a quiet machine.", ""]
+    lines += ["", "Throughput (tokens / updates per second) and TRL's GRPOTrainer side by side (one-batch loss terms, "
+              "learning curves): `benchmarks/grpo_trl.py`, results in `grpo_trl.md`; its speed part needs a quiet "
+              "machine.", ""]
     path.write_text("\n".join(lines))
 
 
-def plot(summary: dict, cells: list[dict], out: Path) -> None:
+def plot(summary: dict, cells: list[dict], out: Path, name: str = "relative_budget") -> None:
     plt = plotting._pyplot()
     metrics = (("improvement_per_iteration", "d pass@1 within H / iteration"),
                ("improvement_per_token", "d pass@1 within H / generated token"),
@@ -168,7 +170,7 @@ def plot(summary: dict, cells: list[dict], out: Path) -> None:
             if row == 0 and col == 0:
                 ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(out / "relative_budget.png", dpi=110)
+    fig.savefig(out / f"{name}.png", dpi=110)
     plt.close(fig)
     fig, axes = plt.subplots(1, len(TASKS), figsize=(10, 4), squeeze=False)
     for col, task in enumerate(TASKS):
@@ -188,7 +190,7 @@ def plot(summary: dict, cells: list[dict], out: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(out / "relative_budget_xi.png", dpi=110)
+    fig.savefig(out / f"{name}_xi.png", dpi=110)
     plt.close(fig)
 
 
@@ -205,6 +207,8 @@ def main(argv=None) -> int:
     settings["sft_steps"] = args.sft_steps
     out = Path(args.out)
     name = "relative_budget_quick" if args.quick else "relative_budget"
+    if not args.quick and (settings["iterations"], settings["seeds"]) != (FULL["iterations"], FULL["seeds"]):
+        name += f"_it{settings['iterations']}_s{settings['seeds']}"  # a longer protocol: its own results files
     cell_dir = out / f"{name}_cells"
     cell_dir.mkdir(parents=True, exist_ok=True)
     base, cells = {}, []
@@ -232,16 +236,16 @@ def main(argv=None) -> int:
             summary = aggregate(cells, base, settings, note)
             (out / f"{name}.json").write_text(json.dumps(summary, indent=2))
             write_markdown(summary, out / f"{name}.md")
-            plot(summary, cells, cell_dir if args.quick else out)
+            plot(summary, cells, cell_dir if args.quick else out, name)
     note = (f"{len(cells)} of {total} cells (complete); {settings['seeds']} seeds x {settings['iterations']} "
             f"iterations x 64 rollouts per cell, SFT {args.sft_steps} steps")
     summary = aggregate(cells, base, settings, note)
     (out / f"{name}.json").write_text(json.dumps(summary, indent=2))
     write_markdown(summary, out / f"{name}.md")
     if not args.quick:
-        plot(summary, cells, out)
+        plot(summary, cells, out, name)
     else:
-        plot(summary, cells, cell_dir)
+        plot(summary, cells, cell_dir, name)
     print((out / f"{name}.md").read_text())
     return 0
 

@@ -109,6 +109,9 @@ class GRPOConfig(Config):
     reward_transform: ``[num_prompts, G, K] -> [num_prompts, G]``; None is :func:`weighted_mean_transform` with
       ``reward_weights``.
     reward_weights: optional K weights of the default transform.
+    kl_ratio_correction: multiply the k3 KL by the (differentiated) importance ratio, TRL's
+      ``use_bias_correction_kl`` (its default in TRL 1.16); False (the default) is the GRPO paper's loss. Only
+      matters with ``beta > 0``.
     """
 
     group_size: int = 8
@@ -123,6 +126,7 @@ class GRPOConfig(Config):
     reward_transform: Callable | None = None
     reward_weights: tuple | None = None
     batch_size: int = 0
+    kl_ratio_correction: bool = False
 
     def __post_init__(self):
         require(is_int(self.group_size, 2), "GRPOConfig.group_size",
@@ -142,6 +146,8 @@ class GRPOConfig(Config):
         require(self.loss_type in LOSS_TYPES, "GRPOConfig.loss_type", f"one of {LOSS_TYPES}", self.loss_type)
         require(self.scale_rewards in SCALE_REWARDS, "GRPOConfig.scale_rewards", f"one of {SCALE_REWARDS}",
                 self.scale_rewards)
+        require(isinstance(self.kl_ratio_correction, bool), "GRPOConfig.kl_ratio_correction", "True or False",
+                self.kl_ratio_correction)
         require(self.reward_fn is None or callable(self.reward_fn), "GRPOConfig.reward_fn", "a callable or None",
                 self.reward_fn)
         require(self.reward_transform is None or callable(self.reward_transform), "GRPOConfig.reward_transform",
@@ -345,7 +351,8 @@ def make_train_parts(config: GRPOConfig, problem: GRPOProblem) -> TrainParts:
                                              hparams.temperature)[:, prompt_length:]
             result = grpo_loss(logprobs, old_logprobs, advantages, response_mask, loss_type=config.loss_type,
                                clip_eps=hparams.clip_eps, clip_eps_high=hparams.clip_eps_high, beta=hparams.beta,
-                               reference_logprobs=reference_logprobs, max_completion_length=horizon)
+                               reference_logprobs=reference_logprobs, max_completion_length=horizon,
+                               kl_ratio_correction=config.kl_ratio_correction)
             return result.loss, {"loss": result.loss, "clip_fraction": result.clip_fraction}
 
         def epoch(carry, _):

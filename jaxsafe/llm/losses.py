@@ -324,7 +324,7 @@ class GRPOLoss(NamedTuple):
 
 def grpo_loss(logprobs, old_logprobs, advantages, mask, *, loss_type: str = "dapo", clip_eps=0.2,
               clip_eps_high=None, beta=0.0, reference_logprobs=None, max_completion_length: int | None = None,
-              num_items_in_batch=None) -> GRPOLoss:
+              num_items_in_batch=None, kl_ratio_correction: bool = False) -> GRPOLoss:
     """TRL's GRPO loss on response tokens.
 
     logprobs, old_logprobs, reference_logprobs [B, L]: token log-probs under the policy being optimised, the
@@ -333,6 +333,11 @@ def grpo_loss(logprobs, old_logprobs, advantages, mask, *, loss_type: str = "dap
     ``-min(r A, clip(r, 1 - clip_eps, 1 + clip_eps_high) A) + beta * k3(logp, ref)``, then
     :func:`aggregate_token_loss` by ``loss_type``. ``clip_eps_high`` defaults to ``clip_eps`` (DAPO uses 0.28);
     ``beta = 0`` (TRL's default) drops the KL term and ``reference_logprobs`` may be None.
+    ``kl_ratio_correction`` multiplies the per-token k3 by the (unclipped) ratio ``r``, TRL's
+    ``use_bias_correction_kl`` (its default in TRL 1.16): with samples from the old policy, ``r * k3`` has the
+    expectation of k3 under the current one, and its gradient keeps the score-function term ``k3 grad log pi``
+    (so the KL gradient is unbiased). Off by default (the GRPO paper's loss): at ``r = 1`` the two losses have equal
+    values but different gradients. ``GRPOLoss.kl`` is the term that enters the loss.
     """
     clip_eps_high = clip_eps if clip_eps_high is None else clip_eps_high
     mask = mask.astype(bool)
@@ -349,6 +354,8 @@ def grpo_loss(logprobs, old_logprobs, advantages, mask, *, loss_type: str = "dap
     per_token = -jnp.minimum(ratio * advantage, clipped * advantage)
     if reference_logprobs is not None:
         kl = jnp.where(mask, k3_kl(logprobs, reference_logprobs), 0.0)
+        if kl_ratio_correction:
+            kl = kl * ratio
         per_token = per_token + beta * kl
     else:
         kl = jnp.zeros_like(per_token)

@@ -63,6 +63,35 @@ def test_grpo_loss_clipping_and_kl_hand_values():
     assert float(with_kl.kl) == pytest.approx(float(k3.mean()), rel=1e-6)
 
 
+def test_kl_ratio_correction_hand_values_and_score_function_gradient():
+    """TRL's use_bias_correction_kl: the k3 term times the unclipped ratio r (values; and at r = 1 the same value
+    but the extra gradient k3 * d log pi)."""
+    old = jnp.zeros((1, 2))
+    logprobs = jnp.log(jnp.array([[1.5, 0.5]]))  # ratios 1.5, 0.5
+    reference = jnp.log(jnp.array([[1.0, 2.0]]))
+    mask = jnp.ones((1, 2), bool)
+    plain = grpo.grpo_loss(logprobs, old, jnp.array([0.0]), mask, loss_type="bnpo", beta=1.0,
+                           reference_logprobs=reference)
+    corrected = grpo.grpo_loss(logprobs, old, jnp.array([0.0]), mask, loss_type="bnpo", beta=1.0,
+                               reference_logprobs=reference, kl_ratio_correction=True)
+    k3 = np.asarray(grpo.k3_kl(logprobs, reference))[0]  # advantage 0: the loss is the KL term alone
+    np.testing.assert_allclose(corrected.per_token[0], k3 * np.array([1.5, 0.5]), rtol=1e-6)
+    assert float(corrected.loss) == pytest.approx((1.5 * k3[0] + 0.5 * k3[1]) / 2, rel=1e-6)
+    assert float(plain.loss) == pytest.approx(k3.mean(), rel=1e-6)
+    # on-policy (r = 1): equal values, and the gradients differ by exactly k3 (d/dlogp of r * k3 = r k3 + r dk3)
+    point = jnp.log(jnp.array([[0.7]]))
+    ref1 = jnp.log(jnp.array([[0.4]]))
+
+    def loss(lp, correction):
+        return grpo.grpo_loss(lp, jax.lax.stop_gradient(lp), jnp.array([0.0]), jnp.ones((1, 1), bool),
+                              loss_type="bnpo", beta=1.0, reference_logprobs=ref1,
+                              kl_ratio_correction=correction).loss
+
+    assert float(loss(point, True)) == pytest.approx(float(loss(point, False)), rel=1e-6)
+    gap = jax.grad(loss)(point, True) - jax.grad(loss)(point, False)
+    np.testing.assert_allclose(gap, grpo.k3_kl(point, ref1), rtol=1e-5)
+
+
 def test_k3_is_unbiased_for_the_exact_kl():
     policy = jax.nn.log_softmax(jnp.array([0.3, -1.0, 2.0, 0.0, 0.7]))
     reference = jax.nn.log_softmax(jnp.array([1.0, 0.0, -0.5, 0.2, 0.1]))
