@@ -96,13 +96,7 @@ def plot_curves(rows: list[dict], swept: Sequence[str], path: str | Path, cost_l
         _readable_axes(ax)
         ax.grid(alpha=0.3)
     axes[-1].legend(fontsize=8)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save_figure(fig, path, title, dpi=110)
 
 
 def _readable_axes(ax) -> None:
@@ -132,11 +126,7 @@ def plot_mean_band(curves: dict[str, np.ndarray], path: str | Path, xlabel: str,
     _readable_axes(ax)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save_figure(fig, path, dpi=120)
 
 
 def plot_plane(path: str | Path, front, groups: dict, threshold: float | Sequence[float] | None = None,
@@ -164,10 +154,17 @@ def plot_plane(path: str | Path, front, groups: dict, threshold: float | Sequenc
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc=legend_loc)
+    return _save_figure(fig, path, dpi=130)
+
+
+def _save_figure(fig, path: str | Path, suptitle: str = "", dpi: int = 120) -> Path:
+    """The tail of every plot: an optional figure title, tight layout, save to ``path`` and close."""
+    if suptitle:
+        fig.suptitle(suptitle)
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
+    fig.savefig(path, dpi=dpi)
+    _pyplot().close(fig)
     return path
 
 
@@ -180,11 +177,7 @@ def _label_and_save(fig, ax, path: str | Path, xlabel: str, ylabel: str, title: 
         ax.set_title(title)
     ax.grid(alpha=0.3, which="both" if ax.get_xscale() == "log" or ax.get_yscale() == "log" else "major")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=dpi)
-    _pyplot().close(fig)
-    return path
+    return _save_figure(fig, path, dpi=dpi)
 
 
 def plot_lines(path: str | Path, series: dict, xlabel: str, ylabel: str, title: str = "", logx: bool = False,
@@ -247,13 +240,7 @@ def plot_target_search(path: str | Path, targets: np.ndarray, reward_mean: np.nd
         ax.grid(alpha=0.3)
     axes[2].axhline(1.0, color="grey", ls=":", lw=1, label="threshold")
     axes[2].legend(fontsize=7)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save_figure(fig, path, title, dpi=110)
 
 
 def plot_intervals(path: str | Path, panels: dict, xlabel: str, title: str = "") -> Path:
@@ -276,10 +263,4 @@ def plot_intervals(path: str | Path, panels: dict, xlabel: str, title: str = "")
         ax.set_xlabel(xlabel)
         ax.set_title(str(panel))
         ax.grid(alpha=0.3, axis="x")
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save_figure(fig, path, title, dpi=120)
