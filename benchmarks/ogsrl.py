@@ -61,7 +61,7 @@ def _cell_budget(budget: dict, name: str) -> dict:
                    gcql_ood_target=settings.gcql_ood_target)
     if name.endswith("_ensemble"):
         out["ensemble"] = dataclasses.asdict(ogsrl.ens.EnsembleConfig())
-    return out
+    return json.loads(json.dumps(out))  # as a saved cell reads back (tuples become lists)
 
 
 class _Seed:
