@@ -321,7 +321,8 @@ def main(argv=None) -> int:
     result = {"budget": budget, "sepsis_sim": summary, "icu_sepsis": icu, "figures": paths}
     stem.with_suffix(".json").write_text(json.dumps(result, indent=1))
     md = [f"# OGSRL benchmark{' (quick)' if args.quick else ''}", "",
-          f"Budget reached: seeds {budget['seeds']}, {budget['patients']} patients per seed (60/20/20 split), "
+          f"Budget reached: seeds {sorted(results)} (per method: the `n seeds` column; cells still missing are "
+          f"left out), {budget['patients']} patients per seed (60/20/20 split), "
           f"{budget['updates']} policy updates of 32 model episodes each (paper: 20,000), "
           f"{budget['eval_episodes']} evaluation episodes per policy; ICU-Sepsis with {budget['icu_episodes']} "
           f"clinician episodes. Mean ± std over seeds. Regenerate: `python benchmarks/ogsrl.py`.", "",
