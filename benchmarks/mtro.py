@@ -43,11 +43,17 @@ def settings(quick: bool, suite: str, args_updates: int | None = None, args_max_
 
 def run_cell(suite: str, args) -> dict:
     games = args.games.split(",") if args.games and suite == "minatar" else None
-    label = suite + ("-" + "-".join(games) if games else "") + ("_quick" if args.quick else "")
+    label = suite + ("-" + "-".join(games) if games else "") + ("_quick" if args.quick else "") + args.cell_suffix
     cell = RESULTS / "mtro_cells" / f"{label}.json"
     if cell.exists():
         print(f"[{suite}] cached: {cell}")
-        return json.loads(cell.read_text())
+        result = json.loads(cell.read_text())
+        if "data_cards" not in result:  # cells written before the cards joined them
+            paths = [Path(args.data_dir) / suite / f"{g}.json" for g in result["games"]]
+            if all(p.exists() for p in paths):
+                result["data_cards"] = {g: json.loads(p.read_text()) for g, p in zip(result["games"], paths)}
+                cell.write_text(json.dumps(result, indent=2))
+        return result
     mg.collect_suite(suite, Path(args.data_dir) / suite, seed=0, games=games)
     data, cards = mg.load_suite(suite, Path(args.data_dir) / suite, games=games)
     s = settings(args.quick, suite, args.updates, args.max_steps)
@@ -57,6 +63,7 @@ def run_cell(suite: str, args) -> dict:
     result = mtro.run_suite(data, cards, config, seeds=s["seeds"], episodes=s["episodes"],
                             max_steps=s["max_steps"], hparams=hparams, progress=lambda m: print(f"[{suite}] {m}",
                                                                                                 flush=True))
+    result["data_cards"] = cards
     stats = mtro.game_statistics(config, data)
     result["selector_ms_per_decision"] = mtro.selector_timing(config, stats[0])
     result["suite"] = suite
@@ -99,7 +106,19 @@ def markdown(results: dict) -> str:
             f"{g} {a:.3f}" for g, a in r["accuracy"].items()), "",
             "Selector cost (ms per decision, the selector alone, jitted): " + ", ".join(
                 f"{k} {v:.3f}" for k, v in r["selector_ms_per_decision"].items()),
-            "", f"MGDT training: {r['train_windows_per_second']:.0f} windows/s over {r['seeds']} vmapped seeds "
+            ""]
+        if "data_cards" in r:
+            lines += ["Data: one logged PPO run per game (every transition from the random start to the last update; "
+                      "PPO's mean episode return per chunk of 10 updates, first to last):", "",
+                      "| game | steps | episodes | random | data mean | data best | PPO return curve |",
+                      "|---|---|---|---|---|---|---|"]
+            for g in r["games"]:
+                c = r["data_cards"][g]
+                curve = ", ".join("-" if v is None else f"{v:.2f}" for _, v in c.get("ppo_return_curve", []))
+                lines.append(f"| {g} | {c['num_steps']} | {c['num_episodes']} | {c['random_return']:.2f} | "
+                             f"{c['return_mean']:.2f} | {c['return_max']:.2f} | {curve or 'not recorded'} |")
+            lines.append("")
+        lines += [f"MGDT training: {r['train_windows_per_second']:.0f} windows/s over {r['seeds']} vmapped seeds "
                 f"({r['train_seconds']:.0f} s for the run, {r['compile_seconds']:.0f} s compile); evaluation "
                 f"{r['eval_seconds']:.0f} s.", ""]
     return "\n".join(lines)
@@ -177,6 +196,13 @@ def timing(args) -> dict:
     return out
 
 
+def _section(result: dict) -> str:
+    """A cell's heading: the suite (MinAtar: its games and MGDT updates, so runs of several budgets sit apart)."""
+    if result["suite"] == "mini":
+        return "mini"
+    return f"minatar ({', '.join(result['games'])}; {result['num_updates']} updates)"
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a smoke run: mini suite, tiny budget")
@@ -185,6 +211,8 @@ def main(argv=None) -> int:
     parser.add_argument("--updates", type=int, default=None, help="MinAtar: MGDT updates (default 1500)")
     parser.add_argument("--max-steps", type=int, default=None, help="MinAtar: evaluation episode cap (default 500)")
     parser.add_argument("--data-dir", default="runs/mtro_data", help="where the per-game datasets live")
+    parser.add_argument("--cell-suffix", default="", help="appended to the cell's file name (e.g. _u1200 for a "
+                        "second MinAtar budget next to the first)")
     parser.add_argument("--timing", action="store_true", help="only the selectors' cost per decision against "
                         "mgdt_default (run on a quiet machine): benchmarks/results/mtro_timing.{json,md}")
     parser.add_argument("--timing-calls", type=int, default=200)
@@ -198,12 +226,11 @@ def main(argv=None) -> int:
     results = {}
     for suite in suites:
         result = run_cell(suite, args)
-        results[suite if suite == "mini" else f"minatar ({', '.join(result['games'])})"] = result
+        results[_section(result)] = result
     for cell in sorted((RESULTS / "mtro_cells").glob("*.json")):  # every finished cell of this mode joins the tables
         result = json.loads(cell.read_text())
         if bool(result.get("quick")) == args.quick:
-            key = "mini" if result["suite"] == "mini" else f"minatar ({', '.join(result['games'])})"
-            results.setdefault(key, result)
+            results.setdefault(_section(result), result)
     name = "mtro_quick" if args.quick else "mtro"
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps(results, indent=2))
