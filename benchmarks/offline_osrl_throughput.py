@@ -6,13 +6,15 @@ run on the CPU torch of this machine, installed without those pins)::
     python3 -m venv .venv-osrl
     .venv-osrl/bin/pip install /opt/wheels/torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl numpy tqdm gymnasium
     .venv-osrl/bin/pip install --no-deps osrl-lib==0.1.0 fast-safe-rl
+    .venv-osrl/bin/pip install pyyaml tensorboard wandb scipy numba h5py   # imported by fsrl.utils / osrl.common
     .venv-osrl/bin/python benchmarks/offline_osrl_throughput.py --size osrl --state-dim 28 --action-dim 2
 
 It builds ``osrl.algorithms.CDT`` and ``CDTTrainer`` with OSRL's CDT settings (``--size osrl``: 3 layers, 8 heads,
 128-d, context 10, batch 2048; ``--size laptop``: the laptop budget of ``benchmarks/offline.py``: 2 layers, 2 heads,
 32-d, batch 64; stochastic head with entropy, time embedding, cost_transform, dropout 0.1, AdamW 1e-4 / 1e-4,
 clip 0.25, warm-up 500, cost-loss weight 0.02) and times ``train_one_step`` on pre-drawn random batches (so OSRL's
-data loader is *not* counted; ours samples its windows inside the compiled step). Prints one JSON line. The same
+data loader is *not* counted; ours samples its windows inside the compiled step). Prints one JSON line. OSRL prints
+"OApackage is not installed, can not use CDT": that package is only its Pareto augmentation's, unused here. The same
 configuration of ours: ``python benchmarks/offline.py --throughput --budget full --seeds 1 --updates 200``
 (``--budget laptop`` for the laptop size); both on the same quiet machine, all cores.
 """
