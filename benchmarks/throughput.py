@@ -67,7 +67,8 @@ env_name, multiplier = sys.argv[2], sys.argv[3]
 num_envs, num_steps, epochs, minibatches, updates = (int(v) for v in sys.argv[4:9])
 config = ppo.PPOConfig(num_envs=num_envs, num_steps=num_steps, total_steps=num_envs * num_steps * updates,
                        num_epochs=epochs, num_minibatches=minibatches, multiplier=multiplier)
-train = jax.jit(ppo.make_train(config, envs.make(env_name)))
+env, env_params = envs.make(env_name)
+train = jax.jit(ppo.make_train(config, env, env_params))  # the signature every revision has
 hparams = config.default_hparams()
 t = time.perf_counter(); jax.block_until_ready(train(jax.random.PRNGKey(0), hparams)); first = time.perf_counter() - t
 t = time.perf_counter(); jax.block_until_ready(train(jax.random.PRNGKey(1), hparams)); second = time.perf_counter() - t
