@@ -1,9 +1,10 @@
 """SACPO benchmark: the helpfulness-safety plane on the synthetic safety language, scored exactly.
 
-    python benchmarks/sacpo.py            # 32768 pairs per objective, 600 steps per stage
-    python benchmarks/sacpo.py --quick    # 8192 pairs, 250 steps per stage
+    python benchmarks/sacpo.py            # 5 seeds, 32768 pairs per objective, 600 steps per stage
+    python benchmarks/sacpo.py --quick    # 2 seeds, 8192 pairs, 250 steps per stage
 
-Everything runs in one process on the same SFT model and the same preference data:
+Each seed is one cell (written to ``sacpo_cells.json`` when it finishes; a rerun skips finished seeds, so a
+killed run resumes) and runs on its own SFT model and preference data:
 
 1. SFT (small decoder) on the hand-made base behaviour; helpfulness and safety pairs
    sampled from it with Bradley-Terry labels on the true r and g.
@@ -17,16 +18,20 @@ Everything runs in one process on the same SFT model and the same preference dat
 4. Safe-RLHF: Bradley-Terry reward and cost models (cost with Safe-RLHF's sign term),
    then PPO-Lagrangian with sampled responses, KL coefficient beta, as many policy
    gradient steps as a SACPO grid point (2 x steps), over a grid of cost limits (vmapped).
+   (The former vmapped-vs-sequential wall-time comparison is gone: speed is not measured on this shared machine.)
 5. The exact optimal front pi*_{r + lambda g} for beta = 0.5.
 
-Selection for both methods: the best exact E[r] among points with exact E[g] >= b (b = 0).
-Writes sacpo.json, sacpo.md and sacpo.png into ``--out`` (default benchmarks/results).
+Per seed the grids are compared by the Lagrangian regret at each lambda (equal price on the KL to the reference),
+the best reward at matched safety (upper hull), the selected feasible point (best exact E[r] with E[g] >= b,
+b = 0) and 3-D dominance (E[r], E[g], KL); the tables give mean +- standard error over seeds. Writes sacpo.json,
+sacpo.md and sacpo.png (sacpo_quick.* with --quick) into ``--out`` (default benchmarks/results).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -45,7 +50,6 @@ from jaxsafe.llm.sacpo_experiment import (cost_pairs, exact_front, exact_point, 
                                           sacpo_problem)
 from jaxsafe.llm.tasks import safety_language as lang  # noqa: E402
 from jaxsafe.logging import to_jsonable  # noqa: E402
-from jaxsafe.plotting import plot_plane  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 BETA = 0.5
@@ -53,12 +57,6 @@ LAMBDAS = (0.5, 1.0, 2.0, 4.0)
 QS = (0.25, 0.5, 0.75)
 THRESHOLD = 0.0
 COST_LIMIT_OFFSETS = (0.25, 0.5, 1.0, 1.5)  # Safe-RLHF limits: SFT's expected learned cost minus these
-
-
-def _timed(fn, *args):
-    start = time.perf_counter()
-    out = jax.block_until_ready(fn(*args))
-    return out, time.perf_counter() - start
 
 
 def expected_learned_cost(task, models, table) -> float:
@@ -72,22 +70,13 @@ def expected_learned_cost(task, models, table) -> float:
     return float(lang.expected_value(table, costs[:, 0].reshape(n_prompts, n_responses), task.prompt_probs))
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=RESULTS,
-                        help="directory for sacpo.{json,md,png} (default benchmarks/results, the stored "
-                             "numbers)")
-    args = parser.parse_args(argv)
-    n_pairs, n_steps = (8192, 250) if args.quick else (32768, 600)
-    batch_size, learning_rate = 128, 3e-3
-    key = jax.random.PRNGKey(args.seed)
+def run_seed(seed: int, n_pairs: int, n_steps: int, batch_size: int = 128, learning_rate: float = 3e-3) -> dict:
+    """One seed of the whole comparison (its own SFT model, preference data, SACPO / P-SACPO / Safe-RLHF runs),
+    every model scored exactly. Returns the cell stored in ``sacpo_cells.json``."""
+    key = jax.random.PRNGKey(seed)
     task_key, sacpo_key, rlhf_key = jax.random.split(key, 3)
     started = time.perf_counter()
-
-    print(f"SFT and data ({n_pairs} pairs per objective) ...", flush=True)
+    print(f"[seed {seed}] SFT and data ({n_pairs} pairs per objective) ...", flush=True)
     task = prepare_task(task_key, n_pairs, "small", sft_steps=300)
     problem = sacpo_problem(task, {"reward": task.reward_pairs, "safety": task.safety_pairs})
     front = exact_front(task, BETA)
@@ -98,32 +87,13 @@ def main(argv=None) -> None:
                                             THRESHOLD))
     lambdas = tuple(sorted(set(LAMBDAS) | {round(lambda_star, 3)}))
 
-    # ---------------------------------------------------------------- SACPO grid, vmapped vs one by one
+    # ---------------------------------------------------------------- SACPO grid (one vmapped program)
     config = sacpo.SACPOConfig(n_steps=n_steps, batch_size=batch_size)
     hparams = config.default_hparams().replace(beta=BETA, learning_rate=learning_rate)
     grid = sweep.make_grid(hparams, seeds=1, lagrange_multipliers=list(lambdas))
     grid = grid._replace(keys=jnp.tile(sacpo_key[None], (grid.size, 1)))  # every lane: this run's SACPO key
-    train = sacpo.make_train(config, problem)
-    print(f"SACPO grid ({len(lambdas)} points x 2 stages x {n_steps} steps), vmapped ...", flush=True)
-    result, vmapped_first = _timed(sweep.run_grid, train, grid)
-    _, vmapped_steady = _timed(sweep.run_grid, train,
-                               grid._replace(keys=jnp.tile(jax.random.PRNGKey(99)[None],
-                                                                                   (grid.size, 1))))
-    print("SACPO grid point by point ...", flush=True)
-    single = jax.jit(train)
-    _, sequential_first = _timed(single, sacpo_key, sweep.lane(grid.hparams, 0))
-    sequential_steady = 0.0
-    for index in range(len(lambdas)):
-        _, seconds = _timed(single, sacpo_key, sweep.lane(grid.hparams, index))
-        sequential_steady += seconds
-    timing = {"grid_points": len(lambdas), "vmapped_first_call_s": vmapped_first,
-              "vmapped_steady_s": vmapped_steady,
-              "sequential_first_point_incl_compile_s": sequential_first,
-              "sequential_steady_s": sequential_steady,
-              "sequential_total_incl_compile_s": sequential_first + sequential_steady
-              - sequential_steady / len(lambdas),
-              "steady_speedup": sequential_steady / vmapped_steady}
-
+    print(f"[seed {seed}] SACPO grid ({len(lambdas)} points x 2 stages x {n_steps} steps) ...", flush=True)
+    result = sweep.run_grid(sacpo.make_train(config, problem), grid)
     # the step-1 model: the same run with the reward stage only (every lane shares it: same key, same beta)
     step1 = jax.jit(sacpo.make_train(config.replace(stages=("reward",)), problem))(sacpo_key, hparams)
     rows["step1"] = {"method": "step 1 (DPO on r)", "setting": f"β={BETA:g}",
@@ -132,29 +102,28 @@ def main(argv=None) -> None:
                      "gradient_steps": n_steps}
     for index, lam in enumerate(lambdas):
         table = logprob_table(task.graphdef, sweep.lane(result.params, index))
-        setting = f"λ={lam:g} (β/λ={BETA / lam:.3g})" + (", dual λ*" if lam == round(lambda_star, 3) else "")
-        rows[f"sacpo_{lam:g}"] = {"method": "SACPO", "setting": setting, "lagrange_multiplier": lam,
-                                  **exact_point(task, table, optimum_table(task, BETA, lam)),
-                                  "gradient_steps": 2 * n_steps}
+        star = lam == round(lambda_star, 3)
+        name = "sacpo_star" if star else f"sacpo_{lam:g}"
+        setting = "dual λ*" if star else f"λ={lam:g} (β/λ={BETA / lam:.3g})"
+        rows[name] = {"method": "SACPO", "setting": setting, "lagrange_multiplier": lam,
+                      **exact_point(task, table, optimum_table(task, BETA, lam)), "gradient_steps": 2 * n_steps}
 
-    print("reversed order (safety first) ...", flush=True)
-    reversed_config = config.replace(stages=("safety", "reward"))
-    reversed_result = sweep.run_grid(sacpo.make_train(reversed_config, problem), grid)
+    print(f"[seed {seed}] reversed order (safety first) ...", flush=True)
+    reversed_result = sweep.run_grid(sacpo.make_train(config.replace(stages=("safety", "reward")), problem), grid)
     for index, lam in enumerate(lambdas):
         table = logprob_table(task.graphdef, sweep.lane(reversed_result.params, index))
-        rows[f"reversed_{lam:g}"] = {"method": "SACPO reversed", "setting": f"λ={lam:g}",
-                                     "lagrange_multiplier": lam,
-                                     **exact_point(task, table, optimum_table(task, BETA, lam)),
-                                     "gradient_steps": 2 * n_steps}
+        star = lam == round(lambda_star, 3)
+        rows["reversed_star" if star else f"reversed_{lam:g}"] = {
+            "method": "SACPO reversed", "setting": "dual λ*" if star else f"λ={lam:g}", "lagrange_multiplier": lam,
+            **exact_point(task, table, optimum_table(task, BETA, lam)), "gradient_steps": 2 * n_steps}
 
     # ---------------------------------------------------------------- P-SACPO
-    print("P-SACPO merges ...", flush=True)
+    print(f"[seed {seed}] P-SACPO merges ...", flush=True)
     bar = len(lambdas) - 1
     lambda_bar = lambdas[bar]
     params_reward, params_bar = step1.params, sweep.lane(result.params, bar)
     gaps = sacpo.merge_gaps(task.graphdef, params_reward, params_bar, QS,
-                            lambda q: optimum_table(task, BETA,
-                                                    q * lambda_bar), logprob_table, task.prompt_probs)
+                            lambda q: optimum_table(task, BETA, q * lambda_bar), logprob_table, task.prompt_probs)
     table_reward = logprob_table(task.graphdef, params_reward)
     table_bar = logprob_table(task.graphdef, params_bar)
     from jaxsafe.llm import merge  # local: only the plane points need the merged tables
@@ -170,143 +139,285 @@ def main(argv=None) -> None:
             rows[f"psacpo_{name}_{q:g}"] = {"method": f"P-SACPO {name} merge",
                                             "setting": f"q={q:g} (λ={q * lambda_bar:g})",
                                             "lagrange_multiplier": q * lambda_bar,
-                                            **exact_point(task, table, target),
-                                            "gradient_steps": 2 * n_steps}
+                                            **exact_point(task, table, target), "gradient_steps": 2 * n_steps}
 
     # ---------------------------------------------------------------- Safe-RLHF (PPO-Lagrangian)
-    print("Safe-RLHF: reward / cost models ...", flush=True)
+    print(f"[seed {seed}] Safe-RLHF: reward / cost models, then PPO-Lagrangian ...", flush=True)
     rlhf_config = safe_rlhf.SafeRLHFConfig(n_iterations=(2 * n_steps) // 4, prompts_per_iteration=32,
                                            samples_per_prompt=4, ppo_epochs=4)
     score_config = safe_rlhf.ScoreModelConfig(n_steps=n_steps, batch_size=64, learning_rate=learning_rate)
     score_key, ppo_key = jax.random.split(rlhf_key)
-    models, score_seconds = _timed(safe_rlhf.train_score_models, score_config, task.graphdef, task.sft_params,
-                                   task.reward_pairs, cost_pairs(task), score_key)
+    models = safe_rlhf.train_score_models(score_config, task.graphdef, task.sft_params, task.reward_pairs,
+                                          cost_pairs(task), score_key)
     sft_cost = expected_learned_cost(task, models, task.sft_table)
     cost_limits = [1e3] + [sft_cost - offset for offset in COST_LIMIT_OFFSETS]
-    print(f"Safe-RLHF: PPO-Lagrangian over cost limits {np.round(cost_limits, 3).tolist()} ...", flush=True)
     rlhf_hparams = rlhf_config.default_hparams().replace(kl_coefficient=BETA, multiplier_lr=0.1,
                                                          learning_rate=learning_rate)
     rlhf_grid = sweep.make_grid(rlhf_hparams, seeds=1, cost_limit=cost_limits)
     rlhf_grid = rlhf_grid._replace(keys=jnp.tile(ppo_key[None], (rlhf_grid.size, 1)))
-    rlhf_result, ppo_seconds = _timed(sweep.run_grid,
-                                      safe_rlhf.make_train(rlhf_config, rlhf_problem(task, models)),
-                                      rlhf_grid)
-    rlhf_params, rlhf_metrics = rlhf_result.params, rlhf_result.metrics
+    rlhf_result = sweep.run_grid(safe_rlhf.make_train(rlhf_config, rlhf_problem(task, models)), rlhf_grid)
     for index, limit in enumerate(cost_limits):
-        table = logprob_table(task.graphdef, sweep.lane(rlhf_params, index))
+        table = logprob_table(task.graphdef, sweep.lane(rlhf_result.params, index))
         setting = "no limit" if index == 0 else f"limit = SFT cost − {COST_LIMIT_OFFSETS[index - 1]:g}"
-        rows[f"safe_rlhf_{index}"] = {"method": "Safe-RLHF (PPO-Lag)", "setting": setting,
-                                      "cost_limit": limit,
+        rows[f"safe_rlhf_{index}"] = {"method": "Safe-RLHF (PPO-Lag)", "setting": setting, "cost_limit": limit,
                                       **exact_point(task, table),
-                                      "final_multiplier": float(rlhf_metrics["multiplier"][index, -1]),
+                                      "final_multiplier": float(rlhf_result.metrics["multiplier"][index, -1]),
                                       "gradient_steps": rlhf_config.policy_gradient_steps,
                                       "score_model_steps": 2 * score_config.n_steps}
 
-    # ---------------------------------------------------------------- selection and comparison
+    # ---------------------------------------------------------------- per-seed comparison
     for row in rows.values():
         row["front_reward_gap"] = front_reward_at(front, row["expected_safety"]) - row["expected_reward"]
+    optimum = {f"{lam:g}": exact_point(task, optimum_table(task, BETA, lam)) for lam in lambdas}
+    cell = {"seed": seed, "rows": rows, "front": front, "lambdas": lambdas, "lambda_star": lambda_star,
+            "lambda_bar": lambda_bar, "optimum": optimum,
+            "merge_gaps": {"q": QS, "weight": gaps.weight_merge, "token_logit": gaps.token_logit_merge,
+                           "sequence_logprob": gaps.sequence_logprob_merge},
+            "safe_rlhf_cost_limits": cost_limits, "sft_expected_learned_cost": sft_cost,
+            "seconds": time.perf_counter() - started}
+    cell["comparison"] = compare_methods(cell)
+    return to_jsonable(cell)
 
-    def select(prefix):
-        names = [n for n in rows if n.startswith(prefix)]
-        choice = sacpo.select_feasible([rows[n]["expected_reward"] for n in names],
-                                       [rows[n]["expected_safety"] for n in names], THRESHOLD)
-        return names[choice.index], choice.feasible
 
-    selected = {label: select(prefix) for label, prefix in
-                (("SACPO", "sacpo_"), ("SACPO reversed", "reversed_"), ("Safe-RLHF", "safe_rlhf_"))}
-    sacpo_names = [n for n in rows if n.startswith("sacpo_")]
-    rlhf_names = [n for n in rows if n.startswith("safe_rlhf_")]
-    dominated = {n: [s for s in sacpo_names if rows[s]["expected_reward"] > rows[n]["expected_reward"]
-                     and rows[s]["expected_safety"] > rows[n]["expected_safety"]] for n in rlhf_names}
-    results = {
-        "settings": {"quick": args.quick, "pairs_per_objective": n_pairs, "steps_per_stage": n_steps,
-                     "batch_size": batch_size, "learning_rate": learning_rate, "beta": BETA,
-                     "lambdas": lambdas, "qs": QS, "lambda_bar": lambda_bar, "threshold": THRESHOLD,
-                     "model": "small (d=32, 1 layer)",
-                     "safe_rlhf": {"n_iterations": rlhf_config.n_iterations,
-                                   "ppo_epochs": rlhf_config.ppo_epochs,
-                                   "rollout_batch": rlhf_config.rollout_batch, "cost_limits": cost_limits,
-                                   "sft_expected_learned_cost": sft_cost}},
-        "rows": rows, "timing": timing,
-        "safe_rlhf_seconds": {"score_models": score_seconds, "ppo_grid": ppo_seconds},
-        "merge_gaps": {"q": QS, "weight": gaps.weight_merge, "token_logit": gaps.token_logit_merge,
-                       "sequence_logprob": gaps.sequence_logprob_merge},
-        "selected": {label: {"row": name, "feasible": feasible} for label,
-                     (name, feasible) in selected.items()},
-        "safe_rlhf_points_dominated_by_sacpo": dominated,
-        "lambda_star_exact_dual": lambda_star,
-        "optimum_at_lambda_star": exact_point(task, optimum_table(task, BETA, lambda_star)),
-        "front": front, "total_seconds": time.perf_counter() - started,
-    }
+METHOD_PREFIXES = {"SACPO": "sacpo_", "SACPO reversed": "reversed_", "Safe-RLHF": "safe_rlhf_"}
+MATCHED_SAFETY = (-0.25, 0.0, 0.25)
+
+
+def lagrangian(point: dict, lam: float) -> float:
+    """``E[r] + lambda E[g] - beta KL(pi || pi_SFT)``: the objective ``pi*_{r + lambda g}`` maximises over *all*
+    policies, so ``L(pi*) - L(pi) >= 0`` prices reward, safety and KL to the reference on one scale."""
+    return point["expected_reward"] + lam * point["expected_safety"] - BETA * point["kl_to_sft"]
+
+
+def upper_envelope_at(points: list[dict], safety: float) -> float:
+    """The best reward reachable at ``safety`` by mixing a method's points (the upper concave hull of its
+    (E[g], E[r]) points, read at ``safety``; NaN outside their safety range)."""
+    pts = sorted((p["expected_safety"], p["expected_reward"]) for p in points)
+    hull: list[tuple[float, float]] = []
+    for g, r in pts:
+        while len(hull) >= 2 and ((hull[-1][0] - hull[-2][0]) * (r - hull[-2][1])
+                                  - (hull[-1][1] - hull[-2][1]) * (g - hull[-2][0])) >= 0:
+            hull.pop()
+        hull.append((g, r))
+    gs, rs = np.array([h[0] for h in hull]), np.array([h[1] for h in hull])
+    if not gs[0] <= safety <= gs[-1]:
+        return float("nan")
+    return float(np.interp(safety, gs, rs))
+
+
+def compare_methods(cell: dict) -> dict:
+    """Per-seed comparison of the methods' grids: Lagrangian regret at every lambda of the grid (equal price on
+    the KL to the reference), the best reward at matched safety, the selected feasible point, and 3-D dominance
+    (E[r] up, E[g] up, KL to SFT down)."""
+    rows = cell["rows"]
+    groups = {m: [rows[n] for n in rows if n.startswith(p)] for m, p in METHOD_PREFIXES.items()}
+    out = {"lagrangian_regret": {}, "reward_at_safety": {}, "selected": {}}
+    for lam in cell["lambdas"]:
+        best = lagrangian(cell["optimum"][f"{lam:g}"], lam)
+        out["lagrangian_regret"][f"{lam:g}"] = {m: best - max(lagrangian(p, lam) for p in pts)
+                                                for m, pts in groups.items()}
+    for g in MATCHED_SAFETY:
+        out["reward_at_safety"][f"{g:g}"] = {m: upper_envelope_at(pts, g) for m, pts in groups.items()}
+    for m, pts in groups.items():
+        choice = sacpo.select_feasible([p["expected_reward"] for p in pts], [p["expected_safety"] for p in pts],
+                                       THRESHOLD)
+        out["selected"][m] = {**{k: pts[choice.index][k] for k in ("setting", "expected_reward", "expected_safety",
+                                                                 "kl_to_sft")}, "feasible": choice.feasible}
+
+    def dominated(a, b):  # points of a dominated by some point of b
+        return sum(any(q["expected_reward"] >= p["expected_reward"] and q["expected_safety"] >= p["expected_safety"]
+                       and q["kl_to_sft"] <= p["kl_to_sft"] for q in b) for p in a)
+
+    out["dominance"] = {"safe_rlhf_by_sacpo": dominated(groups["Safe-RLHF"], groups["SACPO"]),
+                        "sacpo_by_safe_rlhf": dominated(groups["SACPO"], groups["Safe-RLHF"]),
+                        "safe_rlhf_points": len(groups["Safe-RLHF"]), "sacpo_points": len(groups["SACPO"])}
+    return out
+
+
+def _mean_se(values) -> tuple[float, float, int]:
+    v = np.asarray([x for x in values if x is not None and np.isfinite(x)], float)
+    if v.size == 0:
+        return float("nan"), float("nan"), 0
+    return float(v.mean()), float(v.std(ddof=1) / np.sqrt(v.size)) if v.size > 1 else float("nan"), int(v.size)
+
+
+def _diff(a, b) -> float:
+    return float("nan") if a is None or b is None else a - b
+
+
+def aggregate(cells: list[dict]) -> dict:
+    """Mean +- standard error over seeds of every row and of the per-seed comparisons (paired differences)."""
+    out = {"rows": {}, "regret": {}, "reward_at_safety": {}, "selected": {}, "dominance": {}}
+    for name, row in cells[0]["rows"].items():
+        values = [c["rows"][name] for c in cells if name in c["rows"]]
+        out["rows"][name] = {"method": row["method"], "setting": row["setting"],
+                             **{k: _mean_se([v.get(k) for v in values]) for k in
+                                ("expected_reward", "expected_safety", "kl_to_sft", "kl_to_optimum",
+                                 "front_reward_gap")}}
+    for lam in cells[0]["comparison"]["lagrangian_regret"]:
+        per = [c["comparison"]["lagrangian_regret"].get(lam) for c in cells]
+        out["regret"][lam] = {m: _mean_se([p[m] for p in per if p]) for m in METHOD_PREFIXES}
+        out["regret"][lam]["SACPO − Safe-RLHF"] = _mean_se([_diff(p["SACPO"], p["Safe-RLHF"]) for p in per if p])
+    for g in cells[0]["comparison"]["reward_at_safety"]:
+        per = [c["comparison"]["reward_at_safety"][g] for c in cells]
+        out["reward_at_safety"][g] = {m: _mean_se([p[m] for p in per]) for m in METHOD_PREFIXES}
+        out["reward_at_safety"][g]["SACPO − Safe-RLHF"] = _mean_se([_diff(p["SACPO"], p["Safe-RLHF"]) for p in per])
+    for m in METHOD_PREFIXES:
+        sel = [c["comparison"]["selected"][m] for c in cells]
+        out["selected"][m] = {k: _mean_se([s[k] for s in sel]) for k in ("expected_reward", "expected_safety",
+                                                                          "kl_to_sft")}
+        out["selected"][m]["feasible"] = sum(bool(s["feasible"]) for s in sel)
+    for k in ("safe_rlhf_by_sacpo", "sacpo_by_safe_rlhf"):
+        out["dominance"][k] = [c["comparison"]["dominance"][k] for c in cells]
+    out["lambda_star"] = _mean_se([c["lambda_star"] for c in cells])
+    return out
+
+
+def plot_seeds(path: Path, cells: list[dict], title: str) -> None:
+    """Each seed's points (small, faint) and the seed means with standard-error bars, on seed 0's exact front."""
+    from jaxsafe.plotting import _pyplot  # noqa: PLC0415
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 5))
+    front = cells[0]["front"]
+    ax.plot(front["expected_safety"], front["expected_reward"], "k-", lw=1.2, label=f"exact front (seed {cells[0]['seed']})")
+    for i, (method, prefix) in enumerate({"SFT": "sft", **METHOD_PREFIXES}.items()):
+        names = [n for n in cells[0]["rows"] if n.startswith(prefix)]
+        for c in cells:
+            ax.plot([c["rows"][n]["expected_safety"] for n in names if n in c["rows"]],
+                    [c["rows"][n]["expected_reward"] for n in names if n in c["rows"]], "o", color=f"C{i}",
+                    alpha=0.2, ms=3)
+        g = [_mean_se([c["rows"][n]["expected_safety"] for c in cells if n in c["rows"]]) for n in names]
+        r = [_mean_se([c["rows"][n]["expected_reward"] for c in cells if n in c["rows"]]) for n in names]
+        ax.errorbar([x[0] for x in g], [y[0] for y in r], xerr=[x[1] for x in g], yerr=[y[1] for y in r],
+                    fmt="os^vD"[i], color=f"C{i}", ms=6, capsize=2, label=f"{method} (mean +- s.e.)")
+    ax.axvline(THRESHOLD, color="grey", ls=":", lw=1)
+    ax.set_xlabel("harmlessness: exact E[g]")
+    ax.set_ylabel("helpfulness: exact E[r]")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--seeds", type=int, default=None, help="seeds 0..K-1 (default 5, 2 with --quick)")
+    parser.add_argument("--out", type=Path, default=RESULTS,
+                        help="directory for sacpo.{json,md,png} and sacpo_cells.json (default benchmarks/results)")
+    parser.add_argument("--seed-list", type=int, nargs="+", default=None,
+                        help="run only these seeds (several processes can share one cells file)")
+    parser.add_argument("--pairs", type=int, default=None, help="override the pairs per objective (smoke tests)")
+    parser.add_argument("--steps", type=int, default=None, help="override the steps per stage (smoke tests)")
+    args = parser.parse_args(argv)
+    n_pairs, n_steps = (8192, 250) if args.quick else (32768, 600)
+    n_pairs, n_steps = args.pairs or n_pairs, args.steps or n_steps
+    seeds = args.seeds or (2 if args.quick else 5)
+    mode = "quick" if args.quick else "full"
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "sacpo.json").write_text(json.dumps(to_jsonable(results), indent=2))
-    (args.out / "sacpo.md").write_text(markdown(results))
-    groups = {}
-    for row in rows.values():
-        rewards, safeties = groups.setdefault(row["method"], ([], []))
-        rewards.append(row["expected_reward"])
-        safeties.append(row["expected_safety"])
-    plot_plane(args.out / "sacpo.png", front, groups, THRESHOLD,
-               f"synthetic safety language, β={BETA:g}, {n_pairs} pairs, {n_steps} steps/stage")
-    print(markdown(results))
+    stem = "sacpo_quick" if args.quick else "sacpo"
+    cells_path = args.out / f"{stem}_cells.json"
+    store = json.loads(cells_path.read_text()) if cells_path.exists() else {}
+    started = time.perf_counter()
+    for seed in (args.seed_list if args.seed_list is not None else range(seeds)):
+        name = f"{mode}/seed{seed}"
+        if name in store:
+            continue
+        cell = run_seed(seed, n_pairs, n_steps)
+        # merge with what other processes (other seeds) wrote meanwhile
+        store = json.loads(cells_path.read_text()) if cells_path.exists() else {}
+        store[name] = cell
+        tmp = cells_path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(store, indent=1))
+        tmp.replace(cells_path)
+        write_results(args.out, stem, [store[f"{mode}/seed{s}"] for s in range(seeds) if f"{mode}/seed{s}" in store],
+                      dict(quick=args.quick, seeds=seeds, pairs_per_objective=n_pairs, steps_per_stage=n_steps,
+                           batch_size=128, learning_rate=3e-3, beta=BETA, lambdas=LAMBDAS, qs=QS,
+                           threshold=THRESHOLD, model="small (d=32, 1 layer)",
+                           safe_rlhf_cost_limit_offsets=COST_LIMIT_OFFSETS),
+                      time.perf_counter() - started)
+
+
+def write_results(out: Path, stem: str, cells: list[dict], settings: dict, seconds: float) -> None:
+    results = {"settings": settings, "seeds_done": [c["seed"] for c in cells], "aggregate": aggregate(cells),
+               "per_seed": [{k: c[k] for k in ("seed", "lambda_star", "comparison", "merge_gaps", "seconds")}
+                            for c in cells]}
+    (out / f"{stem}.json").write_text(json.dumps(to_jsonable(results), indent=2))
+    (out / f"{stem}.md").write_text(markdown(results))
+    plot_seeds(out / f"{stem}.png", cells, f"synthetic safety language, β={BETA:g}, {settings['pairs_per_objective']} "
+               f"pairs, {settings['steps_per_stage']} steps/stage, {len(cells)} seeds")
+
+
+def _ms(entry, digits: int = 3, sign: bool = False) -> str:
+    mean, se, n = entry
+    if n == 0 or not np.isfinite(mean):
+        return "–"
+    text = f"{mean:+.{digits}f}" if sign else f"{mean:.{digits}f}"
+    return text + (f" ± {se:.{digits}f}" if np.isfinite(se) else "")
 
 
 def markdown(results: dict) -> str:
-    s, t = results["settings"], results["timing"]
+    s, agg = results["settings"], results["aggregate"]
+    seeds = results["seeds_done"]
     lines = [
-        "# SACPO on the synthetic safety language (exact oracle)", "",
-        f"Generated by `benchmarks/sacpo.py{' --quick' if s['quick'] else ''}`. Model: {s['model']}; "
-        f"{s['pairs_per_objective']} preference pairs per objective; {s['steps_per_stage']} Adam steps per "
-        "stage, "
-        f"batch {s['batch_size']}; β = {s['beta']:g}; threshold E[g] ≥ {s['threshold']:g}. "
-        "All E[r], E[g] and KL values are exact (enumeration of the 85 responses of each of the 7 "
-        "prompts).", "",
-        "`KL→π*`: KL(π ‖ π*_{r+λg}) to the exact optimum at the row's λ. `front gap`: exact front's E[r] at "
-        "the row's E[g] minus the row's E[r] (negative = above the β-regularised front, i.e. more reward "
-        "bought with more KL). `steps`: policy gradient steps.", "",
-        "| method | setting | E[r] | E[g] | KL→SFT | KL→π* | front gap | steps |",
-        "|---|---|---|---|---|---|---|---|",
+        "# SACPO vs Safe-RLHF on the synthetic safety language (exact oracle)", "",
+        f"Generated by `benchmarks/sacpo.py{' --quick' if s['quick'] else ''}`: {len(seeds)} of {s['seeds']} seeds "
+        f"finished ({seeds}); every seed has its own SFT model, preference data and training keys. Model: "
+        f"{s['model']}; {s['pairs_per_objective']} preference pairs per objective; {s['steps_per_stage']} Adam steps "
+        f"per stage, batch {s['batch_size']}; β = {s['beta']:g}; threshold E[g] ≥ {s['threshold']:g}. Safe-RLHF: "
+        f"PPO-Lagrangian with KL coefficient β, as many policy-gradient steps as a SACPO point (2 × "
+        f"{s['steps_per_stage']}), after reward / cost models of {s['steps_per_stage']} steps each. All E[r], E[g] "
+        "and KL values are exact (enumeration of the 85 responses of each of the 7 prompts). Mean ± standard error "
+        "over seeds (ddof 1).", "",
+        "`KL→π*`: KL(π ‖ π*_{r+λg}) to the exact optimum at the row's λ. `front gap`: the seed's exact front E[r] at "
+        "the row's E[g] minus the row's E[r] (negative = above the β-regularised front, i.e. more reward bought "
+        "with more KL).", "",
+        "| method | setting | E[r] | E[g] | KL→SFT | KL→π* | front gap |",
+        "|---|---|---|---|---|---|---|",
     ]
-    for row in results["rows"].values():
-        kl_opt = f"{row['kl_to_optimum']:.3f}" if "kl_to_optimum" in row else "–"
-        gap = row["front_reward_gap"]
-        gap_text = "–" if gap is None or not np.isfinite(gap) else f"{gap:+.3f}"
-        extra = f" (+{row['score_model_steps']} RM/CM)" if "score_model_steps" in row else ""
-        lines.append(f"| {row['method']} | {row['setting']} | {row['expected_reward']:.3f} | "
-                     f"{row['expected_safety']:.3f} "
-                     f"| {row['kl_to_sft']:.3f} | {kl_opt} | {gap_text} | {row['gradient_steps']}{extra} |")
-    lines += ["", "**Selected** (best exact E[r] with E[g] ≥ threshold):", ""]
-    for label, choice in results["selected"].items():
-        row = results["rows"][choice["row"]]
-        lines.append(f"- {label}: {row['setting']} → E[r] = {row['expected_reward']:.3f}, E[g] = "
-                     f"{row['expected_safety']:.3f} (feasible: {choice['feasible']})")
-    opt = results["optimum_at_lambda_star"]
-    lines.append(f"- exact optimum at λ* = {results['lambda_star_exact_dual']:.3f} (exact dual): "
-                 f"E[r] = {opt['expected_reward']:.3f}, E[g] = {opt['expected_safety']:.3f}")
-    dominated = results["safe_rlhf_points_dominated_by_sacpo"]
-    n_dominated = sum(bool(v) for v in dominated.values())
-    lines += ["",
-              f"Safe-RLHF points dominated by some SACPO point (higher E[r] *and* E[g]): {n_dominated} of "
-              f"{len(dominated)}.", ""]
-    gaps = results["merge_gaps"]
-    lines += ["**P-SACPO merge gap** KL(merged ‖ π*_{r+qλ̄g}), λ̄ = "
-              f"{s['lambda_bar']:g}:", "",
-              "| q | weight merge | token-logit merge | sequence log-prob merge |",
-              "|---|---|---|---|"]
-    for i, q in enumerate(gaps["q"]):
-        lines.append(f"| {q:g} | {float(gaps['weight'][i]):.4f} | {float(gaps['token_logit'][i]):.4f} | "
-                     f"{float(gaps['sequence_logprob'][i]):.4f} |")
-    lines += ["",
-              f"**Wall time** of the {t['grid_points']}-point SACPO grid (same process, same data): vmapped "
-              f"{t['vmapped_steady_s']:.1f} s vs one by one {t['sequential_steady_s']:.1f} s after "
-              f"compilation (speed-up ×{t['steady_speedup']:.2f}); including compilation "
-              f"{t['vmapped_first_call_s']:.1f} s vs "
-              f"{t['sequential_total_incl_compile_s']:.1f} s. Safe-RLHF: score models "
-              f"{results['safe_rlhf_seconds']['score_models']:.1f} s, PPO grid of "
-              f"{len(s['safe_rlhf']['cost_limits'])} cost limits "
-              f"{results['safe_rlhf_seconds']['ppo_grid']:.1f} s "
-              "(incl. compilation). Total "
-              f"{results['total_seconds']:.0f} s on a shared 2-core CPU.", ""]
+    for row in agg["rows"].values():
+        lines.append(f"| {row['method']} | {row['setting']} | {_ms(row['expected_reward'])} | "
+                     f"{_ms(row['expected_safety'])} | {_ms(row['kl_to_sft'])} | {_ms(row['kl_to_optimum'])} | "
+                     f"{_ms(row['front_reward_gap'], sign=True)} |")
+    lines += ["", "## Who dominates", "",
+              "**Lagrangian regret at equal KL price**: for each λ, L*(λ) − max over a method's points of "
+              "E[r] + λ E[g] − β KL(π‖π_SFT). The exact π*_{r+λg} maximises this over *all* policies, so the "
+              "regret is ≥ 0 and prices reward, safety and the KL to the reference on one scale (lower is better; "
+              "the last column is the paired per-seed difference, negative = SACPO better).", "",
+              "| λ | SACPO | SACPO reversed | Safe-RLHF | SACPO − Safe-RLHF |", "|---|---|---|---|---|"]
+    for lam, entry in agg["regret"].items():
+        lines.append(f"| {lam} | " + " | ".join(_ms(entry[m]) for m in ("SACPO", "SACPO reversed", "Safe-RLHF"))
+                     + f" | {_ms(entry['SACPO − Safe-RLHF'], sign=True)} |")
+    lines += ["", "**Best reward at matched safety** (upper concave hull of each method's points, i.e. the best "
+              "mixture of its models, read at E[g]; – where a method's points do not reach that safety):", "",
+              "| E[g] | SACPO | SACPO reversed | Safe-RLHF | SACPO − Safe-RLHF |", "|---|---|---|---|---|"]
+    for g, entry in agg["reward_at_safety"].items():
+        lines.append(f"| {g} | " + " | ".join(_ms(entry[m]) for m in ("SACPO", "SACPO reversed", "Safe-RLHF"))
+                     + f" | {_ms(entry['SACPO − Safe-RLHF'], sign=True)} |")
+    lines += ["", "**Selected** (best exact E[r] with E[g] ≥ threshold, per seed):", "",
+              "| method | E[r] | E[g] | KL→SFT | feasible seeds |", "|---|---|---|---|---|"]
+    for m, sel in agg["selected"].items():
+        lines.append(f"| {m} | {_ms(sel['expected_reward'])} | {_ms(sel['expected_safety'])} | "
+                     f"{_ms(sel['kl_to_sft'])} | {sel['feasible']} of {len(seeds)} |")
+    dom = agg["dominance"]
+    lines += ["", f"3-D dominance per seed (higher E[r], higher E[g] *and* lower KL to SFT): Safe-RLHF points "
+              f"dominated by a SACPO point {dom['safe_rlhf_by_sacpo']} (of 5 per seed); SACPO points dominated by "
+              f"a Safe-RLHF point {dom['sacpo_by_safe_rlhf']} (of {len(agg['regret'])} per seed). λ* from the "
+              f"exact dual: {_ms(agg['lambda_star'])}.", ""]
+    lines += ["**P-SACPO merge gap** KL(merged ‖ π*_{r+qλ̄g}), λ̄ = 4, mean over seeds:", "",
+              "| q | weight merge | token-logit merge | sequence log-prob merge |", "|---|---|---|---|"]
+    per = results["per_seed"]
+    for i, q in enumerate(per[0]["merge_gaps"]["q"]):
+        cells = [_ms(_mean_se([float(p["merge_gaps"][k][i]) for p in per]), 4)
+                 for k in ("weight", "token_logit", "sequence_logprob")]
+        lines.append(f"| {q:g} | " + " | ".join(cells) + " |")
+    total = sum(p["seconds"] for p in per)
+    lines += ["", f"Compute: {total:.0f} s for {len(per)} seeds on a shared, loaded 2-core CPU (not a speed "
+              "measurement).", ""]
     return "\n".join(lines)
 
 
