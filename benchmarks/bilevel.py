@@ -322,6 +322,7 @@ VARIANT_TEXT = {
     "sarsa_warm": "SARSA critic carried over 10 earlier batches, then this batch (the runs' estimator)",
     "sarsa_warm_k": "as sarsa_warm with 3 SARSA passes per batch (more critic steps)",
     "sarsa_split": "critic from the 10 earlier batches only (this batch not seen by the critic)",
+    "sarsa_averaged": "as sarsa_warm with the step max(0.5, 1/n) (bchg.sarsa_averaged)",
     "follower_k": "as sarsa_warm, follower after 5 soft-Q backups from the previous iterate's optimum",
 }
 
@@ -362,7 +363,7 @@ def gradient_markdown(cells: dict, batches: int) -> str:
                   f"{min(info['oracle_norm'], 1.0):.3f})", "",
                   "| variant | estimator | " + " | ".join(f"N={n} cosine | var | ascent" for n in done) + " |",
                   "|---|---|" + "---|---|---|" * len(done)]
-        for variant in diagnostics.VARIANTS:
+        for variant in [v for v in diagnostics.VARIANTS if all(v in cells[f"{point}/N{n}"] for n in done)]:
             for est in diagnostics.ESTIMATORS:
                 row = [variant, est]
                 for n in done:
@@ -387,6 +388,8 @@ def plot_gradient_quality(cells: dict, path: Path) -> None:
     for col, point in enumerate(points):
         done = [n for n in GRADIENT_BUDGETS if f"{point}/N{n}" in cells]
         for i, variant in enumerate(diagnostics.VARIANTS):
+            if not all(variant in cells[f"{point}/N{n}"] for n in done):
+                continue
             for est, style in (("bchg", "-"), ("hpgd", ":")):
                 q = [cells[f"{point}/N{n}"][variant][est] for n in done]
                 oracle = [cells[f"{point}/N{n}"][variant][est]["oracle_clipped_ascent"] for n in done]

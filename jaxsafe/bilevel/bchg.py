@@ -163,6 +163,32 @@ def sarsa(key: Array, leader_q: Array, batch: TabularBatch, rewards: Array, lead
     return leader_q
 
 
+def sarsa_averaged(key: Array, leader_q: Array, counts: Array, batch: TabularBatch, rewards: Array,
+                   leader_gamma: Array, critic_lr: Array) -> tuple[Array, Array]:
+    """SARSA(0) with the step ``max(critic_lr, 1 / n(s, a))``, ``n`` the pair's visits so far (``counts [S, A]``,
+    updated and returned): a pair's first update *sets* ``Q`` to its target and the next ones average until the
+    constant step takes over.
+
+    With a constant step from a zero start, a pair visited once holds ``critic_lr`` times its target, so rare pairs
+    (the ones that carry BC-HG's covariance term under a near-greedy follower) are biased towards 0, a bias that
+    ``1 / lambda`` amplifies. Returns ``(leader_q, counts)``.
+    """
+    assert rewards.shape == batch.state.shape
+
+    def update(carry, i):
+        q, n = carry
+        s, a = batch.state[i], batch.action[i]
+        n = n.at[s, a].add(1.0)
+        step = jnp.maximum(critic_lr, 1.0 / n[s, a])
+        bootstrap = jnp.where(batch.terminal[i], 0.0, q[batch.next_state[i], batch.next_action[i]])
+        td_error = rewards[i] + leader_gamma * bootstrap - q[s, a]
+        return (q.at[s, a].add(step * td_error), n), None
+
+    order = jax.random.permutation(key, rewards.shape[0])
+    (leader_q, counts), _ = jax.lax.scan(update, (leader_q, counts), order)
+    return leader_q, counts
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Configurable-MDP estimator pieces
 # ---------------------------------------------------------------------------------------------------------------

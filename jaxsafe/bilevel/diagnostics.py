@@ -16,6 +16,8 @@ and estimated, and each version evaluated over many independent batches of ``N``
 ``sarsa_split``      the warm critic from the earlier batches only: this batch estimates ``d_x Q_F`` and is
                      *not* used by the critic before the step (sample splitting: the critic's error is then
                      independent of this batch's returns).
+``sarsa_averaged``   ``sarsa_warm`` with :func:`~jaxsafe.bilevel.bchg.sarsa_averaged` (step ``max(lr, 1/n)``: no
+                     pull of rarely visited pairs towards the zero start).
 ``follower_k``       ``sarsa_warm`` ingredients, but the follower ran only ``follower_backups`` soft-Q backups from
                      the exact ``Q_F`` of ``x_prev`` (a partly converged follower; ``g*`` stays the exact one).
 
@@ -39,7 +41,8 @@ from jaxsafe.exact import tabular
 
 Array = jax.Array
 
-VARIANTS = ("exact_all", "exact_critic", "sarsa_cold", "sarsa_warm", "sarsa_warm_k", "sarsa_split", "follower_k")
+VARIANTS = ("exact_all", "exact_critic", "sarsa_cold", "sarsa_warm", "sarsa_warm_k", "sarsa_split", "sarsa_averaged",
+            "follower_k")
 ESTIMATORS = ("bchg", "hpgd")
 
 
@@ -131,6 +134,18 @@ def batch_estimates(problem, x: Array, ing: ExactIngredients, key: Array, num_sa
     out["sarsa_cold"] = _estimates(problem, x, ing, batch, cold_q, visits_of(batch, zeros), temperature,
                                    follower_gamma, leader_gamma, False, ing.policy)
 
+    def warm_averaged(key, final_batch):
+        def body(carry, k):
+            q, n = carry
+            b_key, s_key = jax.random.split(k)
+            b = draw(b_key, ing.policy)
+            return bchg.sarsa_averaged(s_key, q, n, b, reward_table[b.state, b.action], leader_gamma,
+                                       critic_lr), None
+
+        (q, n), _ = jax.lax.scan(body, (zeros, zeros), jax.random.split(key, warm_batches))
+        return bchg.sarsa_averaged(jax.random.fold_in(key, 1), q, n, final_batch,
+                                   reward_table[final_batch.state, final_batch.action], leader_gamma, critic_lr)
+
     def warm(epochs, policy, key, final_batch, update_on_final=True):
         def body(carry, k):
             q, v = carry
@@ -155,6 +170,9 @@ def batch_estimates(problem, x: Array, ing: ExactIngredients, key: Array, num_sa
     qs, vs = warm(1, ing.policy, warm_key, batch, update_on_final=False)
     out["sarsa_split"] = _estimates(problem, x, ing, batch, qs, vs, temperature, follower_gamma, leader_gamma,
                                     False, ing.policy)
+    qa, na = warm_averaged(warm_key, batch)
+    out["sarsa_averaged"] = _estimates(problem, x, ing, batch, qa, na, temperature, follower_gamma, leader_gamma,
+                                       False, ing.policy)
     if follower_q_partial is not None:
         policy = tabular.soft_policy(follower_q_partial, temperature)
         value_params = MDPValueParams(jnp.asarray(temperature, jnp.float32), live.astype(jnp.float32))

@@ -87,7 +87,9 @@ class BilevelConfig(Config):
       max_episode_steps: rollout time limit; ``0`` takes the problem's.
       follower_iterations: ``0`` solves the follower exactly; ``k > 0`` runs ``k`` soft Q-iteration backups.
       follower_carry: partly converged follower keeps its Q-table between leader steps (else reset to zeros).
-      critic: ``"sarsa"`` (tabular, carried) or ``"exact"`` (policy evaluation in the model; diagnostics only).
+      critic: ``"sarsa"`` (tabular, carried), ``"sarsa_averaged"`` (the same with the step ``max(critic_lr, 1/n)``,
+        :func:`bchg.sarsa_averaged`; configurable MDPs only) or ``"exact"`` (policy evaluation in the model;
+        diagnostics only).
       follower_model: games only: ``"oracle"`` (white box) or ``"estimated"`` (fitted to observed actions).
       track_oracle: also log the cosine between the estimate and the exact hypergradient (costs one exact
         hypergradient per iteration).
@@ -112,7 +114,8 @@ class BilevelConfig(Config):
                           ("follower_iterations", 0), ("newton_max_iterations", 1)):
             value = getattr(self, name)
             require(is_int(value, low), f"BilevelConfig.{name}", f"an integer >= {low}", value)
-        require(self.critic in ("sarsa", "exact"), "BilevelConfig.critic", "'sarsa' or 'exact'", self.critic)
+        require(self.critic in ("sarsa", "sarsa_averaged", "exact"), "BilevelConfig.critic",
+                "'sarsa', 'sarsa_averaged' or 'exact'", self.critic)
         require(self.follower_model in ("oracle", "estimated"), "BilevelConfig.follower_model",
                 "'oracle' or 'estimated'", self.follower_model)
         for name in ("follower_carry", "track_oracle"):
@@ -198,6 +201,8 @@ def make_train_parts(config: BilevelConfig, problem) -> TrainParts:
                          f"(a {kind!r} problem); choose one of {ESTIMATORS[kind]}")
     if config.follower_model == "estimated" and kind != "game":
         raise ValueError("follower_model='estimated' applies to Markov games only")
+    if config.critic == "sarsa_averaged" and kind != "mdp":
+        raise ValueError("critic='sarsa_averaged' applies to configurable MDPs only")
     if kind == "lq" and config.follower_iterations:
         raise ValueError("follower_iterations must be 0 for LQ problems (the follower is closed-form)")
     builders = {"mdp": _mdp_iteration, "game": _game_iteration, "lq": _lq_iteration}
@@ -292,6 +297,10 @@ def _mdp_iteration(config: BilevelConfig, problem):
                                            hparams.leader_gamma)
             leader_advantage = leader_q - jnp.sum(policy * leader_q, axis=-1, keepdims=True)
             leader_v = jnp.sum(policy * leader_q, axis=-1)
+        elif config.critic == "sarsa_averaged":
+            leader_q, visits = bchg.sarsa_averaged(critic_key, state.leader_q, state.leader_visits, batch, rewards,
+                                                   hparams.leader_gamma, hparams.critic_lr)
+            leader_advantage, leader_v = visited_advantages(leader_q, visits, policy)
         else:
             leader_q = bchg.sarsa(critic_key, state.leader_q, batch, rewards, hparams.leader_gamma,
                                   hparams.critic_lr)

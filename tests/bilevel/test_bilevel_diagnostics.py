@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxsafe.bilevel import diagnostics, exact
+from jaxsafe.bilevel import bchg, diagnostics, exact
 
 TEMPERATURE, FOLLOWER_GAMMA, LEADER_GAMMA = 0.5, 0.8, 0.8
 
@@ -54,3 +54,29 @@ def test_exact_ingredient_estimators_are_nearly_unbiased(quality):
         for est in diagnostics.ESTIMATORS:
             assert np.isfinite(quality[variant][est]["cosine"]), (variant, est)
     assert quality["info"]["partial_follower_q_error"] >= 0.0
+
+
+def test_sarsa_averaged_is_a_running_mean_then_a_constant_step():
+    # three terminal visits of one pair with rewards 3, 0, 0: steps 1, 1/2, 1/3 (all above lr 0.1) -> the mean
+    n = 3
+    batch = bchg.TabularBatch(state=jnp.zeros(n, jnp.int32), action=jnp.zeros(n, jnp.int32),
+                              next_state=jnp.ones(n, jnp.int32), next_action=jnp.zeros(n, jnp.int32),
+                              episode_time=jnp.zeros(n, jnp.int32), terminal=jnp.ones(n, bool),
+                              done=jnp.ones(n, bool))
+    rewards = jnp.array([3.0, 0.0, 0.0])
+    zeros = jnp.zeros((2, 2))
+    q, counts = bchg.sarsa_averaged(jax.random.PRNGKey(0), zeros, zeros, batch, rewards, 0.9, 0.1)
+    assert float(q[0, 0]) == pytest.approx(1.0)
+    np.testing.assert_allclose(counts, [[3.0, 0.0], [0.0, 0.0]])
+    # the plain constant-step SARSA from zero keeps only part of the first target (the bias it removes)
+    plain = bchg.sarsa(jax.random.PRNGKey(0), zeros, batch._replace(state=batch.state[:1], action=batch.action[:1],
+                       next_state=batch.next_state[:1], next_action=batch.next_action[:1],
+                       episode_time=batch.episode_time[:1], terminal=batch.terminal[:1], done=batch.done[:1]),
+                       rewards[:1], 0.9, 0.5)
+    assert float(plain[0, 0]) == pytest.approx(1.5)
+    # once 1/n < lr the constant step takes over: a 4th visit (reward 1) with lr 0.5 moves halfway
+    q2, _ = bchg.sarsa_averaged(jax.random.PRNGKey(0), q, counts, batch._replace(
+        state=batch.state[:1], action=batch.action[:1], next_state=batch.next_state[:1],
+        next_action=batch.next_action[:1], episode_time=batch.episode_time[:1], terminal=batch.terminal[:1],
+        done=batch.done[:1]), jnp.array([2.0]), 0.9, 0.5)
+    assert float(q2[0, 0]) == pytest.approx(1.5)
