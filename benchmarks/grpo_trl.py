@@ -192,7 +192,9 @@ def jax_throughput(iterations: int, model_name: str, workdir: Path) -> dict:
 
     @jax.jit
     def train(key, hparams, params):  # the base params as an argument, not a literal of the program
-        return grpo.make_train(config, problem._replace(params=params))(key, hparams)
+        with jax.ensure_compile_time_eval():  # the build-time reward probe runs eagerly on concrete arrays
+            run = grpo.make_train(config, problem._replace(params=params))
+        return run(key, hparams)
 
     hparams = config.default_hparams()
     jax.block_until_ready(train(jax.random.PRNGKey(0), hparams, problem.params).metrics)  # compile
