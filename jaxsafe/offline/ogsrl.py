@@ -940,13 +940,18 @@ def plot_embedding(path, visited: dict, normaliser: guard.Normaliser, title: str
 def make_model_problem(name: str, **overrides) -> ModelEnv:
     """The problem space of the registered ``gmb_cpo`` / ``mb_cpo``: ``sepsis-sim`` is the training 1-NN model of
     :func:`build_task` (overrides ``seed``, ``num_patients``, ``bandwidth``, ``percentile``, ``guardian_kind``)."""
+    return model_env(_problem_task(name, "OGSRL problem", overrides), "train")
+
+
+def _problem_task(name: str, kind: str, overrides: dict):
+    """:func:`build_task` for a registered problem name, its overrides checked first (ValueError naming them)."""
     if name != "sepsis-sim":
-        raise ValueError(f"unknown OGSRL problem {name!r}; available: sepsis-sim")
+        raise ValueError(f"unknown {kind} {name!r}; available: sepsis-sim")
     allowed = ("seed", "num_patients", "bandwidth", "percentile", "guardian_kind")
     unknown = sorted(set(overrides) - set(allowed))
     if unknown:
         raise ValueError(f"sepsis-sim: unknown override(s) {unknown}; allowed: {list(allowed)}")
-    return model_env(build_task(**overrides), "train")
+    return build_task(**overrides)
 
 
 def describe_model_problems() -> dict[str, str]:
@@ -957,13 +962,7 @@ def make_data_problem(name: str, **overrides) -> cql.GuardedDataset:
     """The problem space of the registered ``cql`` / ``gcql``: ``sepsis-sim`` is the training split of
     :func:`build_task`'s clinicians' data (normalised observations) with the task's guardian as the OOD test
     (overrides as :func:`make_model_problem`)."""
-    if name != "sepsis-sim":
-        raise ValueError(f"unknown OGSRL data problem {name!r}; available: sepsis-sim")
-    allowed = ("seed", "num_patients", "bandwidth", "percentile", "guardian_kind")
-    unknown = sorted(set(overrides) - set(allowed))
-    if unknown:
-        raise ValueError(f"sepsis-sim: unknown override(s) {unknown}; allowed: {list(allowed)}")
-    task = build_task(**overrides)
+    task = _problem_task(name, "OGSRL data problem", overrides)
     return cql.GuardedDataset(normalised_training_data(task), guardian_ood_fn(task))
 
 
