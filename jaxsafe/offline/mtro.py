@@ -459,7 +459,7 @@ def selector_timing(config: mgdt.MGDTConfig, stats: GameStats, selector_names=SE
     return out
 
 
-def plot_summary(path, results: dict, title: str = "") -> "Path":  # noqa: F821
+def plot_summary(path, results: dict, title: str = "") -> "pathlib.Path":  # noqa: F821
     """The IQM (with 95% stratified bootstrap intervals) of the normalised score per selector, one panel per
     suite: ``results[suite]`` is :func:`run_suite`'s dict."""
     from jaxsafe.plotting import plot_intervals
