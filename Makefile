@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 export JAX_COMPILATION_CACHE_DIR ?= $(CURDIR)/.jax_cache
 
-.PHONY: install demo test test-fast bench clean
+.PHONY: install demo test test-fast bench docs clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,11 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/throughput.py
+
+# The API reference from the docstrings (pdoc) in build/docs/ (open build/docs/index.html); any pdoc warning fails.
+docs: $(STAMP)
+	rm -rf build/docs
+	$(BIN)/python scripts/docs.py build/docs
 
 clean:
 	rm -rf $(VENV) .jax_cache .pytest_cache runs
