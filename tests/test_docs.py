@@ -7,6 +7,7 @@ in docs/, and every relative link in docs/papers.md must name a file that exists
 
 import importlib.util
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -49,12 +50,16 @@ def test_every_module_page_is_linked_from_its_package_page(reference):
     assert not unlinked, f"no link from the package page to {unlinked}"
 
 
-def test_a_pdoc_warning_fails_the_build(tmp_path):
-    bad = tmp_path / "bad_annotation.py"
-    bad.write_text('"""A module."""\nfrom __future__ import annotations\n\n\n'
-                   'def f(x: NotImported) -> None:  # noqa: F821\n    """A function."""\n')
-    with pytest.raises(RuntimeError, match="NotImported"):
-        docs.render([str(bad)], tmp_path / "out")
+def test_a_pdoc_warning_fails_the_build(tmp_path, monkeypatch):
+    (tmp_path / "docs_bad_annotation.py").write_text(
+        '"""A module."""\nfrom __future__ import annotations\n\n\n'
+        'def f(x: NotImported) -> None:  # noqa: F821\n    """A function."""\n')
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        with pytest.raises(RuntimeError, match="NotImported"):
+            docs.render(["docs_bad_annotation"], tmp_path / "out")
+    finally:
+        sys.modules.pop("docs_bad_annotation", None)
 
 
 def test_landing_page_links_every_guide():
