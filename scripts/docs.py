@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import re
 import sys
 import tomllib
 import warnings
@@ -37,6 +38,16 @@ _NAV_TEMPLATE = """{% extends "default/module.html.jinja2" %}
     {% endif %}
 {% endblock %}
 """
+
+
+# reStructuredText's "Usage::" opens a literal block and reads "Usage:" ("Usage ::" and a lone "::" read as
+# nothing); pdoc's reStructuredText conversion keeps the "::", so it is rewritten before each conversion.
+_SPACED_LITERAL_MARKER = re.compile(r"(^|[ \t]+)::$", flags=re.M)
+_LITERAL_MARKER = re.compile(r"(?<=\S)::$", flags=re.M)
+
+
+def _without_literal_markers(docstring: str) -> str:
+    return _LITERAL_MARKER.sub(":", _SPACED_LITERAL_MARKER.sub("", docstring))
 
 
 def repository_url() -> str:
@@ -116,6 +127,9 @@ def render(specs: list[str], out: Path | str, **options) -> None:
     default_loader = env.loader
     env.loader = jinja2.ChoiceLoader([jinja2.DictLoader({"module.html.jinja2": _NAV_TEMPLATE}), default_loader])
     env.globals["documented_below"] = documented_below
+    default_to_markdown = env.filters["to_markdown"]
+    env.filters["to_markdown"] = jinja2.pass_context(
+        lambda context, docstring: default_to_markdown(context, _without_literal_markers(docstring)))
     # jax sets ``jax.Array.__module__ = "jax"`` but leaves the qualname "jaxlib._jax.Array", so every signature
     # would read ``jax.jaxlib._jax.Array``; for the render it reads ``jax.Array``, as the annotations say.
     array_qualname, jax.Array.__qualname__ = jax.Array.__qualname__, "Array"
@@ -128,6 +142,7 @@ def render(specs: list[str], out: Path | str, **options) -> None:
     finally:
         jax.Array.__qualname__ = array_qualname
         env.loader = default_loader
+        env.filters["to_markdown"] = default_to_markdown
         del env.globals["documented_below"]
     problems = list(dict.fromkeys(f"{w.category.__name__}: {w.message}" for w in caught))
     if problems:

@@ -50,6 +50,11 @@ def test_every_module_page_is_linked_from_its_package_page(reference):
     assert not unlinked, f"no link from the package page to {unlinked}"
 
 
+def test_no_page_shows_a_restructuredtext_literal_marker(reference):
+    out, names = reference
+    assert not [name for name in names if "::</p>" in page_of(out, name).read_text()]  # "Usage::" reads "Usage:"
+
+
 def test_a_pdoc_warning_fails_the_build(tmp_path, monkeypatch):
     (tmp_path / "docs_bad_annotation.py").write_text(
         '"""A module."""\nfrom __future__ import annotations\n\n\n'
