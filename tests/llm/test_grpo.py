@@ -156,6 +156,29 @@ def test_vmapped_lane_equals_single_run(problem):
     assert float(np.abs(np.asarray(grid.metrics["kl"][1])).sum()) > 0  # the beta lane moved off the reference
 
 
+def test_skipping_the_reference_pass_changes_nothing_but_the_kl_metric(problem):
+    """log_kl=False skips the reference forward pass at beta == 0 (TRL's behaviour): same updates, `kl` NaN there;
+    a beta > 0 lane still computes it, also inside a vmapped grid where the branch becomes a select."""
+    base = _config(num_iterations=2, loss_type="grpo")
+    hparams = base.default_hparams()
+    stacked = jax.tree.map(lambda a, b: jnp.stack([a, b]), hparams, hparams.replace(beta=jnp.float32(0.1)))
+    keys = jax.random.split(jax.random.PRNGKey(4), 2)
+    logged = jax.jit(jax.vmap(grpo.make_train(base, problem)))(keys, stacked)
+    skipped = jax.jit(jax.vmap(grpo.make_train(_config(num_iterations=2, loss_type="grpo", log_kl=False),
+                                               problem)))(keys, stacked)
+    for a, b in zip(jax.tree.leaves(logged.params), jax.tree.leaves(skipped.params)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    for name in ("loss", "mean_reward", "grad_norm"):
+        np.testing.assert_allclose(logged.metrics[name], skipped.metrics[name], rtol=1e-6, atol=1e-7)
+    assert np.isnan(np.asarray(skipped.metrics["kl"][0])).all() and np.isfinite(np.asarray(logged.metrics["kl"])).all()
+    np.testing.assert_allclose(logged.metrics["kl"][1], skipped.metrics["kl"][1], rtol=1e-6)
+    single = jax.jit(grpo.make_train(_config(num_iterations=2, loss_type="grpo", log_kl=False), problem))(
+        keys[0], hparams)  # unbatched beta: a real branch
+    np.testing.assert_allclose(single.metrics["loss"], logged.metrics["loss"][0], rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match=r"GRPOConfig.log_kl must be True or False"):
+        _config(log_kl="no")
+
+
 # ----------------------------------------------------------------------------- bad input
 
 
