@@ -14,7 +14,6 @@ import importlib
 import inspect
 import re
 import sys
-import tomllib
 import warnings
 from pathlib import Path
 
@@ -51,9 +50,13 @@ def _without_literal_markers(docstring: str) -> str:
 
 
 def repository_url() -> str:
-    """The repository address from ``[project.urls] Repository`` in pyproject.toml."""
-    with open(ROOT / "pyproject.toml", "rb") as f:
-        return tomllib.load(f)["project"]["urls"]["Repository"]
+    """The repository address from ``[project.urls] Repository`` (the notebooks' one reader of it)."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        from notebooks import repository_url as read
+    finally:
+        sys.path.remove(str(ROOT / "scripts"))
+    return read()
 
 
 def module_names() -> list[str]:
