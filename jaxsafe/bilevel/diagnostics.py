@@ -29,6 +29,7 @@ clipped SGD step gains to first order).
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
@@ -203,18 +204,27 @@ def summarize_estimates(estimates: Array, oracle: Array, max_norm: float = 1.0) 
             "oracle_clipped_ascent": float(jnp.minimum(oracle_norm, max_norm))}
 
 
+@functools.partial(jax.jit, static_argnums=(0, 6))
+def _exact_and_partial(problem, x, x_prev, temperature, follower_gamma, leader_gamma, follower_backups):
+    """The exact ingredients at ``x`` and the partly converged follower started from ``x_prev``'s exact one, as
+    one compiled program (eagerly they cost several times more: many small operations)."""
+    ing = exact_ingredients(problem, x, temperature, follower_gamma, leader_gamma)
+    start_q = exact.mdp_follower_q(problem, x_prev, temperature, follower_gamma)
+    value_params = MDPValueParams(jnp.asarray(temperature, jnp.float32), jnp.asarray(problem.live, jnp.float32))
+    partial_q = followers.partly_converged_follower(problem.follower_reward(x), problem.transition_fn(x),
+                                                    follower_gamma, followers.mdp_soft_value, value_params, start_q,
+                                                    follower_backups, True)
+    return ing, partial_q
+
+
 def gradient_quality(problem, x: Array, key: Array, num_samples: int, num_batches: int, temperature,
                      follower_gamma, leader_gamma, critic_lr, x_prev: Array | None = None, follower_backups: int = 5,
                      warm_batches: int = 10, critic_epochs: int = 3, max_norm: float = 1.0,
                      batches_per_call: int = 50) -> dict:
     """``{variant: {estimator: summary}}`` over ``num_batches`` independent draws at ``x`` (see the module
     docstring); ``x_prev`` (default: ``x``) is where the partly converged follower's exact start comes from."""
-    ing = exact_ingredients(problem, x, temperature, follower_gamma, leader_gamma)
-    start_q = exact.mdp_follower_q(problem, x if x_prev is None else x_prev, temperature, follower_gamma)
-    value_params = MDPValueParams(jnp.asarray(temperature, jnp.float32), jnp.asarray(problem.live, jnp.float32))
-    partial_q = followers.partly_converged_follower(problem.follower_reward(x), problem.transition_fn(x),
-                                                    follower_gamma, followers.mdp_soft_value, value_params, start_q,
-                                                    follower_backups, True)
+    ing, partial_q = _exact_and_partial(problem, x, x if x_prev is None else x_prev, temperature, follower_gamma,
+                                        leader_gamma, follower_backups)
     one = jax.jit(jax.vmap(lambda k: batch_estimates(problem, x, ing, k, num_samples, temperature, follower_gamma,
                                                      leader_gamma, critic_lr, warm_batches, critic_epochs,
                                                      partial_q)))
