@@ -10,9 +10,15 @@ import numpy as np
 
 
 def _pyplot():
+    import os
+    import sys
+
     import matplotlib
 
-    matplotlib.use("Agg")
+    # Scripts and the CLI draw off-screen; a notebook (its inline backend comes through MPLBACKEND) or a session
+    # that already imported pyplot keeps the backend it chose, so its figures still show inline.
+    if "matplotlib.pyplot" not in sys.modules and not os.environ.get("MPLBACKEND"):
+        matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     return plt
