@@ -453,10 +453,11 @@ def _run_training(spec: RunSpec, run_dir: RunDir, resume: bool, progress: bool, 
             checkpoint.save(run_dir.checkpoint_dir, chunk_index + 1, to_save(state),
                             max_to_keep=spec.keep_checkpoints or None)
             shown = {}
-            for name in summary_metrics[:3]:
-                values = [np.nanmean(r[name]) for r in new_rows if r.get(name) is not None]
-                if values:
-                    shown[name] = float(np.nanmean(values))
+            for name in summary_metrics[:3]:  # NaN (no episode ended in the chunk) is left out, silently
+                values = np.asarray([r[name] for r in new_rows if r.get(name) is not None], np.float64).ravel()
+                values = values[np.isfinite(values)]
+                if values.size:
+                    shown[name] = float(values.mean())
             bar.update(int(new_rows[0]["steps"]) * grid.size, **shown)
     finally:
         bar.close()
