@@ -11,6 +11,7 @@ GitHub" links come from ``[project.urls] Repository`` in pyproject.toml.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import inspect
 import re
 import sys
@@ -51,12 +52,10 @@ def _without_literal_markers(docstring: str) -> str:
 
 def repository_url() -> str:
     """The repository address from ``[project.urls] Repository`` (the notebooks' one reader of it)."""
-    sys.path.insert(0, str(ROOT / "scripts"))
-    try:
-        from notebooks import repository_url as read
-    finally:
-        sys.path.remove(str(ROOT / "scripts"))
-    return read()
+    spec = importlib.util.spec_from_file_location("jaxsafe_notebook_conventions", ROOT / "scripts" / "notebooks.py")
+    conventions = importlib.util.module_from_spec(spec)  # by path: "notebooks" is also the tests' package name
+    spec.loader.exec_module(conventions)
+    return conventions.repository_url()
 
 
 def module_names() -> list[str]:
