@@ -370,12 +370,13 @@ def _check_targets(dataset: TrajectoryDataset, target_return, target_cost) -> No
 
 
 def make_policy(config: CDTConfig, dataset: TrajectoryDataset, params, hparams: CDTHParams, target_return,
-                target_cost, action_low, action_high) -> Policy:
+                target_cost, action_low, action_high, deterministic: bool = True) -> Policy:
     """The trained CDT as a :class:`~jaxsafe.policy.Policy` conditioned on ``(target_return, target_cost)``.
 
     Play it on ``RewardCostFeedback(env)`` (:mod:`jaxsafe.offline.feedback`): each step the targets decrease by
     the reward and cost the previous step realised, the step joins the context, and the action is the Gaussian
-    mean at the newest state token clamped to ``[action_low, action_high]``.
+    mean at the newest state token (OSRL's evaluation; ``deterministic=False`` samples the Gaussian head instead)
+    clamped to ``[action_low, action_high]``.
 
     Raises:
       ValueError: a negative target. Warns when a target lies outside the dataset's episode range.
@@ -398,7 +399,6 @@ def make_policy(config: CDTConfig, dataset: TrajectoryDataset, params, hparams: 
         return jnp.concatenate([window[1:], value[None].astype(window.dtype)])
 
     def step(state, obs, key):
-        del key
         target_return_now = state.target_return - obs["reward"]
         target_cost_now = state.target_cost - obs["cost"]
         state = CDTContext(
@@ -409,9 +409,12 @@ def make_policy(config: CDTConfig, dataset: TrajectoryDataset, params, hparams: 
             push(state.timesteps, jnp.minimum(state.t, config.max_episode_len - 1)),
             push(state.mask, jnp.ones((), bool)), target_return_now, target_cost_now, state.t + 1)
         model = nnx.merge(graphdef, params)
-        (mean, _), _ = model(state.returns[None], state.costs[None], state.states[None], state.actions[None],
-                             state.timesteps[None], state.mask[None])
-        action = jnp.clip(mean[0, -1], action_low, action_high)
+        (mean, log_std), _ = model(state.returns[None], state.costs[None], state.states[None],
+                                   state.actions[None], state.timesteps[None], state.mask[None])
+        action = mean[0, -1]
+        if not deterministic:
+            action = action + jnp.exp(log_std[0, -1]) * jax.random.normal(key, action.shape)
+        action = jnp.clip(action, action_low, action_high)
         state = state._replace(actions=state.actions.at[-1].set(action))
         return state, action.reshape(action_shape)
 

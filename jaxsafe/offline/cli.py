@@ -103,7 +103,7 @@ def cmd_eval(args) -> int:
 
     which = args.checkpoint if args.checkpoint in ("latest", "best") else int(args.checkpoint)
     rows = evaluate_run(args.run_dir, args.target_return, args.target_cost, args.episodes, args.threshold,
-                        args.task, args.seed, checkpoint=which)
+                        args.task, args.seed, checkpoint=which, deterministic=not args.sample)
     print(f"{'lane':<40} {'norm. reward':>14} {'norm. cost':>14} {'safe':>5} {'return':>9} {'cost':>8} {'chunk':>5}")
     for row in rows:
         label = ", ".join(f"{k}={v}" for k, v in row.items() if k not in (
@@ -176,6 +176,8 @@ def add_subparser(subparsers) -> None:
                    help="latest, best (OSRL's online selection over the kept checkpoints) or a chunk number")
     p.add_argument("--task", default=None, help="environment (default: the dataset card's task)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sample", action="store_true",
+                   help="cdt: sample the Gaussian action head (default: play its mean, OSRL's evaluation)")
     p.set_defaults(func=cmd_eval)
 
     from jaxsafe.llm.cli import add_experiment

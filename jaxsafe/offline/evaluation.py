@@ -26,14 +26,19 @@ __all__ = ["make_policy", "evaluate_policy", "evaluate_run"]
 
 
 def make_policy(algorithm: str, config, dataset, params, hparams, env, env_params, target_return=None,
-                target_cost=None):
-    """``(policy, env)``: the trained learner's policy and the environment wrapper it plays on."""
+                target_cost=None, deterministic: bool = True):
+    """``(policy, env)``: the trained learner's policy and the environment wrapper it plays on.
+
+    ``deterministic=False`` samples the CDT's Gaussian head instead of playing its mean (OSRL's evaluation); the
+    baselines are deterministic actors and refuse it."""
     space = env.action_space(env_params)
     if algorithm == "cdt":
         if target_return is None or target_cost is None:
             raise ValueError("cdt needs --target-return and --target-cost (the CDT is conditioned on them)")
-        return (cdt.make_policy(config, dataset, params, hparams, target_return, target_cost, space.low, space.high),
-                RewardCostFeedback(env))
+        return (cdt.make_policy(config, dataset, params, hparams, target_return, target_cost, space.low, space.high,
+                                deterministic), RewardCostFeedback(env))
+    if not deterministic:
+        raise ValueError(f"deterministic: {algorithm} is a deterministic actor; only cdt samples its actions")
     if algorithm in ("bc_all", "bc_safe"):
         return baselines.make_policy(config, dataset, params, space.low, space.high), env
     if algorithm == "bcq_lag":
@@ -57,13 +62,15 @@ def _better(row: dict, best: dict | None) -> bool:
 
 
 def evaluate_run(out_dir, target_return=None, target_cost=None, episodes: int = 20, threshold=None,
-                 task: str | None = None, seed: int = 0, checkpoint="latest") -> list[dict]:
+                 task: str | None = None, seed: int = 0, checkpoint="latest",
+                 deterministic: bool = True) -> list[dict]:
     """One result row per lane of the run in ``out_dir``.
 
     ``task`` defaults to the dataset card's; ``threshold`` to ``target_cost`` (CDT) or the lane's ``cost_limit``.
     ``checkpoint``: ``"latest"`` (the newest usable one), a chunk number, or ``"best"``: every checkpoint the run
     kept is evaluated and each lane reports its best by OSRL's rule (lowest normalised cost, ties by reward;
-    train with ``keep_checkpoints=0`` to keep every chunk's). Selecting by online rollouts is what OSRL reports;
+    train with ``keep_checkpoints=0`` to keep every chunk's). ``deterministic=False``: the CDT samples its
+    Gaussian head (see :func:`make_policy`). Selecting by online rollouts is what OSRL reports;
     it uses the environment, so it is not purely offline. Each row has ``checkpoint_step`` and, for ``"best"``,
     ``checkpoints_compared``.
 
@@ -99,7 +106,7 @@ def evaluate_run(out_dir, target_return=None, target_cost=None, episodes: int = 
         for index, point in enumerate(grid.points):
             hparams = lane(grid.hparams, index)
             policy, play_env = make_policy(spec.algorithm, config, dataset, lane(lane_state.params, index), hparams,
-                                           env, env_params, target_return, target_cost)
+                                           env, env_params, target_return, target_cost, deterministic)
             limit = threshold if threshold is not None else (
                 target_cost if spec.algorithm == "cdt" else float(getattr(hparams, "cost_limit")))
             row = evaluate_policy(policy, play_env, env_params, jax.random.PRNGKey(seed), episodes, max_steps,

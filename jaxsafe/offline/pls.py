@@ -513,10 +513,11 @@ def run(config: PLSConfig, problem: PLSProblem, hparams: PLSHParams, key, callba
 
 
 def cdt_problem(cdt_config, dataset, params, cdt_hparams, env, env_params, targets, seed_mask, episodes: int,
-                max_steps: int, reward_range=None) -> PLSProblem:
+                max_steps: int, reward_range=None, deterministic: bool = True) -> PLSProblem:
     """The frozen CDT as a :class:`PLSProblem`: ``evaluate(key, target)`` plays ``episodes`` vmapped episodes of
     at most ``max_steps`` steps with the traced target (one compiled rollout for every target). ``reward_range``
-    defaults to the dataset's episode return range (DSRL's normalisation)."""
+    defaults to the dataset's episode return range (DSRL's normalisation); ``deterministic=False`` deploys the
+    CDT sampling its Gaussian head (:func:`jaxsafe.offline.cdt.make_policy`)."""
     from jaxsafe.evaluate import rollout_episodes
     from jaxsafe.offline import cdt
     from jaxsafe.offline.feedback import RewardCostFeedback
@@ -528,7 +529,7 @@ def cdt_problem(cdt_config, dataset, params, cdt_hparams, env, env_params, targe
 
     def evaluate(key, target):
         policy = cdt.make_policy(cdt_config, dataset, params, cdt_hparams, target[0], target[1], space.low,
-                                 space.high)
+                                 space.high, deterministic)
         rollouts = rollout_episodes(play_env, env_params, policy, key, episodes, max_steps)
         return rollouts.returns, rollouts.costs
 
@@ -616,7 +617,7 @@ def _split_feedback(policy):
 
 def finetune_cdt(cdt_config, dataset, params, cdt_hparams, env, env_params, key, target, threshold: float,
                  episodes: int, episodes_per_round: int, updates_per_round: int, max_steps: int,
-                 progress: Callable | None = None) -> dict:
+                 progress: Callable | None = None, deterministic: bool = True) -> dict:
     """CDT-FT: deploy the CDT at ``target`` online, collect ``episodes`` episodes in rounds of
     ``episodes_per_round``, and after each round continue CDT training (:func:`jaxsafe.offline.cdt.make_train_parts`,
     ``updates_per_round`` gradient steps, the optimiser state carried over) on the dataset grown by every episode
@@ -643,7 +644,7 @@ def finetune_cdt(cdt_config, dataset, params, cdt_hparams, env, env_params, key,
         # array targets, as PLS's traced ones (a task's returns may be negative); the parameters are an argument, so
         # every round of the same size reuses one compiled rollout
         policy = _split_feedback(cdt.make_policy(cdt_config, dataset, round_params, cdt_hparams, target[0],
-                                                 target[1], space.low, space.high))
+                                                 target[1], space.low, space.high, deterministic))
         return rollout_trajectories(flat_env, env_params, policy, play_key, count, max_steps)
 
     play = jax.jit(play, static_argnums=2)

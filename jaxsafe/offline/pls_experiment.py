@@ -84,6 +84,7 @@ class PLSSettings:
     task: str | None = None
     lane: int = 0
     seed: int = 0
+    sample_actions: bool = False
 
     def __post_init__(self):
         require(isinstance(self.threshold, (int, float)) and self.threshold > 0, "threshold",
@@ -184,7 +185,8 @@ def make_problem(settings: PLSSettings, setup: CDTSetup) -> pls.PLSProblem:
     else:
         seeds = pls.seed_set_from_dataset(setup.dataset, targets, settings.threshold, settings.seed_margin)
     return pls.cdt_problem(setup.config, setup.dataset, setup.params, setup.hparams, setup.env, setup.env_params,
-                           targets, seeds, settings.episodes_per_query, setup.max_steps)
+                           targets, seeds, settings.episodes_per_query, setup.max_steps,
+                           deterministic=not settings.sample_actions)
 
 
 def conventional_target(dataset, threshold: float) -> tuple[float, float]:
@@ -320,13 +322,15 @@ def finetune_entry(settings: PLSSettings, setup: CDTSetup, problem, key, final_k
     out = pls.finetune_cdt(setup.config, setup.dataset, setup.params, setup.hparams, setup.env, setup.env_params,
                            key, target, threshold, episodes, settings.finetune_round_episodes,
                            settings.finetune_updates, setup.max_steps,
-                           progress=None if bar is None else lambda r, n, v: bar.update(n, round=r, viol=v))
+                           progress=None if bar is None else lambda r, n, v: bar.update(n, round=r, viol=v),
+                           deterministic=not settings.sample_actions)
     if bar is not None:
         bar.close()
     tuned = setup._replace(params=out["params"])
     tuned_problem = pls.cdt_problem(tuned.config, tuned.dataset, tuned.params, tuned.hparams, tuned.env,
                                     tuned.env_params, problem.targets, problem.seed_mask, settings.episodes_per_query,
-                                    tuned.max_steps, (problem.reward_min, problem.reward_max))
+                                    tuned.max_steps, (problem.reward_min, problem.reward_max),
+                                    deterministic=not settings.sample_actions)
     per = settings.episodes_per_query
     count = (len(out["episode_costs"]) // per) * per
     span = problem.reward_max - problem.reward_min
@@ -437,6 +441,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--task", default=None, help="environment (default: the dataset card's task)")
     parser.add_argument("--lane", type=int, default=d("lane"), help="which lane of the CDT run")
     parser.add_argument("--seed", type=int, default=d("seed"))
+    parser.add_argument("--sample-actions", action="store_true",
+                        help="deploy the CDT sampling its Gaussian head (default: its mean, as OSRL)")
     parser.add_argument("--out", default=None, help="run directory (default runs/<time>-offline-pls)")
     parser.add_argument("--quiet", action="store_true")
     parser.set_defaults(func=handle, parser=parser)
@@ -462,7 +468,7 @@ def settings_from_namespace(namespace: argparse.Namespace) -> PLSSettings:
         finetune_episodes=_numbers(namespace.finetune_episodes, "--finetune-episodes", None, int) or (),
         finetune_round_episodes=namespace.finetune_round_episodes, finetune_updates=namespace.finetune_updates,
         final_episodes=namespace.final_episodes, max_steps=namespace.max_steps, task=namespace.task,
-        lane=namespace.lane, seed=namespace.seed)
+        lane=namespace.lane, seed=namespace.seed, sample_actions=namespace.sample_actions)
 
 
 def _print_summary(summary: dict) -> None:

@@ -169,3 +169,27 @@ def test_frontier_augmentation_relabels_episodes_to_targets_above_the_frontier(c
     np.testing.assert_allclose(aug.frontier([0.0, 5.0]), [5.0, 10.0], atol=1e-6)
     assert np.all(aug.target_return >= 5.0 + aug.target_cost + 1.0 - 1e-6)
     assert cdt.training_episodes(CONFIG, chain_data).starts.shape == (real,)  # augment_fraction 0: none
+
+
+def test_stochastic_deployment_samples_the_gaussian_head(chain_data, trained):
+    """``deterministic=False`` plays ``mean + exp(log_std) * N(0, 1)`` with the step's key (then clamped); the
+    default plays the mean; both see the same context."""
+    kwargs = dict(config=CONFIG, dataset=chain_data, params=trained.params, hparams=HPARAMS, target_return=5.0,
+                  target_cost=0.0, action_low=-1.0, action_high=1.0)
+    sampled = cdt.make_policy(**kwargs, deterministic=False)
+    mean_policy = cdt.make_policy(**kwargs)
+    obs = {"obs": jnp.zeros((1,)), "reward": jnp.float32(0.0), "cost": jnp.float32(0.0)}
+    key = jax.random.PRNGKey(3)
+    state, action = jax.jit(sampled.step)(sampled.init(key), obs, key)
+    _, mean_action = jax.jit(mean_policy.step)(mean_policy.init(key), obs, key)
+    graphdef, _ = cdt.make_model(CONFIG, 1, 1)
+    (mean, log_std), _ = nnx.merge(graphdef, trained.params)(
+        state.returns[None], state.costs[None], state.states[None], jnp.zeros_like(state.actions)[None],
+        state.timesteps[None], state.mask[None])
+    np.testing.assert_allclose(mean_action, np.clip(mean[0, -1], -1, 1), rtol=1e-5, atol=1e-6)
+    expected = mean[0, -1] + np.exp(log_std[0, -1]) * jax.random.normal(key, (1,))
+    np.testing.assert_allclose(action, np.clip(expected, -1, 1), rtol=1e-5, atol=1e-6)
+    # a different key, a different action (the deterministic one does not depend on the key)
+    other = jax.random.PRNGKey(4)
+    assert not np.allclose(jax.jit(sampled.step)(sampled.init(other), obs, other)[1], action)
+    np.testing.assert_array_equal(jax.jit(mean_policy.step)(mean_policy.init(other), obs, other)[1], mean_action)
