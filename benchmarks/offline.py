@@ -11,9 +11,12 @@ are DSRL's normalised reward and cost (mean +- std over seeds, each seed from 20
 Budgets (``--budget``):
 
 * ``quick``: one task, tiny sizes (a smoke run);
-* ``laptop`` (default): 200-step episodes, a small PPO-Lagrangian/CPO ladder (50k env steps per rung), a 2-layer
+* ``laptop`` (default): 200-step episodes, a small PPO-Lagrangian/CPO ladder (500k env steps per rung), a 2-layer
   32-d CDT and [64, 64] baselines with 2,000 gradient steps: what a shared, loaded 2-core CPU finishes in under an
-  hour per task;
+  hour per task. The rungs need those 500k steps: at 50k the point robot's policies had learnt safety only in their
+  action noise (the thrust saturates at ``|a| > 0.05``, so a Gaussian policy's mean action drives at top speed):
+  on SafePointRun every clean rung cost 164 and every safe episode was a noisy one, and no learner that clones or
+  conditions on the data could be safe with its mean action;
 * ``full``: the issue's sizes: each task's own horizon, OSRL's full-size CDT (3 layers, 8 heads, 128-d, batch 2048,
   1e5 steps) and OSRL's [256, 256] baselines with batch 512 and 1e5 steps (a GPU budget).
 
@@ -60,6 +63,8 @@ RESULTS = Path(__file__).parent / "results"
 CACHE = Path("runs/offline_bench")
 TASKS = ("SafePointCircle", "SafePointRun", "SafeCarGoal1", "SafeHopperVelocity")
 ALGORITHMS = ("bc_all", "bc_safe", "bcq_lag", "cdt")
+#: Evaluation rows: every learner with its mean action, and the CDT also sampling its Gaussian head.
+ROWS = ALGORITHMS + ("cdt_sampled",)
 NOMINAL_THRESHOLDS = (20.0, 40.0)
 
 _OSRL_BASELINE = dict(hidden=(256, 256), batch_size=512)
@@ -70,7 +75,7 @@ BUDGETS = {
                           "cdt": dict(context_len=10, d_model=128, n_layers=3, n_heads=8, batch_size=2048,
                                       warmup_steps=500)}),
     "laptop": dict(episodes=20, max_steps=200, algorithms=["ppo_lag", "cpo"], cost_limits=[0, 25, 100],
-                   ppo=dict(total_steps=50_000, num_envs=16, num_steps=200, hidden=(64, 64)), updates=2_000,
+                   ppo=dict(total_steps=500_000, num_envs=16, num_steps=200, hidden=(64, 64)), updates=2_000,
                    configs={"bc_all": dict(hidden=(64, 64), batch_size=128),
                             "bc_safe": dict(hidden=(64, 64), batch_size=128),
                             "bcq_lag": dict(hidden=(64, 64), batch_size=128, num_samples=5),
@@ -188,13 +193,14 @@ def trained(name: str, task: str, dataset, budget_name: str, budget: dict, seeds
 
 
 def evaluate_lanes(name, config, dataset, params, grid, env, env_params, target_return, threshold, episodes,
-                   max_steps, r_min, r_max, seed=100):
+                   max_steps, r_min, r_max, seed=100, deterministic=True):
     """DSRL's score (:func:`jaxsafe.offline.metrics.score`) of every lane of a sweep: ``episodes`` evaluation
-    episodes per lane (key ``seed + lane``), all lanes in one compiled, vmapped rollout."""
+    episodes per lane (key ``seed + lane``), all lanes in one compiled, vmapped rollout (``deterministic=False``:
+    the CDT samples its Gaussian head)."""
 
     def play(lane_params, lane_hparams, key):
         policy, play_env = make_policy(name, config, dataset, lane_params, lane_hparams, env, env_params,
-                                       target_return, threshold)
+                                       target_return, threshold, deterministic)
         rollouts = rollout_episodes(play_env, env_params, policy, key, episodes, max_steps)
         return rollouts.returns, rollouts.costs
 
@@ -218,20 +224,21 @@ def run_task(task, budget_name, budget, seeds, key, figure=None, cache=None):
     rows = []
     for nominal, threshold in thresholds(task, budget):
         target_return = conventional_target(dataset, threshold)
-        for name in ALGORITHMS:
+        for row_name in ROWS:
+            name = "cdt" if row_name == "cdt_sampled" else row_name
             config, grid, params, speed = trained(name, task, dataset, budget_name, budget, seeds, max_steps,
                                                   None if name in ("bc_all", "cdt") else threshold, cache)
             scores = evaluate_lanes(name, config, dataset, params, grid, env, env_params, target_return, threshold,
-                                    20, max_steps, r_min, r_max)
+                                    20, max_steps, r_min, r_max, deterministic=row_name != "cdt_sampled")
             reward = np.array([s.reward for s in scores])
             cost = np.array([s.cost for s in scores])
-            rows.append(dict(task=task, threshold=threshold, nominal_threshold=nominal, algorithm=name,
+            rows.append(dict(task=task, threshold=threshold, nominal_threshold=nominal, algorithm=row_name,
                              reward_mean=float(reward.mean()), reward_std=float(reward.std()),
                              cost_mean=float(cost.mean()), cost_std=float(cost.std()),
                              safe=bool(cost.mean() <= 1.0), seeds_safe=int((cost <= 1.0).sum()),
                              grad_steps_per_second_under_load=speed,
                              target_return=target_return if name == "cdt" else None))
-            print(f"{task:<18} b={threshold:<6.1f} {name:<8} reward {reward.mean():.3f}±{reward.std():.3f} "
+            print(f"{task:<18} b={threshold:<6.1f} {row_name:<11} reward {reward.mean():.3f}±{reward.std():.3f} "
                   f"cost {cost.mean():.3f}±{cost.std():.3f} {'safe' if cost.mean() <= 1 else 'UNSAFE'}", flush=True)
     returns, costs = episode_returns(dataset)
     costs = costs.sum(-1)
@@ -259,7 +266,7 @@ def plot_scores(path: Path, rows) -> None:
     plt = _pyplot()
     tasks = list(dict.fromkeys(r["task"] for r in rows))
     fig, axes = plt.subplots(1, len(tasks), figsize=(4.5 * len(tasks), 4), squeeze=False)
-    markers = dict(zip(ALGORITHMS, "os^D"))
+    markers = dict(zip(ROWS, "os^Dv"))
     for ax, task in zip(axes[0], tasks):
         for r in (r for r in rows if r["task"] == task):
             colour = "C0" if r["nominal_threshold"] == 20.0 else "C1"
@@ -315,6 +322,7 @@ def write(out: Path, rows, infos, args, budget):
                      f"{'yes' if r['safe'] else '**no**'} | {r.get('seeds_safe', '-')}/{args.seeds} |")
     lines += ["", "CDT's conventional target return per threshold: " + "; ".join(
         f"{r['task']} b={r['threshold']:g}: R={r['target_return']:.1f}" for r in rows if r["algorithm"] == "cdt"), "",
+        "`cdt_sampled` is the same CDT sampling its Gaussian head instead of playing its mean (the `cdt` row, OSRL's evaluation rule).", "",
         "| dataset | behaviours | episodes | steps | max_steps (horizon) | return range | cost range | "
         "safe episodes (b20 / b40) | figure |", "|---|---|---|---|---|---|---|---|---|"]
     for d in infos:
