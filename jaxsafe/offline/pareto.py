@@ -2,7 +2,8 @@
 
 A dataset's episodes are points ``(cost return C, return R)``. :func:`pareto_front` finds the non-dominated ones
 (no other episode has ``C' <= C`` and ``R' >= R`` with one strict), :func:`fit_frontier` fits a polynomial
-``R = f(C)`` of degree ``deg`` through them (OSRL's ``np.polyfit``), and :func:`augment_targets` implements the
+``R = f(C)`` of degree ``deg`` through them (OSRL's ``np.polyfit``), held flat beyond the front's cost range,
+and :func:`augment_targets` implements the
 CDT's data augmentation (Liu et al. 2023, §4.3; OSRL ``augmentation`` and ``get_nearest_point``):
 
 1. ``num = int(fraction * episodes)`` target costs on an even grid over the dataset's cost range, each with a
@@ -19,6 +20,13 @@ CDT's data augmentation (Liu et al. 2023, §4.3; OSRL ``augmentation`` and ``get
 The augmented set is drawn once per dataset with a NumPy generator (``seed``), as OSRL draws it once per run.
 OSRL's per-task frontier degree is 4 (CarCircle), 3 (AntRun), 2 (AntCircle) and 1 (Drone, Velocity); with fewer
 frontier points than ``deg + 1`` the degree is lowered to ``points - 1``.
+
+One departure from OSRL: OSRL evaluates its polynomial over the whole cost range of the dataset, which is right
+when the front spans it, as on DSRL's dense datasets. Where the front ends well before the costliest episode (on
+our laptop SafePointRun ladder it ends at cost 48 of 141: nothing costlier returns more), the polynomial
+extrapolates (there to a return of -3000) and the augmentation would draw targets far below what the data reaches.
+:class:`Frontier` holds the fit at its value at the front's ends instead, which is what the front means: beyond
+its costliest point no episode does better.
 """
 
 from __future__ import annotations
@@ -29,7 +37,7 @@ import numpy as np
 
 from jaxsafe.validation import is_int, require
 
-__all__ = ["pareto_front", "fit_frontier", "Augmentation", "augment_targets"]
+__all__ = ["pareto_front", "Frontier", "fit_frontier", "Augmentation", "augment_targets"]
 
 
 def pareto_front(costs, returns) -> np.ndarray:
@@ -48,14 +56,31 @@ def pareto_front(costs, returns) -> np.ndarray:
     return np.asarray(front, np.int64)
 
 
-def fit_frontier(costs, returns, degree: int) -> np.poly1d:
+class Frontier(NamedTuple):
+    """The fitted frontier ``R = f(C)``: the polynomial ``poly`` on the front's cost range
+    ``[cost_low, cost_high]``, held at its end values outside it. Call it on costs; ``order`` is the degree."""
+
+    poly: np.poly1d
+    cost_low: float
+    cost_high: float
+
+    def __call__(self, costs):
+        return self.poly(np.clip(np.asarray(costs, np.float64), self.cost_low, self.cost_high))
+
+    @property
+    def order(self) -> int:
+        return self.poly.order
+
+
+def fit_frontier(costs, returns, degree: int) -> Frontier:
     """The polynomial ``R = f(C)`` of degree ``min(degree, distinct frontier costs - 1)`` fitted by least squares
-    through the Pareto-front episodes."""
+    through the Pareto-front episodes, held flat outside the front's cost range (:class:`Frontier`)."""
     require(is_int(degree, 0), "degree", "an integer >= 0", degree)
     costs, returns = np.asarray(costs, np.float64), np.asarray(returns, np.float64)
     front = pareto_front(costs, returns)
     degree = min(degree, len(np.unique(costs[front])) - 1)
-    return np.poly1d(np.polyfit(costs[front], returns[front], deg=degree))
+    return Frontier(np.poly1d(np.polyfit(costs[front], returns[front], deg=degree)), float(costs[front].min()),
+                    float(costs[front].max()))
 
 
 class Augmentation(NamedTuple):
@@ -68,7 +93,7 @@ class Augmentation(NamedTuple):
     cost_shift: np.ndarray
     target_return: np.ndarray
     target_cost: np.ndarray
-    frontier: np.poly1d
+    frontier: Frontier
 
 
 def augment_targets(costs, returns, fraction: float, *, degree: int = 4, min_above: float = 1.0,

@@ -45,3 +45,18 @@ def test_repeated_nearest_episodes_are_spread_over_close_ones():
     assert set(aug.source[aug.target_cost < 5.0].tolist()) <= {0, 1}
     with pytest.raises(ValueError, match="augment_beta"):
         pareto.augment_targets(costs, returns, 0.5, beta=0.0)
+
+
+def test_frontier_is_flat_beyond_the_costliest_front_point():
+    # the front is (0, 0), (1, 2), (2, 3); the costlier episodes (5, 1) and (9, 2.5) are dominated, so the fit
+    # (degree 2 through the three front points: -x^2/2 + 5x/2) is held at f(2) = 3 from cost 2 on
+    costs, returns = np.array([0.0, 1.0, 2.0, 5.0, 9.0]), np.array([0.0, 2.0, 3.0, 1.0, 2.5])
+    frontier = pareto.fit_frontier(costs, returns, degree=4)
+    assert (frontier.order, frontier.cost_low, frontier.cost_high) == (2, 0.0, 2.0)
+    np.testing.assert_allclose(frontier([0.5, 2.0, 5.0, 9.0]), [1.125, 3.0, 3.0, 3.0], atol=1e-9)
+    np.testing.assert_allclose(frontier.poly(9.0), -40.5 + 22.5, atol=1e-9)  # the raw polynomial would dive
+    aug = pareto.augment_targets(costs, returns, 2.0, degree=4, min_above=1.0, seed=0)
+    beyond = aug.target_cost >= 2.0
+    # above the held frontier (f + min_above = 4 from cost 2 on), never below what the data reaches there
+    np.testing.assert_allclose(aug.target_return[beyond], 4.0, atol=1e-9)
+    assert np.all(aug.target_return >= frontier(aug.target_cost) + 1.0 - 1e-9)
