@@ -12,6 +12,12 @@ DSRL's normalised reward and cost of what each method finally deploys (a fresh 2
 violations (online episodes with cost above the threshold, counted the same way for every method) and the episodes
 it used.
 
+PLS's known-safe seed set ``Z_0`` (``--seed-box``): ``top`` (default) is the paper's kind of hand-set box (appendix
+K, e.g. Ant-Run [700, 750] x [0, 5] at b = 20): the top tenth of the dataset's return span below the best safe
+dataset return, at target costs up to b/4. ``data`` takes every grid target that some dataset episode reaches at a
+cost <= G <= b/2 (:func:`jaxsafe.offline.pls.seed_set_from_dataset`); on SafeCarGoal1 that admits low-return targets
+that only a costly behaviour policy reached, where the CDT measured unsafe and PLS stopped.
+
 Usage::
 
     nice -n 19 python benchmarks/pls.py --tasks SafePointCircle,SafePointRun     # laptop budget
@@ -98,8 +104,26 @@ def deploy_offline(name, config, dataset, params, hparams, env, env_params, key,
                 final_safe=bool(np.asarray(final.costs).mean() <= threshold))
 
 
-def _settings(budget, args, threshold, seed_index, baselines=("fixed", "naive")):
+#: ``--seed-box top``: the paper's kind of hand-set ``Z_0`` (appendix K: e.g. Ant-Run [700, 750] x [0, 5] at b = 20),
+#: returns in the top ``TOP_SEED_RETURN`` of the dataset's return span below the conventional target (the best safe
+#: dataset return), target costs in ``[0, TOP_SEED_COST * b]``.
+TOP_SEED_RETURN, TOP_SEED_COST = 0.1, 0.25
+
+
+def seed_box(mode, dataset, threshold):
+    """The seed box ``(R0, R1, G0, G1)`` of ``--seed-box top``, or None for ``data``
+    (:func:`jaxsafe.offline.pls.seed_set_from_dataset`: any target a dataset episode reaches at cost <= G <= b/2)."""
+    if mode == "data":
+        return None
+    r_min, r_max = reward_range(dataset)
+    best = conventional_target(dataset, float(threshold))[0]
+    return (best - TOP_SEED_RETURN * (r_max - r_min), best, 0.0, TOP_SEED_COST * float(threshold))
+
+
+def _settings(budget, args, threshold, seed_index, baselines=("fixed", "naive"), dataset=None):
+    box = None if dataset is None else seed_box(args.seed_box, dataset, threshold)
     return PLSSettings(threshold=float(threshold), iterations=budget["iterations"], grid=tuple(budget["grid"]),
+                       seed_box=box,
                        cost_noise=args.cost_noise, reward_noise=args.reward_noise, zeta=args.zeta,
                        baselines=baselines, finetune_episodes=tuple(budget["finetune_episodes"]),
                        finetune_round_episodes=budget["finetune_round"],
@@ -127,7 +151,7 @@ def run_cell(cells_dir, stamp, task, nominal, threshold, seed_index, budget, arg
     if stored is not None:
         return stored
     setup = _setup(task, dataset, max_steps, models, seed_index)
-    settings = _settings(budget, args, threshold, seed_index)
+    settings = _settings(budget, args, threshold, seed_index, dataset=dataset)
     start = time.perf_counter()
     result = run_comparison(settings, setup, progress=True, record_unsafe_seed=True)
     methods = result["methods"]
@@ -140,6 +164,7 @@ def run_cell(cells_dir, stamp, task, nominal, threshold, seed_index, budget, arg
                                        budget_episodes, max_steps, threshold, r_min, r_max)
     cell = dict(stamp=stamp, task=task, nominal_threshold=nominal, threshold=threshold, seed=seed_index,
                 max_steps=max_steps, seconds_under_load=time.perf_counter() - start, methods=methods,
+                seed_box=settings.seed_box,
                 fixed_target=result["fixed_target"], targets=result["targets"], seed_mask=result["seed_mask"],
                 reward_mean=result["trace"]["reward_mean"][-1], safe=result["trace"]["safe"][-1],
                 evaluated=result["targets"][result["trace"]["target_index"]])
@@ -177,7 +202,7 @@ def timing(task, budget, args, dataset, max_steps, models, repeats=5):
     setup = _setup(task, dataset, max_steps, models, 0)
     nominal, threshold = OFFLINE.thresholds(task, OFFLINE.make_budget(args.budget, args.ppo_steps, args.max_steps,
                                                                       args.updates))[0]
-    settings = _settings(budget, args, threshold, 0)
+    settings = _settings(budget, args, threshold, 0, dataset=dataset)
     problem = make_problem(settings, setup)
     hparams = make_hparams(settings, problem.targets)
     search = pls.make_search(settings.config(), problem)
@@ -217,11 +242,13 @@ def aggregate(cells):
     for (task, nominal, threshold, name), ms in sorted(rows.items(), key=lambda kv: kv[0][:2]):
         reward, cost = _mean_std([m["final_reward"] for m in ms]), _mean_std([m["final_cost"] for m in ms])
         violations = _mean_std([m["violations"] for m in ms])
+        unsafe = _mean_std([m.get("unsafe_queries") for m in ms])
         stopped = sum(1 for m in ms if m.get("stopped"))
         out.append(dict(task=task, nominal_threshold=nominal, threshold=threshold, method=name, seeds=len(ms),
                         reward_mean=reward[0], reward_std=reward[1], cost_mean=cost[0], cost_std=cost[1],
                         safe=None if cost[0] is None else bool(cost[0] <= 1.0), violations_mean=violations[0],
-                        violations_std=violations[1], episodes=int(np.mean([m["episodes"] for m in ms])),
+                        violations_std=violations[1], unsafe_queries_mean=unsafe[0], unsafe_queries_std=unsafe[1],
+                        episodes=int(np.mean([m["episodes"] for m in ms])),
                         stopped=stopped))
     return out
 
@@ -241,14 +268,18 @@ def write(out: Path, cells, rows, meta, timings):
              f"**Budget reached:** {meta['budget_note']}", "",
              "A PLS run whose seed set measured unsafe stops there (the issue's rule); `stopped` counts those seeds "
              "and their final reward/cost is missing from the means. `cdt_ft_N` is CDT fine-tuning with N online "
-             "episodes.", "",
-             "| task | b | method | seeds | final reward | final cost | safe | violations | episodes | stopped |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "episodes. `unsafe queries` counts the 20-episode evaluations (PLS queries, the fixed target's and the "
+             "naive search's batches of 20) whose mean cost exceeds the threshold.", "",
+             "| task | b | method | seeds | final reward | final cost | safe | violations | unsafe queries | episodes "
+             "| stopped |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['task']} | {r['threshold']:g} | {r['method']} | {r['seeds']} | "
                      f"{_fmt(r['reward_mean'], r['reward_std'])} | {_fmt(r['cost_mean'], r['cost_std'])} | "
                      f"{'-' if r['safe'] is None else ('yes' if r['safe'] else '**no**')} | "
-                     f"{_fmt(r['violations_mean'], r['violations_std'], 1)} | {r['episodes']} | {r['stopped']} |")
+                     f"{_fmt(r['violations_mean'], r['violations_std'], 1)} | "
+                     f"{_fmt(r.get('unsafe_queries_mean'), r.get('unsafe_queries_std'), 1)} | {r['episodes']} | "
+                     f"{r['stopped']} |")
     lines += ["", "## Wall time of one GP iteration", ""]
     if timings:
         lines += ["| task | grid | backend | GP update + acquisition (s) | deployment episodes (s) | GP fraction |",
@@ -293,6 +324,9 @@ def main(argv=None):
     parser.add_argument("--reward-noise", type=float, default=0.05)
     parser.add_argument("--cost-noise", type=float, default=0.1)
     parser.add_argument("--zeta", type=float, default=0.2)
+    parser.add_argument("--seed-box", default="top", choices=("top", "data"),
+                        help="PLS's known-safe seed set: top (the paper's kind: the best safe dataset returns at "
+                             "target costs <= b/4) or data (any target a dataset episode reaches at cost <= G <= b/2)")
     parser.add_argument("--timing", action="store_true",
                         help="only split one GP iteration's wall time (quiet machine only); needs the models")
     parser.add_argument("--out", default=str(RESULTS / "pls"))
@@ -315,6 +349,8 @@ def main(argv=None):
     stamp = json.loads(json.dumps(dict(offline=offline_budget, pls={k: v for k, v in budget.items()
                                                                     if k != "finetune_episodes"},
                                        noise=[args.reward_noise, args.cost_noise], zeta=args.zeta)))
+    # PLS cells also depend on the seed set; CDT-FT cells (the conventional target, no seed set) do not
+    pls_stamp = dict(stamp, seed_box=args.seed_box)
     meta = dict(argv=argv_list, budget_name=args.budget, seeds=args.seeds, budget=budget,
                 offline_budget=offline_budget, platform=platform.platform(), backend=jax.default_backend())
     timing_file = out.parent / f"{out.name}_timing.json"
@@ -334,26 +370,29 @@ def main(argv=None):
             if nominal not in nominals:
                 continue
             for seed_index in range(args.seeds):
-                cell = run_cell(cells_dir, stamp, task, nominal, threshold, seed_index, budget, args, dataset,
+                cell = run_cell(cells_dir, pls_stamp, task, nominal, threshold, seed_index, budget, args, dataset,
                                 max_steps, models)
                 figures(out, [cell])
-                write_all(out, cells_dir, stamp, meta, budget, args, timing_file)
+                write_all(out, cells_dir, (stamp, pls_stamp), meta, budget, args, timing_file)
             for episodes in budget["finetune_episodes"]:  # small budgets first: each seed, then the next budget
                 for seed_index in range(args.seeds):
                     run_finetune(cells_dir, stamp, task, nominal, threshold, seed_index, episodes, budget, args,
                                  dataset, max_steps, models)
-                    write_all(out, cells_dir, stamp, meta, budget, args, timing_file)
-    write_all(out, cells_dir, stamp, meta, budget, args, timing_file)
+                    write_all(out, cells_dir, (stamp, pls_stamp), meta, budget, args, timing_file)
+    write_all(out, cells_dir, (stamp, pls_stamp), meta, budget, args, timing_file)
     print(f"wrote {out.with_suffix('.md')}")
 
 
-def write_all(out, cells_dir, stamp, meta, budget, args, timing_file):
-    """The tables from every stored cell of this budget (other processes may have added some)."""
+def write_all(out, cells_dir, stamps, meta, budget, args, timing_file):
+    """The tables from every stored cell of this budget (other processes may have added some); ``stamps`` is
+    ``(CDT-FT stamp, PLS stamp)``."""
     cells, tunes = [], []
     for path in sorted(cells_dir.glob("*.json")) if cells_dir.is_dir() else []:
-        cell = _stored(path, stamp)
-        if cell is not None:
-            (tunes if "entry" in cell else cells).append(cell)
+        tune = _stored(path, stamps[0])
+        if tune is not None and "entry" in tune:
+            tunes.append(tune)
+        elif (cell := _stored(path, stamps[1])) is not None:
+            cells.append(cell)
     for cell in cells:
         for tune in tunes:
             if (tune["task"], tune["nominal_threshold"], tune["seed"]) == (cell["task"], cell["nominal_threshold"],
@@ -368,7 +407,7 @@ def write_all(out, cells_dir, stamp, meta, budget, args, timing_file):
         f"({', '.join(f'{t} b={b:g} {n} episodes' for t, b, n in tuned) or 'none'}). PLS {budget['iterations']} "
         f"queries x 20 episodes on a {budget['grid'][0]}x{budget['grid'][1]} target grid; CDT-FT budgets "
         f"{budget['finetune_episodes']} episodes in rounds of {budget['finetune_round']} with "
-        f"{budget['finetune_updates']} gradient steps each; models: "
+        f"{budget['finetune_updates']} gradient steps each; PLS seed set `--seed-box {args.seed_box}`; models: "
         + OFFLINE.budget_note(args.budget, meta["offline_budget"], args.seeds, []).split("; ", 1)[1])
     timings = json.loads(timing_file.read_text()) if timing_file.is_file() else []
     write(out, cells, aggregate(cells), meta, timings)
