@@ -14,7 +14,7 @@ it used.
 
 PLS's known-safe seed set ``Z_0`` (``--seed-box``): ``top`` (default) is the paper's kind of hand-set box (appendix
 K, e.g. Ant-Run [700, 750] x [0, 5] at b = 20): the top tenth of the dataset's return span below the best safe
-dataset return, at target costs up to b/4. ``data`` takes every grid target that some dataset episode reaches at a
+dataset return, at target costs up to b/4 (:func:`jaxsafe.offline.pls_experiment.top_seed_box`). ``data`` takes every grid target that some dataset episode reaches at a
 cost <= G <= b/2 (:func:`jaxsafe.offline.pls.seed_set_from_dataset`); on SafeCarGoal1 that admits low-return targets
 that only a costly behaviour policy reached, where the CDT measured unsafe and PLS stopped.
 
@@ -50,7 +50,7 @@ from jaxsafe.offline import pls
 from jaxsafe.offline.evaluation import make_policy
 from jaxsafe.offline.metrics import reward_range
 from jaxsafe.offline.pls_experiment import (CDTSetup, PLSSettings, conventional_target, finetune_entry, make_hparams,
-                                            make_problem, run_comparison)
+                                            make_problem, run_comparison, top_seed_box)
 from jaxsafe.sweep import lane
 
 RESULTS = Path(__file__).parent / "results"
@@ -104,26 +104,9 @@ def deploy_offline(name, config, dataset, params, hparams, env, env_params, key,
                 final_safe=bool(np.asarray(final.costs).mean() <= threshold))
 
 
-#: ``--seed-box top``: the paper's kind of hand-set ``Z_0`` (appendix K: e.g. Ant-Run [700, 750] x [0, 5] at b = 20),
-#: returns in the top ``TOP_SEED_RETURN`` of the dataset's return span below the conventional target (the best safe
-#: dataset return), target costs in ``[0, TOP_SEED_COST * b]``.
-TOP_SEED_RETURN, TOP_SEED_COST = 0.1, 0.25
-
-
-def seed_box(mode, dataset, threshold):
-    """The seed box ``(R0, R1, G0, G1)`` of ``--seed-box top``, or None for ``data``
-    (:func:`jaxsafe.offline.pls.seed_set_from_dataset`: any target a dataset episode reaches at cost <= G <= b/2)."""
-    if mode == "data":
-        return None
-    r_min, r_max = reward_range(dataset)
-    best = conventional_target(dataset, float(threshold))[0]
-    return (best - TOP_SEED_RETURN * (r_max - r_min), best, 0.0, TOP_SEED_COST * float(threshold))
-
-
-def _settings(budget, args, threshold, seed_index, baselines=("fixed", "naive"), dataset=None):
-    box = None if dataset is None else seed_box(args.seed_box, dataset, threshold)
+def _settings(budget, args, threshold, seed_index, baselines=("fixed", "naive")):
     return PLSSettings(threshold=float(threshold), iterations=budget["iterations"], grid=tuple(budget["grid"]),
-                       seed_box=box,
+                       seed_box="top" if args.seed_box == "top" else None,
                        cost_noise=args.cost_noise, reward_noise=args.reward_noise, zeta=args.zeta,
                        baselines=baselines, finetune_episodes=tuple(budget["finetune_episodes"]),
                        finetune_round_episodes=budget["finetune_round"],
@@ -151,7 +134,7 @@ def run_cell(cells_dir, stamp, task, nominal, threshold, seed_index, budget, arg
     if stored is not None:
         return stored
     setup = _setup(task, dataset, max_steps, models, seed_index)
-    settings = _settings(budget, args, threshold, seed_index, dataset=dataset)
+    settings = _settings(budget, args, threshold, seed_index)
     start = time.perf_counter()
     result = run_comparison(settings, setup, progress=True, record_unsafe_seed=True)
     methods = result["methods"]
@@ -164,7 +147,7 @@ def run_cell(cells_dir, stamp, task, nominal, threshold, seed_index, budget, arg
                                        budget_episodes, max_steps, threshold, r_min, r_max)
     cell = dict(stamp=stamp, task=task, nominal_threshold=nominal, threshold=threshold, seed=seed_index,
                 max_steps=max_steps, seconds_under_load=time.perf_counter() - start, methods=methods,
-                seed_box=settings.seed_box,
+                seed_box=top_seed_box(dataset, threshold) if settings.seed_box == "top" else None,
                 fixed_target=result["fixed_target"], targets=result["targets"], seed_mask=result["seed_mask"],
                 reward_mean=result["trace"]["reward_mean"][-1], safe=result["trace"]["safe"][-1],
                 evaluated=result["targets"][result["trace"]["target_index"]])
@@ -202,7 +185,7 @@ def timing(task, budget, args, dataset, max_steps, models, repeats=5):
     setup = _setup(task, dataset, max_steps, models, 0)
     nominal, threshold = OFFLINE.thresholds(task, OFFLINE.make_budget(args.budget, args.ppo_steps, args.max_steps,
                                                                       args.updates))[0]
-    settings = _settings(budget, args, threshold, 0, dataset=dataset)
+    settings = _settings(budget, args, threshold, 0)
     problem = make_problem(settings, setup)
     hparams = make_hparams(settings, problem.targets)
     search = pls.make_search(settings.config(), problem)

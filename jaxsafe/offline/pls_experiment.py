@@ -7,8 +7,9 @@
 
 The CDT run directory (``jaxsafe offline train cdt``) gives the model, its dataset (whose card names the task) and
 the target grid ``Z`` (the dataset's return x cost range, ``--grid NR,NC``). The seed set ``Z_0`` is the dataset's
-safely reached targets (:func:`jaxsafe.offline.pls.seed_set_from_dataset`, ``--seed-margin``) or a box
-(``--seed-box R0,R1,G0,G1``). The GP lengthscales default to fractions of ``Z``'s span (``--preset scaled``) or
+safely reached targets (:func:`jaxsafe.offline.pls.seed_set_from_dataset`, ``--seed-margin``), a box
+(``--seed-box R0,R1,G0,G1``) or ``--seed-box top``, the paper's kind of box at the best safe returns
+(:func:`top_seed_box`). The GP lengthscales default to fractions of ``Z``'s span (``--preset scaled``) or
 appendix K's values (``--preset bullet|velocity``).
 
 :func:`run_comparison` (used by the command and by ``benchmarks/pls.py``) runs PLS and, with the same online episode
@@ -38,7 +39,7 @@ import numpy as np
 from jaxsafe.offline import pls
 from jaxsafe.validation import is_int, require
 
-__all__ = ["BASELINES", "PLSSettings", "CDTSetup", "load_cdt", "make_problem", "make_hparams", "run_comparison",
+__all__ = ["BASELINES", "PLSSettings", "top_seed_box", "CDTSetup", "load_cdt", "make_problem", "make_hparams", "run_comparison",
            "run_pls_experiment", "add_arguments", "handle"]
 
 BASELINES = ("fixed", "naive", "finetune")
@@ -58,7 +59,7 @@ class PLSSettings:
     grid: tuple = (30, 30)
     return_range: tuple | None = None
     cost_range: tuple | None = None
-    seed_box: tuple | None = None
+    seed_box: tuple | str | None = None
     seed_margin: float = 0.5
     preset: str = "scaled"
     reward_lengthscale: tuple | None = None
@@ -100,8 +101,9 @@ class PLSSettings:
         require(all(b in BASELINES for b in self.baselines), "baselines", f"a subset of {BASELINES}", self.baselines)
         require(all(is_int(e) for e in self.finetune_episodes), "finetune-episodes", "integers >= 1",
                 self.finetune_episodes)
-        require(self.seed_box is None or len(self.seed_box) == 4, "seed-box", "four numbers R0,R1,G0,G1",
-                self.seed_box)
+        require(self.seed_box is None or self.seed_box == "top" or (not isinstance(self.seed_box, str)
+                                                                    and len(self.seed_box) == 4),
+                "seed-box", "four numbers R0,R1,G0,G1 or 'top'", self.seed_box)
         for name in ("reward_lengthscale", "cost_lengthscale"):
             value = getattr(self, name)
             require(value is None or (len(value) in (1, 2) and all(v > 0 for v in value)), name.replace("_", "-"),
@@ -180,13 +182,31 @@ def make_problem(settings: PLSSettings, setup: CDTSetup) -> pls.PLSProblem:
     targets = pls.target_grid(setup.dataset, settings.grid[0], settings.grid[1], settings.return_range,
                               settings.cost_range)
     if settings.seed_box is not None:
-        r0, r1, g0, g1 = settings.seed_box
+        box = top_seed_box(setup.dataset, settings.threshold) if settings.seed_box == "top" else settings.seed_box
+        r0, r1, g0, g1 = box
         seeds = pls.seed_set_box(targets, (r0, r1), (g0, g1))
     else:
         seeds = pls.seed_set_from_dataset(setup.dataset, targets, settings.threshold, settings.seed_margin)
     return pls.cdt_problem(setup.config, setup.dataset, setup.params, setup.hparams, setup.env, setup.env_params,
                            targets, seeds, settings.episodes_per_query, setup.max_steps,
                            deterministic=not settings.sample_actions)
+
+
+def top_seed_box(dataset, threshold: float, return_fraction: float = 0.1,
+                 cost_fraction: float = 0.25) -> tuple[float, float, float, float]:
+    """``(R0, R1, G0, G1)``: a seed box of the paper's kind (appendix K sets them by hand, e.g. Ant-Run
+    [700, 750] x [0, 5] at b = 20): returns within ``return_fraction`` of the dataset's return span below the best
+    safe dataset return (:func:`conventional_target`), target costs in ``[0, cost_fraction * b]``.
+
+    Unlike :func:`jaxsafe.offline.pls.seed_set_from_dataset`, it admits no low-return target that only a costly
+    behaviour policy reached (there a CDT imitates that policy and can measure unsafe)."""
+    from jaxsafe.offline.metrics import reward_range
+
+    require(0 < return_fraction <= 1, "return_fraction", "in (0, 1]", return_fraction)
+    require(0 < cost_fraction <= 1, "cost_fraction", "in (0, 1]", cost_fraction)
+    r_min, r_max = reward_range(dataset)
+    best = conventional_target(dataset, float(threshold))[0]
+    return (best - return_fraction * (r_max - r_min), best, 0.0, cost_fraction * float(threshold))
 
 
 def conventional_target(dataset, threshold: float) -> tuple[float, float]:
@@ -406,7 +426,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="target grid size NR,NC over the dataset's (R, G) range")
     parser.add_argument("--return-range", default=None, help="R0,R1: a sub-range of the dataset's returns")
     parser.add_argument("--cost-range", default=None, help="G0,G1: a sub-range of the dataset's costs")
-    parser.add_argument("--seed-box", default=None, help="R0,R1,G0,G1: the seed set Z_0 as a box of targets")
+    parser.add_argument("--seed-box", default=None,
+                        help="R0,R1,G0,G1: the seed set Z_0 as a box of targets; top: the best safe dataset returns "
+                             "(a tenth of the return span) at target costs <= b/4, the paper's kind of box")
     parser.add_argument("--seed-margin", type=float, default=d("seed_margin"),
                         help="seed set from the data: targets with G <= margin * b reached by a dataset episode")
     parser.add_argument("--preset", default=d("preset"), choices=PRESETS,
@@ -456,7 +478,8 @@ def settings_from_namespace(namespace: argparse.Namespace) -> PLSSettings:
         iterations=namespace.iterations, grid=grid,
         return_range=_numbers(namespace.return_range, "--return-range", (2,)),
         cost_range=_numbers(namespace.cost_range, "--cost-range", (2,)),
-        seed_box=_numbers(namespace.seed_box, "--seed-box", (4,)), seed_margin=namespace.seed_margin,
+        seed_box=("top" if namespace.seed_box == "top" else _numbers(namespace.seed_box, "--seed-box", (4,))),
+        seed_margin=namespace.seed_margin,
         preset=namespace.preset,
         reward_lengthscale=_numbers(namespace.reward_lengthscale, "--reward-lengthscale", (1, 2)),
         cost_lengthscale=_numbers(namespace.cost_lengthscale, "--cost-lengthscale", (1, 2)),

@@ -216,6 +216,25 @@ def test_target_grid_and_seed_set_from_a_dataset(tiny_dataset):
         pls.seed_set_from_dataset(dataset, grid, threshold=0.0)
 
 
+def test_top_seed_box_sits_at_the_best_safe_return(tiny_dataset):
+    import argparse
+
+    from jaxsafe.offline.pls_experiment import PLSSettings, add_arguments, settings_from_namespace, top_seed_box
+
+    dataset, returns, costs = tiny_dataset
+    threshold = float(np.median(costs))
+    best = float(returns[costs <= threshold].max())
+    box = top_seed_box(dataset, threshold)
+    np.testing.assert_allclose(box, (best - 0.1 * (returns.max() - returns.min()), best, 0.0, 0.25 * threshold),
+                               rtol=1e-6)
+    assert PLSSettings(threshold=threshold, seed_box="top").seed_box == "top"
+    with pytest.raises(ValueError, match="seed-box"):
+        PLSSettings(threshold=threshold, seed_box="best")
+    parser = add_arguments(argparse.ArgumentParser())
+    namespace = parser.parse_args(["runs/x", "--threshold", "5", "--seed-box", "top"])
+    assert settings_from_namespace(namespace).seed_box == "top"
+
+
 def test_baselines_on_the_synthetic_map():
     naive = jax.jit(lambda k: pls.naive_search(PROBLEM, k, THRESHOLD, 30))(jax.random.PRNGKey(0))
     unsafe = true_cost(TARGETS[np.asarray(naive["target_index"])]) > THRESHOLD
