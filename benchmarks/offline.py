@@ -322,7 +322,8 @@ def write(out: Path, rows, infos, args, budget):
                      f"{'yes' if r['safe'] else '**no**'} | {r.get('seeds_safe', '-')}/{args.seeds} |")
     lines += ["", "CDT's conventional target return per threshold: " + "; ".join(
         f"{r['task']} b={r['threshold']:g}: R={r['target_return']:.1f}" for r in rows if r["algorithm"] == "cdt"), "",
-        "`cdt_sampled` is the same CDT sampling its Gaussian head instead of playing its mean (the `cdt` row, OSRL's evaluation rule).", "",
+        "`cdt_sampled` is the same CDT sampling its Gaussian head instead of playing its mean (the `cdt` row, "
+        "OSRL's evaluation rule).", "",
         "| dataset | behaviours | episodes | steps | max_steps (horizon) | return range | cost range | "
         "safe episodes (b20 / b40) | figure |", "|---|---|---|---|---|---|---|---|---|"]
     for d in infos:

@@ -14,9 +14,10 @@ it used.
 
 PLS's known-safe seed set ``Z_0`` (``--seed-box``): ``top`` (default) is the paper's kind of hand-set box (appendix
 K, e.g. Ant-Run [700, 750] x [0, 5] at b = 20): the top tenth of the dataset's return span below the best safe
-dataset return, at target costs up to b/4 (:func:`jaxsafe.offline.pls_experiment.top_seed_box`). ``data`` takes every grid target that some dataset episode reaches at a
-cost <= G <= b/2 (:func:`jaxsafe.offline.pls.seed_set_from_dataset`); on SafeCarGoal1 that admits low-return targets
-that only a costly behaviour policy reached, where the CDT measured unsafe and PLS stopped.
+dataset return, at target costs up to b/4 (:func:`jaxsafe.offline.pls_experiment.top_seed_box`). ``data`` takes
+every grid target that some dataset episode reaches at a cost <= G <= b/2
+(:func:`jaxsafe.offline.pls.seed_set_from_dataset`); on SafeCarGoal1 that admits low-return targets that only a
+costly behaviour policy reached, where the CDT measured unsafe and PLS stopped.
 
 Usage::
 
@@ -50,7 +51,7 @@ from jaxsafe.offline import pls
 from jaxsafe.offline.evaluation import make_policy
 from jaxsafe.offline.metrics import reward_range
 from jaxsafe.offline.pls_experiment import (CDTSetup, PLSSettings, conventional_target, finetune_entry, make_hparams,
-                                            make_problem, run_comparison, top_seed_box)
+                                            make_problem, run_comparison, seed_box)
 from jaxsafe.sweep import lane
 
 RESULTS = Path(__file__).parent / "results"
@@ -147,7 +148,7 @@ def run_cell(cells_dir, stamp, task, nominal, threshold, seed_index, budget, arg
                                        budget_episodes, max_steps, threshold, r_min, r_max)
     cell = dict(stamp=stamp, task=task, nominal_threshold=nominal, threshold=threshold, seed=seed_index,
                 max_steps=max_steps, seconds_under_load=time.perf_counter() - start, methods=methods,
-                seed_box=top_seed_box(dataset, threshold) if settings.seed_box == "top" else None,
+                seed_box=seed_box(settings, dataset),
                 fixed_target=result["fixed_target"], targets=result["targets"], seed_mask=result["seed_mask"],
                 reward_mean=result["trace"]["reward_mean"][-1], safe=result["trace"]["safe"][-1],
                 evaluated=result["targets"][result["trace"]["target_index"]])

@@ -39,8 +39,8 @@ import numpy as np
 from jaxsafe.offline import pls
 from jaxsafe.validation import is_int, require
 
-__all__ = ["BASELINES", "PLSSettings", "top_seed_box", "CDTSetup", "load_cdt", "make_problem", "make_hparams", "run_comparison",
-           "run_pls_experiment", "add_arguments", "handle"]
+__all__ = ["BASELINES", "PLSSettings", "top_seed_box", "seed_box", "CDTSetup", "load_cdt", "make_problem",
+           "make_hparams", "run_comparison", "run_pls_experiment", "add_arguments", "handle"]
 
 BASELINES = ("fixed", "naive", "finetune")
 PRESETS = ("scaled", *sorted(pls.GP_PRESETS))
@@ -181,8 +181,8 @@ def make_problem(settings: PLSSettings, setup: CDTSetup) -> pls.PLSProblem:
     """The target grid, the seed set and the CDT's vmapped evaluation (``episodes_per_query`` episodes)."""
     targets = pls.target_grid(setup.dataset, settings.grid[0], settings.grid[1], settings.return_range,
                               settings.cost_range)
-    if settings.seed_box is not None:
-        box = top_seed_box(setup.dataset, settings.threshold) if settings.seed_box == "top" else settings.seed_box
+    box = seed_box(settings, setup.dataset)
+    if box is not None:
         r0, r1, g0, g1 = box
         seeds = pls.seed_set_box(targets, (r0, r1), (g0, g1))
     else:
@@ -207,6 +207,12 @@ def top_seed_box(dataset, threshold: float, return_fraction: float = 0.1,
     r_min, r_max = reward_range(dataset)
     best = conventional_target(dataset, float(threshold))[0]
     return (best - return_fraction * (r_max - r_min), best, 0.0, cost_fraction * float(threshold))
+
+
+def seed_box(settings: PLSSettings, dataset) -> tuple | None:
+    """``settings.seed_box`` as numbers ``(R0, R1, G0, G1)`` (``"top"`` resolved by :func:`top_seed_box`), or None
+    for the seed set from the data."""
+    return top_seed_box(dataset, settings.threshold) if settings.seed_box == "top" else settings.seed_box
 
 
 def conventional_target(dataset, threshold: float) -> tuple[float, float]:
