@@ -49,7 +49,7 @@ from jaxsafe.validation import is_int, require
 
 __all__ = ["BLOCK_STYLES", "ACTIVATIONS", "DTYPES", "TransformerConfig", "KVCache", "init_cache", "Attention",
            "MLP", "Block", "Transformer", "init_params", "apply", "positions_from_mask", "rotary_embedding",
-           "resolve_core_fields", "CORE_FIELDS", "Dropout", "inverted_dropout"]
+           "resolve_core_fields", "CORE_FIELDS", "Dropout", "inverted_dropout", "linear"]
 
 BLOCK_STYLES = ("llama", "gpt2")
 ACTIVATIONS = ("silu", "gelu", "gelu_tanh")

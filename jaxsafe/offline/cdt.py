@@ -5,7 +5,7 @@ Each step ``t`` of a context of ``K`` steps is four tokens, interleaved into one
     (return-to-go R_t, cost-to-go C_t, state s_t, action a_t),   each + a timestep embedding of t
 
 then an embedding LayerNorm, dropout and the causal "gpt2" core (:mod:`jaxsafe.nn.transformer`, positions
-come from the timestep table). Two heads read the hidden states:
+come from the timestep table). Every weight starts N(0, 0.02^2) and every bias 0, as OSRL's ``_init_weights``. Two heads read the hidden states:
 
 * the action head, on the state token of step ``t`` (which sees ``R_<=t, C_<=t, s_<=t, a_<t``): a diagonal
   Gaussian ``N(mean, exp(log_std)^2)`` (no tanh; ``log_std`` is clipped to ``[-10, 2]`` as a numerical guard). The
@@ -47,7 +47,7 @@ import numpy as np
 from flax import nnx, struct
 
 from jaxsafe.learner import Config, HParams, TrainParts, make_train_from_parts
-from jaxsafe.nn.transformer import Dropout, Transformer, TransformerConfig, inverted_dropout
+from jaxsafe.nn.transformer import Dropout, Transformer, TransformerConfig, inverted_dropout, linear
 from jaxsafe.offline.dataset import TrajectoryDataset
 from jaxsafe.offline.pareto import Augmentation, augment_targets
 from jaxsafe.offline.training import ADAM, clipped_adamw_step, episode_table, sample_steps, tree_all_finite
@@ -161,17 +161,21 @@ class CDTModel(nnx.Module):
     """Modality embeddings + the shared core + the action and cost heads (see the module docstring)."""
 
     def __init__(self, config: CDTConfig, obs_dim: int, action_dim: int, *, rngs: nnx.Rngs):
-        d = config.d_model
-        self.embed_return = nnx.Linear(1, d, rngs=rngs)
-        self.embed_cost = nnx.Linear(1, d, rngs=rngs)
-        self.embed_state = nnx.Linear(obs_dim, d, rngs=rngs)
-        self.embed_action = nnx.Linear(action_dim, d, rngs=rngs)
-        self.embed_time = nnx.Embed(config.max_episode_len, d, rngs=rngs)
+        d, core = config.d_model, config.core_config()
+        # Every weight N(0, 0.02^2), biases 0: OSRL's ``_init_weights``, the core's own initialiser. With a unit-scale
+        # init the scalar tokens (about 50 - C and 0.1 R) swamp the timestep embedding and the LayerNorm keeps
+        # only their sign, so a short training run never learns to read the cost-to-go.
+        self.embed_return = linear(core, 1, d, True, rngs)
+        self.embed_cost = linear(core, 1, d, True, rngs)
+        self.embed_state = linear(core, obs_dim, d, True, rngs)
+        self.embed_action = linear(core, action_dim, d, True, rngs)
+        self.embed_time = nnx.Embed(config.max_episode_len, d, embedding_init=nnx.initializers.normal(core.init_std),
+                                    rngs=rngs)
         self.embed_norm = nnx.LayerNorm(d, rngs=rngs)
-        self.core = Transformer(config.core_config(), rngs=rngs)
-        self.action_mean = nnx.Linear(d, action_dim, rngs=rngs)
-        self.action_log_std = nnx.Linear(d, action_dim, rngs=rngs)
-        self.cost_head = nnx.Linear(d, 2, rngs=rngs)
+        self.core = Transformer(core, rngs=rngs)
+        self.action_mean = linear(core, d, action_dim, True, rngs)
+        self.action_log_std = linear(core, d, action_dim, True, rngs)
+        self.cost_head = linear(core, d, 2, True, rngs)
 
     def __call__(self, returns, costs, states, actions, timesteps, mask, dropout_key=None, dropout_rate=0.0):
         """Inputs ``[B, K]`` (``returns``, ``costs``: already scaled; ``timesteps`` int; ``mask`` bool),

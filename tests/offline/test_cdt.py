@@ -18,12 +18,15 @@ HORIZON = 5
 
 
 class Chain:
-    """A deterministic chain of ``HORIZON`` steps: obs ``[t / H]``, action ``a`` in ``[-1, 1]``, reward ``1 + a``,
-    cost ``max(a, 0)``; the episode is truncated after ``HORIZON`` steps."""
+    """A deterministic chain of ``HORIZON`` steps: obs ``[t / H]``, action ``a`` in ``[-1, 1]``, reward ``1 + |a|``
+    (``1 + a`` with ``v_shaped=False``), cost ``max(a, 0)``; the episode is truncated after ``HORIZON`` steps."""
 
     name = "Chain"
     n_costs = 1
     default_params = None
+
+    def __init__(self, v_shaped: bool = True):
+        self.v_shaped = v_shaped
 
     def reset(self, key, params):
         return jnp.zeros((), jnp.int32), TimeStep(jnp.zeros((1,)), jnp.zeros(()), jnp.zeros((1,)),
@@ -32,11 +35,14 @@ class Chain:
     def step(self, key, t, action, params):
         a = jnp.reshape(action, ())
         t = t + 1
-        return t, TimeStep(jnp.full((1,), t / HORIZON), 1.0 + a, jnp.maximum(a, 0.0)[None], jnp.zeros((), bool),
+        reward = 1.0 + (jnp.abs(a) if self.v_shaped else a)
+        return t, TimeStep(jnp.full((1,), t / HORIZON), reward, jnp.maximum(a, 0.0)[None], jnp.zeros((), bool),
                            t >= HORIZON, {})
 
 
-BEHAVIOURS = (-1.0, 0.0, 1.0)  # (return, cost) = (0, 0), (5, 0), (10, 5)
+# (return, cost) = (10, 0), (5, 0), (10, 5): the first and the last differ only in cost, so a CDT that ignores its
+# cost-to-go cannot reproduce both
+BEHAVIOURS = (-1.0, 0.0, 1.0)
 CONFIG = cdt.CDTConfig(context_len=HORIZON, d_model=32, n_layers=1, n_heads=2, max_episode_len=HORIZON,
                        batch_size=64, num_updates=400, warmup_steps=10, augment_fraction=0.0)
 HPARAMS = CONFIG.default_hparams().replace(learning_rate=jnp.float32(1e-3), dropout=jnp.float32(0.0),
@@ -44,15 +50,19 @@ HPARAMS = CONFIG.default_hparams().replace(learning_rate=jnp.float32(1e-3), drop
                                            cost_sample_cap=jnp.float32(0.0), temperature_lr=jnp.float32(1e-3))
 
 
-@pytest.fixture(scope="module")
-def chain_data():
+def _chain_dataset(v_shaped: bool = True):
     parts = []
     for i, a in enumerate(BEHAVIOURS):
         policy = stateless(lambda obs, key, a=a: jnp.full((1,), a))
-        parts.append(collect_dataset(Chain(), None, policy, jax.random.PRNGKey(i), 4, HORIZON))
+        parts.append(collect_dataset(Chain(v_shaped), None, policy, jax.random.PRNGKey(i), 4, HORIZON))
     fields = {name: np.concatenate([getattr(p, name) for p in parts]) for name in parts[0]._fields}
     fields["episode_ids"] = np.repeat(np.arange(12, dtype=np.int32), HORIZON)
     return parts[0]._replace(**fields)
+
+
+@pytest.fixture(scope="module")
+def chain_data():
+    return _chain_dataset()
 
 
 @pytest.fixture(scope="module")
@@ -89,6 +99,18 @@ def test_action_prediction_ignores_future_tokens():
     assert mean.shape == (1, 4, 2) and cost_logits.shape == (1, 4, 2)
 
 
+def test_every_weight_starts_at_osrls_normal_002():
+    """OSRL initialises every Linear and Embedding weight N(0, 0.02^2) with zero biases; the scalar return and
+    cost tokens then start on the scale of the timestep embedding instead of swamping it."""
+    _, init_params = cdt.make_model(cdt.CDTConfig(d_model=128, n_layers=1, n_heads=2, max_episode_len=200), 28, 2)
+    params = nnx.to_pure_dict(init_params(jax.random.PRNGKey(0)))
+    for name in ("embed_return", "embed_cost", "embed_state", "embed_action", "action_mean", "action_log_std",
+                 "cost_head"):
+        np.testing.assert_allclose(np.std(params[name]["kernel"]), 0.02, rtol=0.25, err_msg=name)
+        np.testing.assert_array_equal(params[name]["bias"], 0.0)
+    np.testing.assert_allclose(np.std(params["embed_time"]["embedding"]), 0.02, rtol=0.05)
+
+
 def test_cdt_reproduces_the_conditioned_behaviour_episode(chain_data, trained):
     assert not bool(trained.metrics["nonfinite"].any())
     assert float(trained.metrics["action_nll"][-20:].mean()) < float(trained.metrics["action_nll"][:20].mean())
@@ -99,11 +121,11 @@ def test_cdt_reproduces_the_conditioned_behaviour_episode(chain_data, trained):
         policy = cdt.make_policy(CONFIG, chain_data, trained.params, HPARAMS, target_return, target_cost, -1.0, 1.0)
         return rollout_episodes(env, None, policy, key, 2, HORIZON)
 
-    for a in BEHAVIOURS:
-        target_return, target_cost = HORIZON * (1.0 + a), HORIZON * max(a, 0.0)
+    for a in BEHAVIOURS:  # the behaviours are 5 apart; with nnx's unit-scale embedding init the (5, 0) target
+        target_return, target_cost = HORIZON * (1.0 + abs(a)), HORIZON * max(a, 0.0)  # played 8.5 (OSRL's 0.02: 5.8)
         episodes = play(jnp.float32(target_return), jnp.float32(target_cost), jax.random.PRNGKey(0))
-        np.testing.assert_allclose(episodes.returns, target_return, atol=0.75)
-        np.testing.assert_allclose(episodes.costs, target_cost, atol=0.75)
+        np.testing.assert_allclose(episodes.returns, target_return, atol=1.0)
+        np.testing.assert_allclose(episodes.costs, target_cost, atol=1.0)
 
 
 def test_deployed_targets_decrease_by_realised_reward_and_cost(chain_data, trained):
@@ -147,11 +169,12 @@ def test_cdt_vmapped_lane_equals_single_run(chain_data, trained):
     assert not np.allclose(lane(results, 1).metrics["loss"], trained.metrics["loss"][:20])  # the lanes differ
 
 
-def test_frontier_augmentation_relabels_episodes_to_targets_above_the_frontier(chain_data):
+def test_frontier_augmentation_relabels_episodes_to_targets_above_the_frontier():
     """The windows of an augmented episode read the real steps of its source episode, with returns- and costs-to-go
     shifted so that they start at the augmented target (OSRL's relabelling)."""
     from jaxsafe.offline.training import episode_table
 
+    chain_data = _chain_dataset(v_shaped=False)  # (return, cost) = (0, 0), (5, 0), (10, 5)
     table = episode_table(chain_data)
     episodes = cdt.training_episodes(CONFIG.replace(augment_fraction=1.0), chain_data)
     aug = episodes.augmentation
