@@ -85,15 +85,18 @@ def test_resume_missing_or_corrupt(tmp_path):
     with pytest.raises(ValueError, match="corrupt"):
         runner.resume_training(corrupt, progress=False)
     no_ckpt = tmp_path / "no_ckpt"  # killed before its first checkpoint: resuming starts it from the beginning
-    RunDir(no_ckpt).write_config(tiny_spec(num_chunks=1).to_json())
+    # (the spec of `full_run`, so its chunk program is already in the compilation cache: no extra compile)
+    RunDir(no_ckpt).write_config(tiny_spec().to_json())
     with pytest.warns(UserWarning, match="no checkpoint yet"):
         result = runner.resume_training(no_ckpt, progress=False)
-    assert result.summary["complete"] and checkpoint.latest_step(result.run_dir.checkpoint_dir) == 1
+    assert result.summary["complete"] and checkpoint.latest_step(result.run_dir.checkpoint_dir) == 3
+    assert len(result.run_dir.read_metrics()) == 3 * 4  # every chunk ran, from the first
 
 
 def test_nan_stops_and_keeps_last_good_checkpoint(tmp_path):
-    # A learning rate of 1e30 overflows the parameters on the first update.
-    spec = tiny_spec(grid={}, seeds=1, overrides={**TINY, "learning_rate": "1e30"})
+    # A learning rate of 1e30 overflows the parameters on the first update. The grid and seeds of `tiny_spec`
+    # (the learning rate is a traced hparam): the same compiled chunk as the other runs, found in the cache.
+    spec = tiny_spec(overrides={**TINY, "learning_rate": "1e30"})
     with pytest.raises(runner.TrainingDiverged, match="non-finite loss at update"):
         runner.run_training(spec, tmp_path / "nan", progress=False)
     assert checkpoint.latest_step(RunDir(tmp_path / "nan", must_exist=True).checkpoint_dir) is None  # nothing bad was saved

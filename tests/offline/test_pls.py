@@ -236,13 +236,15 @@ def test_top_seed_box_sits_at_the_best_safe_return(tiny_dataset):
 
 
 def test_baselines_on_the_synthetic_map():
-    naive = jax.jit(lambda k: pls.naive_search(PROBLEM, k, THRESHOLD, 30))(jax.random.PRNGKey(0))
+    # the three baselines in one program (one XLA compile instead of three), each with the key it had alone
+    naive, grid, fixed = jax.jit(lambda k: (pls.naive_search(PROBLEM, k, THRESHOLD, 30),
+                                            pls.naive_search(PROBLEM, k, THRESHOLD, 5, mode="grid"),
+                                            pls.fixed_target(PROBLEM, k, (10.0, 10.0), THRESHOLD, 4)))(
+        jax.random.PRNGKey(0))
     unsafe = true_cost(TARGETS[np.asarray(naive["target_index"])]) > THRESHOLD
     assert unsafe.any() and int(np.asarray(naive["violations"]).sum()) >= 10 * unsafe.sum()  # no safety rule
     assert true_cost(TARGETS[int(naive["best"])]) <= THRESHOLD + 0.5
-    grid = jax.jit(lambda k: pls.naive_search(PROBLEM, k, THRESHOLD, 5, mode="grid"))(jax.random.PRNGKey(0))
     np.testing.assert_array_equal(grid["target_index"], [0, 30, 60, 90, 120])
-    fixed = jax.jit(lambda k: pls.fixed_target(PROBLEM, k, (10.0, 10.0), THRESHOLD, 4))(jax.random.PRNGKey(0))
     assert np.asarray(fixed["violations"]).tolist() == [20] * 4  # true cost 12 > 10 in every episode
     np.testing.assert_allclose(np.asarray(fixed["cost"]), 1.2, atol=0.05)
 
