@@ -5,7 +5,8 @@ Each step ``t`` of a context of ``K`` steps is four tokens, interleaved into one
     (return-to-go R_t, cost-to-go C_t, state s_t, action a_t),   each + a timestep embedding of t
 
 then an embedding LayerNorm, dropout and the causal "gpt2" core (:mod:`jaxsafe.nn.transformer`, positions
-come from the timestep table). Every weight starts N(0, 0.02^2) and every bias 0, as OSRL's ``_init_weights``. Two heads read the hidden states:
+come from the timestep table). Every weight starts N(0, 0.02^2) and every bias 0, as OSRL's ``_init_weights``.
+Two heads read the hidden states:
 
 * the action head, on the state token of step ``t`` (which sees ``R_<=t, C_<=t, s_<=t, a_<t``): a diagonal
   Gaussian ``N(mean, exp(log_std)^2)`` (no tanh; ``log_std`` is clipped to ``[-10, 2]`` as a numerical guard). The
