@@ -15,7 +15,7 @@ It builds ``osrl.algorithms.CDT`` and ``CDTTrainer`` with OSRL's CDT settings (`
 clip 0.25, warm-up 500, cost-loss weight 0.02) and times ``train_one_step`` on pre-drawn random batches (so OSRL's
 data loader is *not* counted; ours samples its windows inside the compiled step). Prints one JSON line. OSRL prints
 "OApackage is not installed, can not use CDT": that package is only its Pareto augmentation's, unused here. The same
-configuration of ours: ``python benchmarks/offline.py --throughput --budget full --seeds 1 --updates 200``
+configuration of ours: ``python benchmarks/offline.py --throughput --budget full --seeds 1 --updates 20 --learners cdt``
 (``--budget laptop`` for the laptop size); both on the same quiet machine, all cores.
 """
 
