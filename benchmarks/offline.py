@@ -349,7 +349,7 @@ def throughput(args, budget) -> None:
     space = env.action_space(env_params)
     policy = stateless(lambda obs, key: jax.random.uniform(key, space.shape, minval=space.low, maxval=space.high))
     dataset = collect_dataset(env, env_params, policy, jax.random.PRNGKey(0), 20, max_steps)
-    for name in args.learners.split(","):
+    for name in args.learners:
         algo = get_algorithm(name)
         config = algo.make_config(**learner_fields(name, budget, max_steps))
         hparams = algo.hparams_for(config, dataset).as_arrays().validate()
@@ -382,7 +382,8 @@ def main(argv=None):
     parser.add_argument("--learners", default=",".join(ALGORITHMS),
                         help=f"comma-separated learners --throughput times (default: {','.join(ALGORITHMS)})")
     args = parser.parse_args(argv)
-    unknown = sorted(set(args.learners.split(",")) - set(ALGORITHMS))
+    args.learners = args.learners.split(",")
+    unknown = sorted(set(args.learners) - set(ALGORITHMS))
     if unknown:
         parser.error(f"--learners: each one of {', '.join(ALGORITHMS)}, got {', '.join(unknown)}")
     args.argv = list(argv) if argv is not None else sys.argv[1:]
