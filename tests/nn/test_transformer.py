@@ -133,3 +133,27 @@ def test_dropout_at_rate_zero_is_the_plain_forward_and_keeps_causality():
     # inverted dropout keeps the expectation: the mean of many masks of a constant is the constant
     kept = jax.vmap(lambda k: transformer.inverted_dropout(k, jnp.ones(1000), 0.3))(jax.random.split(key, 64))
     assert abs(float(kept.mean()) - 1.0) < 0.01 and float((kept == 0).mean()) == pytest.approx(0.3, abs=0.01)
+
+
+def test_dropout_bits_are_uniform_and_unrelated_across_keys_entries_and_lanes():
+    keys = jax.random.split(jax.random.PRNGKey(3), 8)
+    words = jax.jit(jax.vmap(lambda k: transformer.dropout_bits(k, (64, 1024))))(keys)
+    np.testing.assert_array_equal(words[2], transformer.dropout_bits(keys[2], (64, 1024)))  # a lane is a call
+    u = np.asarray(words, np.float64).reshape(8, -1) / 2.0 ** 32  # 8 keys x 65,536 draws
+    n = u.shape[1]
+    # uniform: mean, variance and every decile's share within 5 standard errors
+    assert np.all(np.abs(u.mean(axis=1) - 0.5) < 5 * np.sqrt(1 / 12 / n))
+    assert np.all(np.abs(u.var(axis=1) - 1 / 12) < 5 * np.sqrt(1 / 180 / n))
+    share = np.stack([np.histogram(row, bins=10, range=(0, 1))[0] / n for row in u])
+    assert np.abs(share - 0.1).max() < 5 * np.sqrt(0.09 / n)
+    # unrelated: neighbouring entries, entries one row apart and different keys have correlation ~ 0
+    bound = 5 / np.sqrt(n)
+    for lag in (1, 1024):
+        assert np.abs([np.corrcoef(row[:-lag], row[lag:])[0, 1] for row in u]).max() < bound
+    assert np.abs(np.corrcoef(u)[np.triu_indices(8, 1)]).max() < bound
+    # the mask's rate is the requested one, traced or not
+    drop = jax.jit(lambda rate: (transformer.inverted_dropout(keys[0], jnp.ones(200_000), rate) == 0).mean())
+    for rate in (0.0, 0.1, 0.5):
+        assert float(drop(rate)) == pytest.approx(rate, abs=5 * np.sqrt(0.25 / 200_000))
+    with pytest.raises(ValueError, match=r"dropout: at most 2\*\*32 - 1 entries"):
+        transformer.dropout_bits(keys[0], (2 ** 16, 2 ** 16))

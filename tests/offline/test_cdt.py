@@ -44,7 +44,7 @@ class Chain:
 # cost-to-go cannot reproduce both
 BEHAVIOURS = (-1.0, 0.0, 1.0)
 CONFIG = cdt.CDTConfig(context_len=HORIZON, d_model=32, n_layers=1, n_heads=2, max_episode_len=HORIZON,
-                       batch_size=64, num_updates=400, warmup_steps=10, augment_fraction=0.0)
+                       batch_size=64, num_updates=1200, warmup_steps=10, augment_fraction=0.0)
 HPARAMS = CONFIG.default_hparams().replace(learning_rate=jnp.float32(1e-3), dropout=jnp.float32(0.0),
                                            cost_offset=jnp.float32(0.0), cost_scale=jnp.float32(0.2),
                                            cost_sample_cap=jnp.float32(0.0), temperature_lr=jnp.float32(1e-3))
@@ -121,8 +121,10 @@ def test_cdt_reproduces_the_conditioned_behaviour_episode(chain_data, trained):
         policy = cdt.make_policy(CONFIG, chain_data, trained.params, HPARAMS, target_return, target_cost, -1.0, 1.0)
         return rollout_episodes(env, None, policy, key, 2, HORIZON)
 
-    for a in BEHAVIOURS:  # the behaviours are 5 apart; with nnx's unit-scale embedding init the (5, 0) target
-        target_return, target_cost = HORIZON * (1.0 + abs(a)), HORIZON * max(a, 0.0)  # played 8.5 (OSRL's 0.02: 5.8)
+    # the behaviours are 5 apart; with nnx's unit-scale embedding init the (5, 0) target played 8.5 (OSRL's 0.02:
+    # 5.8). After 400 updates that target played 7.4 on an AVX2 CPU; 1200 updates bring it within 0.6 on 5 seeds.
+    for a in BEHAVIOURS:
+        target_return, target_cost = HORIZON * (1.0 + abs(a)), HORIZON * max(a, 0.0)
         episodes = play(jnp.float32(target_return), jnp.float32(target_cost), jax.random.PRNGKey(0))
         np.testing.assert_allclose(episodes.returns, target_return, atol=1.0)
         np.testing.assert_allclose(episodes.costs, target_cost, atol=1.0)
