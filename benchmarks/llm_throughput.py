@@ -26,7 +26,8 @@ How it runs: start it with the main venv (``.venv/bin/python benchmarks/llm_thro
 The JAX side runs in-process; the torch side runs in a subprocess started with the
 transformers venv (``--torch-python``, default ``.venv-hf/bin/python``; create it with
 ``python3 -m venv .venv-hf && .venv-hf/bin/pip install torch==2.13.0 transformers safetensors numpy``),
-which does not import jax. The two sides run one after the other, not concurrently.
+which does not import jax. The two sides run one after the other, not concurrently. On a GPU machine JAX takes the
+GPU by default and ``--torch-device cuda`` puts the torch side there too (each timed call ends with a device sync).
 Writes ``benchmarks/results/llm_throughput.{json,md}`` (``--out-name`` changes the stem; ``--no-donate`` turns off
 the DPO step's buffer donation to measure what it buys).
 """
@@ -130,23 +131,26 @@ def run_jax(name, spec, checkpoint_dir, donate=True):
 # ----------------------------------------------------------------------------- torch side
 
 
-def run_torch(checkpoint_dir, repeats):
+def run_torch(checkpoint_dir, repeats, device="cpu"):
     import numpy as np
     import torch
     import transformers
 
     model = transformers.LlamaForCausalLM.from_pretrained(checkpoint_dir, dtype=torch.float32,
-                                                          attn_implementation="sdpa")
+                                                          attn_implementation="sdpa").to(device)
     reference = transformers.LlamaForCausalLM.from_pretrained(checkpoint_dir, dtype=torch.float32,
-                                                              attn_implementation="sdpa")
+                                                              attn_implementation="sdpa").to(device)
     reference.eval()
-    prompts, sequences = (torch.from_numpy(a.astype(np.int64)) for a in _inputs(model.config.vocab_size))
+    prompts, sequences = (torch.from_numpy(a.astype(np.int64)).to(device)
+                          for a in _inputs(model.config.vocab_size))
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
 
     def run_generation():
         with torch.no_grad():
             model.generate(prompts, attention_mask=torch.ones_like(prompts), max_new_tokens=GEN["new_tokens"],
                            min_new_tokens=GEN["new_tokens"], do_sample=False, eos_token_id=None,
                            pad_token_id=0)
+        sync()
 
     model.eval()
     run_generation()
@@ -154,7 +158,7 @@ def run_torch(checkpoint_dir, repeats):
 
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
-    response_mask = torch.zeros(sequences.shape, dtype=torch.bool)
+    response_mask = torch.zeros(sequences.shape, dtype=torch.bool, device=device)
     response_mask[:, DPO["prompt_length"]:] = True
     half = DPO["pairs"]
 
@@ -172,13 +176,15 @@ def run_torch(checkpoint_dir, repeats):
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+        sync()
 
     run_step()
     dpo_seconds = _median_seconds(run_step, repeats)
     return dict(generation_tokens_per_s=GEN["batch"] * GEN["new_tokens"] / generation_seconds,
                 dpo_tokens_per_s=2 * DPO["pairs"] * DPO["seq_length"] / dpo_seconds,
                 generation_s=generation_seconds, dpo_step_s=dpo_seconds, torch=torch.__version__,
-                transformers=transformers.__version__, torch_threads=torch.get_num_threads())
+                transformers=transformers.__version__, torch_threads=torch.get_num_threads(),
+                device=device)
 
 
 # ----------------------------------------------------------------------------- report
@@ -189,7 +195,8 @@ def write_report(results, environment, stem="llm_throughput"):
     payload = {"generation": GEN, "dpo": DPO, "environment": environment, "results": results}
     (RESULTS / f"{stem}.json").write_text(json.dumps(payload, indent=2) + "\n")
     lines = [
-        "# LLM throughput: jaxsafe vs transformers + torch (CPU, same weights)",
+        f"# LLM throughput: jaxsafe vs transformers + torch ({environment.get('jax_backend', 'cpu').upper()}, "
+        "same weights)",
         "",
         f"Generation: greedy, batch {GEN['batch']}, prompt {GEN['prompt_length']}, {GEN['new_tokens']} new "
         f"tokens. DPO step: {DPO['pairs']} pairs x {DPO['seq_length']} tokens (policy fwd+bwd, reference fwd, "
@@ -238,9 +245,11 @@ def main():
     parser.add_argument("--no-donate", action="store_true",
                         help="the jaxsafe DPO step without buffer donation (to measure what donation buys)")
     parser.add_argument("--out-name", default="llm_throughput", help="results file stem under benchmarks/results")
+    parser.add_argument("--torch-device", default="cpu",
+                        help="torch's device (cpu, or cuda beside JAX's GPU backend); JAX uses its default backend")
     args = parser.parse_args()
     if args.torch_worker:
-        print(json.dumps(run_torch(args.torch_worker, args.repeats)))
+        print(json.dumps(run_torch(args.torch_worker, args.repeats, args.torch_device)))
         return
 
     import jax
@@ -260,13 +269,14 @@ def main():
             sample()
             print(f"[{name}] torch ... (load {loads[-1]}, other runnable tasks {others[-1]})", flush=True)
             worker = subprocess.run([args.torch_python, __file__, "--torch-worker", checkpoint_dir,
-                                     "--repeats",
-                                     str(spec["repeats"])], capture_output=True, text=True, check=False)
+                                     "--repeats", str(spec["repeats"]), "--torch-device", args.torch_device],
+                                    capture_output=True, text=True, check=False)
             if worker.returncode != 0:
                 sys.exit(f"torch worker failed:\n{worker.stderr[-3000:]}")
             torch_result = json.loads(worker.stdout.strip().splitlines()[-1])
             results[name] = {"jax": jax_result, "torch": torch_result}
     environment = {"machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+                   "jax_backend": jax.default_backend(), "torch_device": args.torch_device,
                    "cpus": os.cpu_count(),
                    "jax": jax.__version__, "python": platform.python_version(),
                    "torch": results[args.models[0]]["torch"]["torch"],

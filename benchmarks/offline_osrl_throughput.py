@@ -38,6 +38,7 @@ def main(argv=None):
     parser.add_argument("--context", type=int, default=10)
     parser.add_argument("--steps", type=int, default=50, help="timed gradient steps (after 5 warm-up steps)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--device", default="cpu", help="torch device: cpu (default) or cuda")
     args = parser.parse_args(argv)
 
     import torch
@@ -52,11 +53,11 @@ def main(argv=None):
                 num_heads=size["num_heads"], attention_dropout=0.1, residual_dropout=0.1, embedding_dropout=0.1,
                 time_emb=True, use_rew=True, use_cost=True, cost_transform=True, add_cost_feat=False,
                 mul_cost_feat=False, cat_cost_feat=False, action_head_layers=1, cost_prefix=False, stochastic=True,
-                init_temperature=0.1, target_entropy=-args.action_dim)
+                init_temperature=0.1, target_entropy=-args.action_dim).to(args.device)
     trainer = CDTTrainer(model, None, logger=DummyLogger(), learning_rate=1e-4, weight_decay=1e-4,
                          betas=(0.9, 0.999), clip_grad=0.25, lr_warmup_steps=500, reward_scale=0.1, cost_scale=1.0,
                          loss_cost_weight=0.02, loss_state_weight=0.0, cost_reverse=False, no_entropy=False,
-                         device="cpu")
+                         device=args.device)
     b, k = size["batch"], args.context
     generator = torch.Generator().manual_seed(0)
 
@@ -67,16 +68,19 @@ def main(argv=None):
                 torch.randint(0, args.episode_len, (b, k), generator=generator), torch.ones(b, k),
                 torch.rand(b, generator=generator) * 50, (torch.rand(b, k, generator=generator) > 0.8).float())
 
-    batches = [batch() for _ in range(8)]
+    batches = [tuple(t.to(args.device) for t in batch()) for _ in range(8)]
+    sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
     model.train()
     for i in range(5):
         trainer.train_one_step(*batches[i % len(batches)])
+    sync()
     start = time.perf_counter()
     for i in range(args.steps):
         trainer.train_one_step(*batches[i % len(batches)])
+    sync()
     elapsed = time.perf_counter() - start
     print(json.dumps(dict(implementation="osrl-lib 0.1.0 (PyTorch)", torch=torch.__version__,
-                          threads=torch.get_num_threads(), size=args.size, **size, context=k,
+                          threads=torch.get_num_threads(), device=args.device, size=args.size, **size, context=k,
                           state_dim=args.state_dim, action_dim=args.action_dim, steps=args.steps, seconds=elapsed,
                           grad_steps_per_second=args.steps / elapsed)), flush=True)
 
