@@ -161,10 +161,13 @@ def test_vmapped_lane_equals_single_run(two_lane_runs):
     # lane 1 (beta 0.1: the single run takes the reference branch, as the grid does). Lane 0's single run takes
     # the beta == 0 branch (no reference pass), a differently fused program: its params drift ~2e-5 from the grid
     # lane's, so it is checked through the loss in the test below, not at this tolerance.
+    # The vmapped and single programs sum in different orders; Adam's normalised steps (6 of lr 3e-3) carry that
+    # rounding into the params: one entry in 16,384 differed by 1.2e-5 on an AVX2 CPU. Lane 0's lr and beta
+    # leave params up to 2e-2 away from lane 1's, so this tolerance still tells the lanes apart.
     _, grid, singles = two_lane_runs
     lane, single = 1, singles[1]
     for a, b in zip(jax.tree.leaves(single.params), jax.tree.leaves(grid.params)):
-        np.testing.assert_allclose(a, b[lane], rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(a, b[lane], rtol=1e-4, atol=5e-5)
     for name in ("pass_at_1", "mean_reward", "tokens_generated", "zero_variance_fraction"):
         np.testing.assert_allclose(single.metrics[name], grid.metrics[name][lane], rtol=1e-5, atol=1e-6)
     assert float(np.abs(np.asarray(grid.metrics["kl"][1])).sum()) > 0  # the beta lane moved off the reference
