@@ -88,6 +88,7 @@ import numpy as np
 from flax import struct
 
 from jaxsafe.envs.core import SafeEnv, check_action, spaces
+from jaxsafe.random import hash32
 from jaxsafe.types import TimeStep
 
 __all__ = [
@@ -436,15 +437,6 @@ def pseudo_lidar(body: Body, objects: jax.Array, num_bins: int, max_dist, frame_
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _hash32(x: jax.Array) -> jax.Array:
-    """A cheap, well-mixed 32-bit integer hash ("lowbias32": xor-shift-multiply), uint32 -> uint32."""
-    x = x ^ (x >> 16)
-    x = x * jnp.uint32(0x7FEB352D)
-    x = x ^ (x >> 15)
-    x = x * jnp.uint32(0x846CA68B)
-    return x ^ (x >> 16)
-
-
 def uniform_points(key: jax.Array, shape: tuple[int, ...], extent) -> tuple[jax.Array, jax.Array]:
     """``(x, y)``, each of ``shape``, uniform in ``[-extent, extent]`` on a 2^16 grid (a 61 um step at 2 m).
 
@@ -455,7 +447,7 @@ def uniform_points(key: jax.Array, shape: tuple[int, ...], extent) -> tuple[jax.
     """
     seed = jax.random.bits(key, (), jnp.uint32)
     counter = jnp.arange(int(np.prod(shape)), dtype=jnp.uint32).reshape(shape)
-    bits = _hash32(_hash32(seed) ^ (counter * jnp.uint32(0x9E3779B9)))
+    bits = hash32(hash32(seed) ^ (counter * jnp.uint32(0x9E3779B9)))
     scale = 2.0 * extent / 65536.0
     x = ((bits >> 16).astype(jnp.float32) + 0.5) * scale - extent
     y = ((bits & jnp.uint32(0xFFFF)).astype(jnp.float32) + 0.5) * scale - extent

@@ -45,6 +45,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxsafe.random import hash32
 from jaxsafe.validation import is_int, require
 
 __all__ = ["BLOCK_STYLES", "ACTIVATIONS", "DTYPES", "TransformerConfig", "KVCache", "init_cache", "Attention",
@@ -242,18 +243,9 @@ class Dropout(NamedTuple):
     residual: float | jax.Array = 0.0
 
 
-def _lowbias32(x: jax.Array) -> jax.Array:
-    """C. Wellons' "lowbias32" integer hash (two xorshift-multiply rounds; full avalanche on uint32)."""
-    x = x ^ (x >> 16)
-    x = x * jnp.uint32(0x7FEB352D)
-    x = x ^ (x >> 15)
-    x = x * jnp.uint32(0x846CA68B)
-    return x ^ (x >> 16)
-
-
 def dropout_bits(key: jax.Array, shape) -> jax.Array:
     """Uniform uint32 words of ``shape`` for dropout masks: a counter-based hash of each entry's flat index,
-    keyed by 64 bits drawn from ``key`` (``hash(hash(index + k0) ^ k1)`` with :func:`_lowbias32`).
+    keyed by 64 bits drawn from ``key`` (``hash32(hash32(index + k0) ^ k1)``, :func:`jaxsafe.random.hash32`).
 
     Not a substitute for :func:`jax.random.bits` in general: it is a cheap generator for masks only. A mask is
     elementwise, so XLA fuses it into the op that applies it; threefry (20 rounds per pair of words, as
@@ -265,7 +257,7 @@ def dropout_bits(key: jax.Array, shape) -> jax.Array:
         raise ValueError(f"dropout: at most 2**32 - 1 entries per mask, got shape {tuple(shape)}")
     k0, k1 = jax.random.bits(key, (2,), jnp.uint32)
     index = jax.lax.iota(jnp.uint32, size).reshape(shape)
-    return _lowbias32(_lowbias32(index + k0) ^ k1)
+    return hash32(hash32(index + k0) ^ k1)
 
 
 def inverted_dropout(key: jax.Array, x: jax.Array, rate) -> jax.Array:
