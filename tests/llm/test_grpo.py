@@ -159,8 +159,8 @@ def two_lane_runs(problem):
 
 def test_vmapped_lane_equals_single_run(two_lane_runs):
     # lane 1 (beta 0.1: the single run takes the reference branch, as the grid does). Lane 0's single run takes
-    # the beta == 0 branch (no reference pass), a differently fused program: its params drift ~2e-5 from the grid
-    # lane's, so it is checked through the loss in the test below, not at this tolerance.
+    # the beta == 0 branch (no reference pass), a differently fused program whose params drift from the grid
+    # lane's (~2e-5 where measured), so it is checked through the loss in the test below instead.
     # The vmapped and single programs sum in different orders; Adam's normalised steps (6 of lr 3e-3) carry that
     # rounding into the params: one entry in 16,384 differed by 1.2e-5 on an AVX2 CPU. Lane 0's lr and beta
     # leave params up to 2e-2 away from lane 1's, so this tolerance still tells the lanes apart.
