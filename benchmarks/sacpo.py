@@ -2,6 +2,9 @@
 
     python benchmarks/sacpo.py            # 5 seeds, 32768 pairs per objective, 600 steps per stage
     python benchmarks/sacpo.py --quick    # 2 seeds, 8192 pairs, 250 steps per stage
+    python benchmarks/sacpo.py --task safety_language_large   # the 20-prompt x 341-response language
+
+A rerun with every seed stored rewrites the tables and figure from the stored cells.
 
 Each seed is one cell (written to ``sacpo_cells.json`` when it finishes; a rerun skips finished seeds, so a
 killed run resumes) and runs on its own SFT model and preference data:
@@ -30,6 +33,7 @@ sacpo.md and sacpo.png (sacpo_quick.* with --quick) into ``--out`` (default benc
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -45,8 +49,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from jaxsafe import sweep  # noqa: E402
 from jaxsafe.llm import sacpo  # noqa: E402
 from jaxsafe.llm import safe_rlhf  # noqa: E402
+from jaxsafe.llm.sacpo_experiment import logprob_table as exact_table  # noqa: E402
 from jaxsafe.llm.sacpo_experiment import (cost_pairs, exact_front, exact_point, front_reward_at,  # noqa: E402
-                                          logprob_table, optimum_table, prepare_task, rlhf_problem,
+                                          optimum_table, prepare_task, rlhf_problem,
                                           sacpo_problem)
 from jaxsafe.llm.tasks import safety_language as lang  # noqa: E402
 from jaxsafe.logging import to_jsonable  # noqa: E402
@@ -60,24 +65,28 @@ COST_LIMIT_OFFSETS = (0.25, 0.5, 1.0, 1.5)  # Safe-RLHF limits: SFT's expected l
 
 
 def expected_learned_cost(task, models, table) -> float:
-    """E_{x, y ~ table}[c_hat(x, y)]: the cost model's score on all 595 sequences, weighted by the policy."""
+    """E_{x, y ~ table}[c_hat(x, y)]: the cost model's score on every sequence, weighted by the policy."""
     n_prompts, n_responses = table.shape
-    seqs = lang.sequences(jnp.repeat(jnp.arange(n_prompts), n_responses),
-                          jnp.tile(jnp.arange(n_responses), n_prompts))
+    seqs = task.language.all_sequences()
     score = jax.jit(lambda p: safe_rlhf.model_lib.scores(models.graphdef, p, seqs.tokens,
                                                          attention_mask=seqs.attention_mask))
     costs = score(models.cost_params)
     return float(lang.expected_value(table, costs[:, 0].reshape(n_prompts, n_responses), task.prompt_probs))
 
 
-def run_seed(seed: int, n_pairs: int, n_steps: int, batch_size: int = 128, learning_rate: float = 3e-3) -> dict:
+def run_seed(seed: int, n_pairs: int, n_steps: int, batch_size: int = 128, learning_rate: float = 3e-3,
+             language: lang.SafetyLanguage = lang.DEFAULT) -> dict:
     """One seed of the whole comparison (its own SFT model, preference data, SACPO / P-SACPO / Safe-RLHF runs),
     every model scored exactly. Returns the cell stored in ``sacpo_cells.json``."""
     key = jax.random.PRNGKey(seed)
     task_key, sacpo_key, rlhf_key = jax.random.split(key, 3)
     started = time.perf_counter()
     print(f"[seed {seed}] SFT and data ({n_pairs} pairs per objective) ...", flush=True)
-    task = prepare_task(task_key, n_pairs, "small", sft_steps=300)
+    task = prepare_task(task_key, n_pairs, "small", sft_steps=300, language=language)
+
+    def logprob_table(graphdef, params):
+        return exact_table(graphdef, params, language)
+
     problem = sacpo_problem(task, {"reward": task.reward_pairs, "safety": task.safety_pairs})
     front = exact_front(task, BETA)
     rows = {"sft": {"method": "SFT", "setting": "-", **exact_point(task, task.sft_table),
@@ -306,6 +315,9 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--task", default="safety_language", choices=sorted(lang.LANGUAGES),
+                        help="safety_language (7 prompts x 85 responses) or safety_language_large (20 x 341); the "
+                             "large task writes sacpo_large.*")
     parser.add_argument("--seeds", type=int, default=None, help="seeds 0..K-1 (default 5, 2 with --quick)")
     parser.add_argument("--out", type=Path, default=RESULTS,
                         help="directory for sacpo.{json,md,png} and sacpo_cells.json (default benchmarks/results)")
@@ -319,15 +331,21 @@ def main(argv=None) -> None:
     seeds = args.seeds or (2 if args.quick else 5)
     mode = "quick" if args.quick else "full"
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = "sacpo_quick" if args.quick else "sacpo"
+    language = lang.LANGUAGES[args.task]
+    stem = ("sacpo_quick" if args.quick else "sacpo") + ("_large" if args.task == "safety_language_large" else "")
     cells_path = args.out / f"{stem}_cells.json"
     store = json.loads(cells_path.read_text()) if cells_path.exists() else {}
     started = time.perf_counter()
+    settings = dict(quick=args.quick, seeds=seeds, pairs_per_objective=n_pairs, steps_per_stage=n_steps,
+                    batch_size=128, learning_rate=3e-3, beta=BETA, lambdas=LAMBDAS, qs=QS,
+                    threshold=THRESHOLD, model="small (d=32, 1 layer)", task=args.task,
+                    prompts=len(language.topics), responses=len(language.enumerate_responses().content),
+                    language=dataclasses.asdict(language), safe_rlhf_cost_limit_offsets=COST_LIMIT_OFFSETS)
     for seed in (args.seed_list if args.seed_list is not None else range(seeds)):
         name = f"{mode}/seed{seed}"
         if name in store:
             continue
-        cell = run_seed(seed, n_pairs, n_steps)
+        cell = run_seed(seed, n_pairs, n_steps, language=language)
         # merge with what other processes (other seeds) wrote meanwhile
         store = json.loads(cells_path.read_text()) if cells_path.exists() else {}
         store[name] = cell
@@ -335,12 +353,10 @@ def main(argv=None) -> None:
         tmp.write_text(json.dumps(store, indent=1))
         tmp.replace(cells_path)
         write_results(args.out, stem, [store[f"{mode}/seed{s}"] for s in range(seeds) if f"{mode}/seed{s}" in store],
-                      dict(quick=args.quick, seeds=seeds, pairs_per_objective=n_pairs, steps_per_stage=n_steps,
-                           batch_size=128, learning_rate=3e-3, beta=BETA, lambdas=LAMBDAS, qs=QS,
-                           threshold=THRESHOLD, model="small (d=32, 1 layer)",
-                           safe_rlhf_cost_limit_offsets=COST_LIMIT_OFFSETS),
-                      time.perf_counter() - started)
-
+                      settings, time.perf_counter() - started)
+    done = [store[f"{mode}/seed{s}"] for s in range(seeds) if f"{mode}/seed{s}" in store]
+    if done:  # also when every seed was already stored: the tables follow the current code
+        write_results(args.out, stem, done, settings, time.perf_counter() - started)
 
 def write_results(out: Path, stem: str, cells: list[dict], settings: dict, seconds: float) -> None:
     results = {"settings": settings, "seeds_done": [c["seed"] for c in cells], "aggregate": aggregate(cells),
@@ -348,7 +364,7 @@ def write_results(out: Path, stem: str, cells: list[dict], settings: dict, secon
                             for c in cells]}
     (out / f"{stem}.json").write_text(json.dumps(to_jsonable(results), indent=2))
     (out / f"{stem}.md").write_text(markdown(results))
-    plot_seeds(out / f"{stem}.png", cells, f"synthetic safety language, β={BETA:g}, {settings['pairs_per_objective']} "
+    plot_seeds(out / f"{stem}.png", cells, f"{settings['task']}, β={BETA:g}, {settings['pairs_per_objective']} "
                f"pairs, {settings['steps_per_stage']} steps/stage, {len(cells)} seeds")
 
 
@@ -364,14 +380,18 @@ def markdown(results: dict) -> str:
     s, agg = results["settings"], results["aggregate"]
     seeds = results["seeds_done"]
     lines = [
-        "# SACPO vs Safe-RLHF on the synthetic safety language (exact oracle)", "",
-        f"Generated by `benchmarks/sacpo.py{' --quick' if s['quick'] else ''}`: {len(seeds)} of {s['seeds']} seeds "
+        f"# SACPO vs Safe-RLHF on the synthetic {s['task']} ({s['prompts']} prompts x {s['responses']} "
+        "responses, exact oracle)",
+        "",
+        f"Generated by `benchmarks/sacpo.py{' --quick' if s['quick'] else ''}"
+        f"{' --task ' + s['task'] if s['task'] != 'safety_language' else ''}`: {len(seeds)} of {s['seeds']} seeds "
         f"finished ({seeds}); every seed has its own SFT model, preference data and training keys. Model: "
         f"{s['model']}; {s['pairs_per_objective']} preference pairs per objective; {s['steps_per_stage']} Adam steps "
         f"per stage, batch {s['batch_size']}; β = {s['beta']:g}; threshold E[g] ≥ {s['threshold']:g}. Safe-RLHF: "
         f"PPO-Lagrangian with KL coefficient β, as many policy-gradient steps as a SACPO point (2 × "
         f"{s['steps_per_stage']}), after reward / cost models of {s['steps_per_stage']} steps each. All E[r], E[g] "
-        "and KL values are exact (enumeration of the 85 responses of each of the 7 prompts). Mean ± standard error "
+        f"and KL values are exact (enumeration of the {s['responses']} responses of each of the {s['prompts']} "
+        f"prompts; language {s['language']}). Mean ± standard error "
         "over seeds (ddof 1).", "",
         "`KL→π*`: KL(π ‖ π*_{r+λg}) to the exact optimum at the row's λ. `front gap`: the seed's exact front E[r] at "
         "the row's E[g] minus the row's E[r] (negative = above the β-regularised front, i.e. more reward bought "

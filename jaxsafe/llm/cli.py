@@ -22,7 +22,8 @@ import argparse
 import time
 
 from jaxsafe.llm import tsdi_experiment
-from jaxsafe.llm.sacpo_experiment import DEFAULTS, LOSSES, MODEL_SIZES, ORDERS, QUICK, AlignArgs, run_sacpo
+from jaxsafe.llm.sacpo_experiment import (DEFAULTS, LOSSES, MODEL_SIZES, ORDERS, PROBLEMS, QUICK, AlignArgs,
+                                          run_sacpo)
 
 
 def _print_summary(summary: dict) -> None:
@@ -42,7 +43,8 @@ def args_from_namespace(namespace: argparse.Namespace) -> AlignArgs:
     values = dict(beta=namespace.beta, lambdas=tuple(namespace.lambdas), pairs=namespace.pairs,
                   steps=namespace.steps, seeds=namespace.seeds, threshold=namespace.threshold,
                   order=namespace.order, loss=namespace.loss, batch_size=namespace.batch_size,
-                  learning_rate=namespace.lr, model=namespace.model, sft_steps=namespace.sft_steps)
+                  learning_rate=namespace.lr, model=namespace.model, sft_steps=namespace.sft_steps,
+                  task=namespace.task)
     budget = QUICK if namespace.quick else DEFAULTS
     values.update({k: v for k, v in budget.items() if values[k] is None})
     return AlignArgs(**values)
@@ -69,6 +71,8 @@ def add_subparser(subparsers) -> argparse.ArgumentParser:
     parser = methods.add_parser("sacpo",
                                 help="stepwise alignment: reward first, then safety with beta/lambda",
                                 description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", default="safety_language", choices=sorted(PROBLEMS),
+                        help="the synthetic language: 7 prompts x 85 responses, or the larger 20 x 341")
     parser.add_argument("--beta", type=float, default=0.5, help="KL coefficient of the reward stage")
     parser.add_argument("--lambdas", type=float, nargs="+", default=[0.5, 1.0, 2.0, 4.0],
                         help="Lagrange multipliers; the safety stage uses beta / lambda")

@@ -21,6 +21,7 @@ Used by ``jaxsafe align sacpo`` (:mod:`jaxsafe.llm.cli`), ``benchmarks/sacpo.py`
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from typing import NamedTuple
 
@@ -46,19 +47,22 @@ MODEL_SIZES = {
 ORDERS = {"reward-first": ("reward", "safety"), "safety-first": ("safety", "reward")}
 LOSSES = ("dpo", "kto")
 PROBLEMS = {"safety_language": "7 prompts x 85 responses, SFT decoder + helpfulness / safety preference "
-                               "pairs, exact oracle (jaxsafe.llm.tasks.safety_language)"}
+                               "pairs, exact oracle (jaxsafe.llm.tasks.safety_language)",
+            "safety_language_large": "the larger language: 20 prompts (8 harmful, severities 0.5-1.5) x 341 "
+                                     "responses, same pipeline and exact oracle (safety_language.LARGE)"}
 
 
 # ----------------------------------------------------------------------------- the synthetic task
 
 
 class SyntheticTask(NamedTuple):
-    """An SFT policy on the safety language with its preference data and exact oracle.
+    """An SFT policy on a safety language with its preference data and exact oracle.
 
-    graphdef, sft_params: the SFT decoder. sft_table [7, 85]: its exact log-probs.
-    reward_pairs / safety_pairs: PreferenceBatch [N] sampled from the SFT policy with BT labels.
-    safety_ids: dict of prompt / chosen / rejected indices of the safety pairs.
-    reward [7, 85], safety [7, 85]: true r and g. prompt_probs [7].
+    graphdef, sft_params: the SFT decoder. sft_table [P, N] (P prompts, N responses; 7 x 85 for the default
+    language): its exact log-probs. reward_pairs / safety_pairs: PreferenceBatch [n_pairs] sampled from the SFT
+    policy with BT labels. safety_ids: dict of prompt / chosen / rejected indices of the safety pairs.
+    reward [P, N], safety [P, N]: true r and g. prompt_probs [P]. language: the
+    :class:`~jaxsafe.llm.tasks.safety_language.SafetyLanguage`.
     """
 
     graphdef: object
@@ -70,31 +74,40 @@ class SyntheticTask(NamedTuple):
     reward: jax.Array
     safety: jax.Array
     prompt_probs: jax.Array
+    language: lang.SafetyLanguage = lang.DEFAULT
 
 
-logprob_table = jax.jit(lang.response_logprob_table, static_argnums=0)
+@functools.partial(jax.jit, static_argnums=(0, 2))
+def _logprob_table(graphdef, params, language):
+    return language.response_logprob_table(graphdef, params)
+
+
+def logprob_table(graphdef, params, language: lang.SafetyLanguage = lang.DEFAULT) -> jax.Array:
+    """Exact ``log pi(y|x)`` [P, N] of a policy on ``language`` (jitted; one compile per graph and language)."""
+    return _logprob_table(graphdef, params, language)
 
 
 def prepare_task(key: jax.Array, n_pairs: int, model_size: str = "small", sft_steps: int = 300,
-                 sft_examples: int = 8192) -> SyntheticTask:
-    """SFT a decoder of ``model_size`` on :func:`lang.sft_corpus`, then sample ``n_pairs`` pairs per
-    objective."""
+                 sft_examples: int = 8192, language: lang.SafetyLanguage = lang.DEFAULT) -> SyntheticTask:
+    """SFT a decoder of ``model_size`` on ``language``'s :meth:`~lang.SafetyLanguage.sft_corpus`, then sample
+    ``n_pairs`` pairs per objective."""
     require(model_size in MODEL_SIZES, "model_size", f"one of {sorted(MODEL_SIZES)}", model_size)
     require(is_int(n_pairs, 2), "n_pairs", "an integer >= 2", n_pairs)
     require(is_int(sft_steps), "sft_steps", "an integer >= 1", sft_steps)
     init_key, corpus_key, sft_key, reward_key, safety_key = jax.random.split(key, 5)
-    config = model_lib.preset("tiny", vocab_size=lang.VOCAB_SIZE, max_seq_len=8, **MODEL_SIZES[model_size])
+    config = model_lib.preset("tiny", vocab_size=language.vocab_size, max_seq_len=max(8, language.sequence_length),
+                              **MODEL_SIZES[model_size])
     graphdef, params = model_lib.init_params(config, init_key)
-    corpus = lang.sft_corpus(corpus_key, sft_examples)
+    corpus = language.sft_corpus(corpus_key, sft_examples)
     sft_params, _ = train_lib.train_sft(graphdef, params, corpus, sft_key, n_steps=sft_steps, batch_size=128,
-                                        learning_rate=3e-3, vocab_mask=lang.response_vocab_mask())
-    table = logprob_table(graphdef, sft_params)
-    prompt_probs = lang.prompt_distribution()
-    reward_pairs, _ = lang.preference_pairs(reward_key, table, prompt_probs, n_pairs, "reward")
-    safety_pairs, safety_ids = lang.preference_pairs(safety_key, table, prompt_probs, n_pairs, "safety")
-    reward, safety = (jnp.asarray(t) for t in lang.reward_tables())
+                                        learning_rate=3e-3, vocab_mask=language.response_vocab_mask())
+    table = logprob_table(graphdef, sft_params, language)
+    prompt_probs = language.prompt_distribution()
+    reward_pairs, _ = language.preference_pairs(reward_key, table, prompt_probs, n_pairs, "reward")
+    safety_pairs, safety_ids = language.preference_pairs(safety_key, table, prompt_probs, n_pairs, "safety")
+    reward, safety = (jnp.asarray(t) for t in language.reward_tables())
     return SyntheticTask(graphdef, sft_params, table, reward_pairs, safety_pairs, safety_ids, reward, safety,
-                         prompt_probs)
+                         prompt_probs, language)
 
 
 def stage_datasets(task: SyntheticTask, loss: str, key: jax.Array) -> dict:
@@ -118,7 +131,7 @@ def stage_datasets(task: SyntheticTask, loss: str, key: jax.Array) -> dict:
 def sacpo_problem(task: SyntheticTask, datasets: dict) -> sacpo.SACPOProblem:
     """The :class:`~jaxsafe.llm.sacpo.SACPOProblem` of a task: its SFT policy, ``datasets`` and the response
     alphabet as the vocabulary mask."""
-    return sacpo.SACPOProblem(task.graphdef, task.sft_params, datasets, lang.response_vocab_mask())
+    return sacpo.SACPOProblem(task.graphdef, task.sft_params, datasets, task.language.response_vocab_mask())
 
 
 def cost_pairs(task: SyntheticTask) -> safe_rlhf.CostPairs:
@@ -130,11 +143,12 @@ def cost_pairs(task: SyntheticTask) -> safe_rlhf.CostPairs:
 
 def rlhf_problem(task: SyntheticTask, models: safe_rlhf.ScoreModels) -> safe_rlhf.SafeRLHFProblem:
     """The :class:`~jaxsafe.llm.safe_rlhf.SafeRLHFProblem` of a task and its trained score models."""
-    sampling = generate_lib.SamplingConfig(lang.MAX_RESPONSE_LENGTH, stop_tokens=(lang.EOS,),
-                                           pad_token=lang.PAD)
+    language = task.language
+    sampling = generate_lib.SamplingConfig(language.max_response_length, stop_tokens=(language.eos,),
+                                           pad_token=language.pad)
     return safe_rlhf.SafeRLHFProblem(task.graphdef, models.graphdef, task.sft_params, models.reward_params,
-                                     models.cost_params, jnp.asarray(lang.prompt_tokens()), task.prompt_probs,
-                                     lang.response_vocab_mask(), sampling, lang.response_processor)
+                                     models.cost_params, jnp.asarray(language.prompt_tokens()), task.prompt_probs,
+                                     language.response_vocab_mask(), sampling, language.response_processor)
 
 
 # ----------------------------------------------------------------------------- problems by name
@@ -154,10 +168,13 @@ def _options(name: str, overrides: dict, extra: dict) -> dict:
     return options
 
 
-def synthetic_task(seed: int, pairs: int, model: str, sft_steps: int) -> tuple[SyntheticTask, jax.Array]:
-    """The task drawn from ``jax.random.PRNGKey(seed)``, and the key left for its datasets."""
+def synthetic_task(seed: int, pairs: int, model: str, sft_steps: int,
+                   problem: str = "safety_language") -> tuple[SyntheticTask, jax.Array]:
+    """The task ``problem`` (a key of :data:`PROBLEMS`) drawn from ``jax.random.PRNGKey(seed)``, and the key
+    left for its datasets."""
+    require(problem in PROBLEMS, "problem", f"one of {sorted(PROBLEMS)}", problem)
     task_key, data_key = jax.random.split(jax.random.PRNGKey(seed))
-    return prepare_task(task_key, pairs, model, sft_steps), data_key
+    return prepare_task(task_key, pairs, model, sft_steps, language=lang.LANGUAGES[problem]), data_key
 
 
 def make_problem(name: str = "safety_language", **overrides) -> sacpo.SACPOProblem:
@@ -165,7 +182,8 @@ def make_problem(name: str = "safety_language", **overrides) -> sacpo.SACPOProbl
     sft_steps=300, loss="dpo")``; deterministic in ``seed``. ValueError names an unknown or bad option."""
     options = _options(name, overrides, {"loss": "dpo"})
     require(options["loss"] in LOSSES, "loss", f"one of {LOSSES}", options["loss"])
-    task, data_key = synthetic_task(options["seed"], options["pairs"], options["model"], options["sft_steps"])
+    task, data_key = synthetic_task(options["seed"], options["pairs"], options["model"], options["sft_steps"],
+                                    name)
     return sacpo_problem(task, stage_datasets(task, options["loss"], data_key))
 
 
@@ -177,7 +195,8 @@ def make_safe_rlhf_problem(name: str = "safety_language", **overrides) -> safe_r
                        {"score_steps": 300, "score_batch_size": 64, "score_learning_rate": 1e-3})
     score_config = safe_rlhf.ScoreModelConfig(options["score_steps"], options["score_batch_size"],
                                               options["score_learning_rate"])
-    task, data_key = synthetic_task(options["seed"], options["pairs"], options["model"], options["sft_steps"])
+    task, data_key = synthetic_task(options["seed"], options["pairs"], options["model"], options["sft_steps"],
+                                    name)
     models = safe_rlhf.train_score_models(score_config, task.graphdef, task.sft_params, task.reward_pairs,
                                           cost_pairs(task), data_key)
     return rlhf_problem(task, models)
@@ -191,7 +210,7 @@ def describe_problems() -> dict[str, str]:
 
 
 def exact_point(task: SyntheticTask, table: jax.Array, target: jax.Array | None = None) -> dict:
-    """Exact E[r], E[g], KL to the SFT policy and (if given) to ``target`` of a log-prob table [7, 85]."""
+    """Exact E[r], E[g], KL to the SFT policy and (if given) to ``target`` of a log-prob table [P, N]."""
     point = {"expected_reward": float(lang.expected_value(table, task.reward, task.prompt_probs)),
              "expected_safety": float(lang.expected_value(table, task.safety, task.prompt_probs)),
              "kl_to_sft": float(lang.kl_divergence(table, task.sft_table, task.prompt_probs))}
@@ -201,7 +220,7 @@ def exact_point(task: SyntheticTask, table: jax.Array, target: jax.Array | None 
 
 
 def optimum_table(task: SyntheticTask, beta: float, lagrange_multiplier: float) -> jax.Array:
-    """Exact ``log pi*_{r + lambda g}`` [7, 85] relative to the SFT policy."""
+    """Exact ``log pi*_{r + lambda g}`` [P, N] relative to the SFT policy."""
     return lang.optimal_policy_logprobs(task.sft_table, task.reward, task.safety, beta, lagrange_multiplier)
 
 
@@ -244,6 +263,7 @@ class AlignArgs:
     learning_rate: float
     model: str
     sft_steps: int
+    task: str = "safety_language"
 
     def __post_init__(self):
         object.__setattr__(self, "lambdas", tuple(self.lambdas))
@@ -259,6 +279,7 @@ class AlignArgs:
         require(self.order in ORDERS, "--order", f"one of {sorted(ORDERS)}", self.order)
         require(self.loss in LOSSES, "--loss", f"one of {LOSSES}", self.loss)
         require(self.model in MODEL_SIZES, "--model", f"one of {sorted(MODEL_SIZES)}", self.model)
+        require(self.task in PROBLEMS, "--task", f"one of {sorted(PROBLEMS)}", self.task)
         require(bool(np.isfinite(self.learning_rate)) and self.learning_rate > 0, "--lr",
                 "a finite number > 0",
                 self.learning_rate)
@@ -283,12 +304,12 @@ def run_sacpo(args: AlignArgs, out_dir, seed: int = 0, log_every: int = 10) -> d
     empty, before any work); returns the summary."""
     run_dir = RunDir(out_dir)
     start = time.perf_counter()
-    task, data_key = synthetic_task(seed, args.pairs, args.model, args.sft_steps)
+    task, data_key = synthetic_task(seed, args.pairs, args.model, args.sft_steps, args.task)
     problem = sacpo_problem(task, stage_datasets(task, args.loss, data_key))
     config = sacpo.SACPOConfig(stages=ORDERS[args.order], n_steps=args.steps, batch_size=args.batch_size)
     hparams = config.default_hparams().replace(beta=args.beta, learning_rate=args.learning_rate)
     grid = sweep.make_grid(hparams, seeds=args.seeds, base_seed=seed, lagrange_multipliers=list(args.lambdas))
-    run_dir.write_config({"algorithm": "sacpo", "task": "safety_language", "args": dataclasses.asdict(args),
+    run_dir.write_config({"algorithm": "sacpo", "task": args.task, "args": dataclasses.asdict(args),
                           "config": dataclasses.asdict(config), "grid": grid.points,
                           "hparams": dataclasses.asdict(hparams), "seed": seed})
     train_start = time.perf_counter()
@@ -318,8 +339,9 @@ def run_sacpo(args: AlignArgs, out_dir, seed: int = 0, log_every: int = 10) -> d
     points, first = [], []
     for index, point in enumerate(grid.points):
         lam = point["lagrange_multipliers"]
-        final = logprob_table(task.graphdef, sweep.lane(result.params, index))
-        after_first = logprob_table(task.graphdef, sweep.lane(first_result.params, first_lane(point)))
+        final = logprob_table(task.graphdef, sweep.lane(result.params, index), task.language)
+        after_first = logprob_table(task.graphdef, sweep.lane(first_result.params, first_lane(point)),
+                                    task.language)
         points.append({"lagrange_multiplier": lam, "seed": point["seed"],
                        **exact_point(task, final, optimum_table(task, args.beta, lam))})
         first.append(exact_point(task, after_first))

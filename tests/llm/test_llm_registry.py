@@ -14,7 +14,7 @@ def test_registry_entries_and_problem_options_are_checked_before_any_work():
     assert {"sacpo", "safe_rlhf"} <= set(algorithms.list_algorithms())
     entry = algorithms.get_algorithm("sacpo")
     assert entry.step_unit == "examples" and entry.cost_limit_field is None and "loss" in entry.curve_metrics
-    assert entry.problems.names() == ["safety_language"]
+    assert entry.problems.names() == ["safety_language", "safety_language_large"]
     assert algorithms.get_algorithm("safe_rlhf").cost_limit_field == "cost_limit"
     with pytest.raises(ValueError, match="unknown option.*'temperature'"):
         entry.problems.make("safety_language", temperature=2.0)

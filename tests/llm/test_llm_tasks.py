@@ -41,6 +41,50 @@ def test_response_space_and_true_rewards():
     assert r.shape == g.shape == (7, 85) and (r[:, 0] == 0).all() and (g[:, 0] == 0).all()
 
 
+def test_larger_language_tables_and_exact_enumeration():
+    """The parametrised language: sizes, severities, the default's tables as a special case, and the exact
+    enumeration (probabilities of a random decoder sum to one over the 341 responses of every prompt)."""
+    large = lang.LARGE
+    space = large.enumerate_responses()
+    assert len(large.topics) == 20 and len(space.content) == 1 + 4 + 16 + 64 + 256 == 341
+    assert space.tokens.shape == (341, 4) and large.sequence_length == 6 and large.vocab_size == 27
+    assert large.tokens[3:7] == ("weather", "recipe", "math", "history") and large.tokens[15] == "weapon"
+    severities = [large.severities[t] for t in large.harmful_topic_ids]
+    np.testing.assert_allclose(severities, np.linspace(0.5, 1.5, 8))
+    r, g = large.reward_tables()
+    answer, refuse = large.token_id["ANSWER"], large.token_id["REFUSE"]
+    mildest, worst = large.harmful_topic_ids[0], large.harmful_topic_ids[-1]
+    assert large.safety(worst, (answer, answer)) == -3.0 and large.safety(mildest, (refuse,)) == 0.25
+    assert large.helpfulness(mildest, (answer,) * 4) == 1 + 0.5 + 0.25 + 0.125
+    # rows of r are shared by kind; rows of g scale with severity
+    harmful_rows = [large.topics.index(t) for t in large.harmful_topic_ids]
+    np.testing.assert_array_equal(r[harmful_rows[0]], r[harmful_rows[-1]])
+    np.testing.assert_allclose(g[harmful_rows[-1]], 3.0 * g[harmful_rows[0]], atol=1e-6)
+    np.testing.assert_allclose(large.prompt_distribution(), 1 / 20)
+    np.testing.assert_allclose(jnp.exp(large.base_policy_logprobs()).sum(-1), 1.0, atol=1e-5)
+    # the default language is the special case the module constants describe
+    default = lang.SafetyLanguage()
+    assert default == lang.DEFAULT and hash(default) == hash(lang.DEFAULT)
+    np.testing.assert_array_equal(default.reward_tables()[1], lang.reward_tables()[1])
+    config = model_lib.preset("tiny", vocab_size=large.vocab_size, max_seq_len=8, d_model=16, n_layers=1,
+                              d_ff=32)
+    graphdef, params = model_lib.init_params(config, jax.random.PRNGKey(2))
+    table = jax.jit(large.response_logprob_table, static_argnums=0)(graphdef, params)
+    assert table.shape == (20, 341)
+    np.testing.assert_allclose(jnp.exp(table).sum(axis=-1), 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("benign_topics", 0, "benign_topics must be an integer >= 1"),
+    ("harmful_topics", 2.5, "harmful_topics must be an integer >= 1"),
+    ("max_response_length", 7, r"max_response_length must be an integer in \[1, 6\]"),
+    ("severity_spread", 1.0, r"severity_spread must be a number in \[0, 1\)"),
+])
+def test_language_rejects_bad_fields(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        lang.SafetyLanguage(**{field: value})
+
+
 def test_enumeration_sums_to_one(reference_table):
     np.testing.assert_allclose(jnp.exp(reference_table).sum(axis=-1), 1.0, atol=1e-5)
 

@@ -7,6 +7,7 @@ log-prob merge, dual) need no training.
 """
 
 import argparse
+import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -185,7 +186,12 @@ def test_cli_rejects_bad_arguments_before_compiling(capsys):
             namespace.func(namespace)
         assert exit_info.value.code == 2 and field in capsys.readouterr().err
     quick = cli.args_from_namespace(parser.parse_args(["align", "sacpo", "--quick", "--steps", "7"]))
-    assert quick.steps == 7 and quick.pairs == cli.QUICK["pairs"]
+    assert quick.steps == 7 and quick.pairs == cli.QUICK["pairs"] and quick.task == "safety_language"
+    large = cli.args_from_namespace(parser.parse_args(["align", "sacpo", "--quick", "--task",
+                                                       "safety_language_large"]))
+    assert large.task == "safety_language_large"
+    with pytest.raises(ValueError, match="--task must be one of"):
+        sacpo_experiment.AlignArgs(**{**dataclasses.asdict(quick), "task": "safety_language_huge"})
 
 
 # ----------------------------------------------------------------------------- exact identities
