@@ -13,9 +13,10 @@ violations (online episodes with cost above the threshold, counted the same way 
 it used.
 
 PLS's known-safe seed set ``Z_0`` (``--seed-box``): ``top`` (default) is the paper's kind of hand-set box (appendix
-K, e.g. Ant-Run [700, 750] x [0, 5] at b = 20): the top tenth of the dataset's return span below the best safe
-dataset return, at target costs up to b/4 (:func:`jaxsafe.offline.pls_experiment.top_seed_box`). ``data`` takes
-every grid target that some dataset episode reaches at a cost <= G <= b/2
+K, e.g. Ant-Run [700, 750] x [0, 5] at b = 20): the top tenth of the dataset's return span below the best reliably
+safe dataset return (80% of the episodes near it within b), at target costs up to b/4
+(:func:`jaxsafe.offline.pls_experiment.top_seed_box`). ``data`` takes every grid target that some dataset episode
+reaches at a cost <= G <= b/2 where 80% of the episodes near its return are within b
 (:func:`jaxsafe.offline.pls.seed_set_from_dataset`); on SafeCarGoal1 that admits low-return targets that only a
 costly behaviour policy reached, where the CDT measured unsafe and PLS stopped.
 

@@ -59,7 +59,7 @@ from jaxsafe.validation import is_int, non_negative, open_unit_interval, positiv
 
 __all__ = ["GP_PRESETS", "SAFE_SET_RULES", "EXPANDER_RULES", "WIDTH_RULES", "PLSHParams", "PLSConfig", "PLSProblem",
            "GPData", "PLSState", "UnsafeSeedSet", "srinivas_alpha", "gp_posterior", "target_grid", "seed_set_box",
-           "seed_set_from_dataset", "PLSSearch", "make_train_parts", "make_search", "recommend", "run", "cdt_problem",
+           "seed_set_from_dataset", "safe_fractions", "reliable_safe_return", "PLSSearch", "make_train_parts", "make_search", "recommend", "run", "cdt_problem",
            "fixed_target",
            "naive_search", "finetune_cdt"]
 
@@ -272,15 +272,57 @@ def seed_set_box(targets, return_range, cost_range) -> np.ndarray:
     return _nonempty(inside, f"no grid target in {tuple(return_range)} x {tuple(cost_range)}")
 
 
-def seed_set_from_dataset(dataset, targets, threshold: float, margin: float = 0.5,
-                          return_tolerance: float | None = None, min_episodes: int = 1) -> np.ndarray:
-    """``Z_0`` from the data: ``z = (R, G)`` is a seed when ``G <= margin * b`` and at least ``min_episodes`` dataset
-    episodes have a return within ``return_tolerance`` of ``R`` (default: one grid step of R) and a cost ``<= G``
-    (the data show that the return is reached at a cost safely below the threshold).
+def safe_fractions(returns, costs, threshold: float, tolerance: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per episode ``i``: how many dataset episodes have a return within ``tolerance`` of episode ``i``'s, and the
+    fraction of those with cost ``<= threshold`` (``([E] int, [E] float)``).
 
-    Raises: ValueError (``seed_set``) when no target qualifies; ``threshold``/``margin`` out of range."""
+    In a stochastic task one episode's cost is partly luck: a behaviour that is unsafe on average still has safe
+    episodes, often at its highest returns. A CDT asked for return ``R`` plays what the data did near ``R``, so the
+    safe fraction of the episodes near ``R`` estimates how often that target is safe; one safe episode does not.
+    """
+    returns, costs = np.asarray(returns, np.float64), np.asarray(costs, np.float64)
+    near = np.abs(returns[:, None] - returns[None, :]) <= tolerance  # [E, E]
+    count = near.sum(1)
+    return count, (near & (costs[None, :] <= threshold)).sum(1) / np.maximum(count, 1)
+
+
+def reliable_safe_return(returns, costs, threshold: float, safe_fraction: float = 0.8, tolerance: float | None = None,
+                         min_episodes: int = 5) -> float:
+    """The highest return of a safe dataset episode (cost ``<= threshold``) whose neighbourhood (episodes with a
+    return within ``tolerance``, default 5% of the return span) holds at least ``min_episodes`` episodes of which
+    at least ``safe_fraction`` are safe (:func:`safe_fractions`). ``safe_fraction=0, min_episodes=1`` is the best
+    safe dataset return.
+
+    Raises: ValueError (``seed_set``) when no episode qualifies; the fields out of range."""
+    require(float(threshold) > 0, "threshold", "> 0 (episode-cost units)", threshold)
+    require(0 <= float(safe_fraction) <= 1, "seed_safe_fraction", "in [0, 1]", safe_fraction)
+    require(is_int(min_episodes), "seed_min_episodes", "an integer >= 1", min_episodes)
+    returns, costs = np.asarray(returns, np.float64), np.asarray(costs, np.float64)
+    if tolerance is None:
+        tolerance = 0.05 * float(returns.max() - returns.min())
+    count, fraction = safe_fractions(returns, costs, threshold, tolerance)
+    ok = (costs <= threshold) & (count >= min_episodes) & (fraction >= safe_fraction)
+    if not ok.any():
+        raise ValueError(f"seed_set: empty (no dataset return of cost <= {threshold:g} has {min_episodes} or more "
+                         f"episodes within {tolerance:.3g} of it, {safe_fraction:g} of them safe); lower "
+                         "seed_safe_fraction or give a seed box")
+    return float(returns[ok].max())
+
+
+def seed_set_from_dataset(dataset, targets, threshold: float, margin: float = 0.5,
+                          return_tolerance: float | None = None, min_episodes: int = 1,
+                          safe_fraction: float = 0.8) -> np.ndarray:
+    """``Z_0`` from the data: ``z = (R, G)`` is a seed when ``G <= margin * b``, at least ``min_episodes`` dataset
+    episodes have a return within ``return_tolerance`` of ``R`` (default: one grid step of R) and a cost ``<= G``
+    (the data show that the return is reached at a cost safely below the threshold), and at least ``safe_fraction``
+    of all the episodes within ``return_tolerance`` of ``R`` have cost ``<= b`` (reaching ``R`` is safe as a rule,
+    not by luck; ``safe_fraction=0`` drops this test).
+
+    Raises: ValueError (``seed_set``) when no target qualifies; ``threshold``/``margin``/``safe_fraction`` out of
+    range."""
     require(float(threshold) > 0, "threshold", "> 0 (episode-cost units)", threshold)
     require(0 < float(margin) <= 1, "seed_margin", "in (0, 1]", margin)
+    require(0 <= float(safe_fraction) <= 1, "seed_safe_fraction", "in [0, 1]", safe_fraction)
     targets = np.asarray(targets)
     table = episode_table(dataset)
     if return_tolerance is None:
@@ -289,9 +331,11 @@ def seed_set_from_dataset(dataset, targets, threshold: float, margin: float = 0.
     near = np.abs(table.returns[None, :] - targets[:, :1]) <= return_tolerance  # [|Z|, E]
     cheap = table.costs[None, :] <= targets[:, 1:2]
     supported = (near & cheap).sum(1) >= min_episodes
-    mask = supported & (targets[:, 1] <= margin * threshold)
+    safe_near = (near & (table.costs[None, :] <= threshold)).sum(1)
+    reliable = safe_near >= safe_fraction * np.maximum(near.sum(1), 1)
+    mask = supported & reliable & (targets[:, 1] <= margin * threshold)
     return _nonempty(mask, f"no grid target with G <= {margin:g} * {threshold:g} is reached by a dataset episode at "
-                           f"that cost")
+                           f"that cost where {safe_fraction:g} of the episodes near its return are safe")
 
 
 # ---------------------------------------------------------------------------------------------------- the search

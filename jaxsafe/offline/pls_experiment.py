@@ -61,6 +61,7 @@ class PLSSettings:
     cost_range: tuple | None = None
     seed_box: tuple | str | None = None
     seed_margin: float = 0.5
+    seed_safe_fraction: float = 0.8
     preset: str = "scaled"
     reward_lengthscale: tuple | None = None
     cost_lengthscale: tuple | None = None
@@ -101,6 +102,8 @@ class PLSSettings:
         require(all(b in BASELINES for b in self.baselines), "baselines", f"a subset of {BASELINES}", self.baselines)
         require(all(is_int(e) for e in self.finetune_episodes), "finetune-episodes", "integers >= 1",
                 self.finetune_episodes)
+        require(isinstance(self.seed_safe_fraction, (int, float)) and 0 <= self.seed_safe_fraction <= 1,
+                "seed-safe-fraction", "a number in [0, 1]", self.seed_safe_fraction)
         require(self.seed_box is None or self.seed_box == "top" or (not isinstance(self.seed_box, str)
                                                                     and len(self.seed_box) == 4),
                 "seed-box", "four numbers R0,R1,G0,G1 or 'top'", self.seed_box)
@@ -186,33 +189,42 @@ def make_problem(settings: PLSSettings, setup: CDTSetup) -> pls.PLSProblem:
         r0, r1, g0, g1 = box
         seeds = pls.seed_set_box(targets, (r0, r1), (g0, g1))
     else:
-        seeds = pls.seed_set_from_dataset(setup.dataset, targets, settings.threshold, settings.seed_margin)
+        seeds = pls.seed_set_from_dataset(setup.dataset, targets, settings.threshold, settings.seed_margin,
+                                          safe_fraction=settings.seed_safe_fraction)
     return pls.cdt_problem(setup.config, setup.dataset, setup.params, setup.hparams, setup.env, setup.env_params,
                            targets, seeds, settings.episodes_per_query, setup.max_steps,
                            deterministic=not settings.sample_actions)
 
 
-def top_seed_box(dataset, threshold: float, return_fraction: float = 0.1,
-                 cost_fraction: float = 0.25) -> tuple[float, float, float, float]:
+def top_seed_box(dataset, threshold: float, return_fraction: float = 0.1, cost_fraction: float = 0.25,
+                 safe_fraction: float = 0.8, min_episodes: int = 5) -> tuple[float, float, float, float]:
     """``(R0, R1, G0, G1)``: a seed box of the paper's kind (appendix K sets them by hand, e.g. Ant-Run
     [700, 750] x [0, 5] at b = 20): returns within ``return_fraction`` of the dataset's return span below the best
-    safe dataset return (:func:`conventional_target`), target costs in ``[0, cost_fraction * b]``.
+    reliably safe dataset return (:func:`jaxsafe.offline.pls.reliable_safe_return`: at least ``safe_fraction`` of
+    the episodes near it, and at least ``min_episodes``, are safe), target costs in ``[0, cost_fraction * b]``.
+    ``safe_fraction=0, min_episodes=1`` puts the box below the best safe dataset return (:func:`conventional_target`),
+    which on a stochastic task can be one lucky episode of an unsafe behaviour.
 
     Unlike :func:`jaxsafe.offline.pls.seed_set_from_dataset`, it admits no low-return target that only a costly
     behaviour policy reached (there a CDT imitates that policy and can measure unsafe)."""
     from jaxsafe.offline.metrics import reward_range
+    from jaxsafe.offline.training import episode_table
 
     require(0 < return_fraction <= 1, "return_fraction", "in (0, 1]", return_fraction)
     require(0 < cost_fraction <= 1, "cost_fraction", "in (0, 1]", cost_fraction)
     r_min, r_max = reward_range(dataset)
-    best = conventional_target(dataset, float(threshold))[0]
+    table = episode_table(dataset)
+    best = pls.reliable_safe_return(table.returns, table.costs, float(threshold), safe_fraction,
+                                    min_episodes=min_episodes)
     return (best - return_fraction * (r_max - r_min), best, 0.0, cost_fraction * float(threshold))
 
 
 def seed_box(settings: PLSSettings, dataset) -> tuple | None:
     """``settings.seed_box`` as numbers ``(R0, R1, G0, G1)`` (``"top"`` resolved by :func:`top_seed_box`), or None
     for the seed set from the data."""
-    return top_seed_box(dataset, settings.threshold) if settings.seed_box == "top" else settings.seed_box
+    if settings.seed_box == "top":
+        return top_seed_box(dataset, settings.threshold, safe_fraction=settings.seed_safe_fraction)
+    return settings.seed_box
 
 
 def conventional_target(dataset, threshold: float) -> tuple[float, float]:
@@ -433,10 +445,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--return-range", default=None, help="R0,R1: a sub-range of the dataset's returns")
     parser.add_argument("--cost-range", default=None, help="G0,G1: a sub-range of the dataset's costs")
     parser.add_argument("--seed-box", default=None,
-                        help="R0,R1,G0,G1: the seed set Z_0 as a box of targets; top: the best safe dataset returns "
-                             "(a tenth of the return span) at target costs <= b/4, the paper's kind of box")
+                        help="R0,R1,G0,G1: the seed set Z_0 as a box of targets; top: the best reliably safe dataset "
+                             "returns (a tenth of the return span) at target costs <= b/4, the paper's kind of box")
     parser.add_argument("--seed-margin", type=float, default=d("seed_margin"),
                         help="seed set from the data: targets with G <= margin * b reached by a dataset episode")
+    parser.add_argument("--seed-safe-fraction", type=float, default=d("seed_safe_fraction"),
+                        help="a seed's return must be safe (cost <= b) in at least this fraction of the dataset "
+                             "episodes near it (0: one safe episode is enough)")
     parser.add_argument("--preset", default=d("preset"), choices=PRESETS,
                         help="GP values: lengthscales as fractions of the grid span, or appendix K's")
     parser.add_argument("--reward-lengthscale", default=None, help="L or LR,LG (target units)")
@@ -485,7 +500,7 @@ def settings_from_namespace(namespace: argparse.Namespace) -> PLSSettings:
         return_range=_numbers(namespace.return_range, "--return-range", (2,)),
         cost_range=_numbers(namespace.cost_range, "--cost-range", (2,)),
         seed_box=("top" if namespace.seed_box == "top" else _numbers(namespace.seed_box, "--seed-box", (4,))),
-        seed_margin=namespace.seed_margin,
+        seed_margin=namespace.seed_margin, seed_safe_fraction=namespace.seed_safe_fraction,
         preset=namespace.preset,
         reward_lengthscale=_numbers(namespace.reward_lengthscale, "--reward-lengthscale", (1, 2)),
         cost_lengthscale=_numbers(namespace.cost_lengthscale, "--cost-lengthscale", (1, 2)),

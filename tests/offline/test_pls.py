@@ -214,6 +214,34 @@ def test_target_grid_and_seed_set_from_a_dataset(tiny_dataset):
         pls.seed_set_from_dataset(dataset, grid, threshold=float(costs.max()), min_episodes=10_000)
     with pytest.raises(ValueError, match="threshold"):
         pls.seed_set_from_dataset(dataset, grid, threshold=0.0)
+    # the reliability test only removes seeds, and what it keeps is safe near its return in that fraction
+    threshold = float(np.median(costs))
+    loose = pls.seed_set_from_dataset(dataset, grid, threshold, margin=1.0, safe_fraction=0.0)
+    strict = pls.seed_set_from_dataset(dataset, grid, threshold, margin=1.0, safe_fraction=0.6)
+    assert not np.any(strict & ~loose)
+    tolerance = float(np.diff(np.unique(grid[:, 0])).min())
+    for R in grid[strict, 0]:
+        near = np.abs(np.asarray(returns) - R) <= tolerance
+        assert np.mean(np.asarray(costs)[near] <= threshold) >= 0.6
+    with pytest.raises(ValueError, match="seed_safe_fraction"):
+        pls.seed_set_from_dataset(dataset, grid, threshold, safe_fraction=1.5)
+
+
+def test_reliable_safe_return_ignores_lucky_episodes():
+    """Hand values: the safe episode at return 52 sits among unsafe ones (a lucky episode of a costly behaviour),
+    the one at 90 is alone."""
+    returns = np.array([10.0, 11.0, 12.0, 50.0, 51.0, 52.0, 53.0, 90.0])
+    costs = np.array([0.0, 0.0, 1.0, 5.0, 5.0, 0.0, 5.0, 0.0])
+    count, fraction = pls.safe_fractions(returns, costs, threshold=2.0, tolerance=3.0)
+    np.testing.assert_array_equal(count, [3, 3, 3, 4, 4, 4, 4, 1])
+    np.testing.assert_allclose(fraction, [1, 1, 1, 0.25, 0.25, 0.25, 0.25, 1])
+    assert pls.reliable_safe_return(returns, costs, 2.0, safe_fraction=0.0, tolerance=3.0, min_episodes=1) == 90.0
+    assert pls.reliable_safe_return(returns, costs, 2.0, safe_fraction=0.8, tolerance=3.0, min_episodes=2) == 12.0
+    assert pls.reliable_safe_return(returns, costs, 2.0, safe_fraction=0.2, tolerance=3.0, min_episodes=4) == 52.0
+    with pytest.raises(ValueError, match="seed_set: empty"):
+        pls.reliable_safe_return(returns, costs, 2.0, safe_fraction=1.0, tolerance=3.0, min_episodes=5)
+    with pytest.raises(ValueError, match="seed_min_episodes"):
+        pls.reliable_safe_return(returns, costs, 2.0, min_episodes=0)
 
 
 def test_top_seed_box_sits_at_the_best_safe_return(tiny_dataset):
@@ -224,9 +252,15 @@ def test_top_seed_box_sits_at_the_best_safe_return(tiny_dataset):
     dataset, returns, costs = tiny_dataset
     threshold = float(np.median(costs))
     best = float(returns[costs <= threshold].max())
-    box = top_seed_box(dataset, threshold)
-    np.testing.assert_allclose(box, (best - 0.1 * (returns.max() - returns.min()), best, 0.0, 0.25 * threshold),
-                               rtol=1e-6)
+    span = float(returns.max() - returns.min())
+    box = top_seed_box(dataset, threshold, safe_fraction=0.0, min_episodes=1)  # the best safe dataset return
+    np.testing.assert_allclose(box, (best - 0.1 * span, best, 0.0, 0.25 * threshold), rtol=1e-6)
+    reliable = pls.reliable_safe_return(returns, costs, threshold, safe_fraction=0.5, min_episodes=2)
+    np.testing.assert_allclose(top_seed_box(dataset, threshold, safe_fraction=0.5, min_episodes=2),
+                               (reliable - 0.1 * span, reliable, 0.0, 0.25 * threshold), rtol=1e-6)
+    assert reliable <= best
+    with pytest.raises(ValueError, match="seed_set: empty"):  # too few episodes for the default rule
+        top_seed_box(dataset, threshold, min_episodes=10_000)
     assert PLSSettings(threshold=threshold, seed_box="top").seed_box == "top"
     with pytest.raises(ValueError, match="seed-box"):
         PLSSettings(threshold=threshold, seed_box="best")
