@@ -223,8 +223,9 @@ def compare_methods(cell: dict) -> dict:
     out = {"lagrangian_regret": {}, "reward_at_safety": {}, "selected": {}}
     for lam in cell["lambdas"]:
         best = lagrangian(cell["optimum"][f"{lam:g}"], lam)
-        out["lagrangian_regret"][f"{lam:g}"] = {m: best - max(lagrangian(p, lam) for p in pts)
-                                                for m, pts in groups.items()}
+        # lambda* differs by seed: one key for it, so the seeds' regrets at their own lambda* are averaged together
+        key = "λ*" if lam == round(cell["lambda_star"], 3) else f"{lam:g}"
+        out["lagrangian_regret"][key] = {m: best - max(lagrangian(p, lam) for p in pts) for m, pts in groups.items()}
     for g in MATCHED_SAFETY:
         out["reward_at_safety"][f"{g:g}"] = {m: upper_envelope_at(pts, g) for m, pts in groups.items()}
     for m, pts in groups.items():
@@ -359,6 +360,8 @@ def main(argv=None) -> None:
         write_results(args.out, stem, done, settings, time.perf_counter() - started)
 
 def write_results(out: Path, stem: str, cells: list[dict], settings: dict, seconds: float) -> None:
+    for cell in cells:  # the comparison follows the current code, also for cells stored by an earlier version
+        cell["comparison"] = to_jsonable(compare_methods(cell))
     results = {"settings": settings, "seeds_done": [c["seed"] for c in cells], "aggregate": aggregate(cells),
                "per_seed": [{k: c[k] for k in ("seed", "lambda_star", "comparison", "merge_gaps", "seconds")}
                             for c in cells]}

@@ -4,8 +4,15 @@ Every (task, algorithm) cell is one ``jaxsafe train`` run over 3 seeds (one comp
 :mod:`jaxsafe.rl.presets`), cost limit 25, 10^7 environment steps per seed, as a chunked run directory under
 ``--run-root`` (default ``runs/safety_suite_full``). The script advances the cells round-robin, one chunk
 (250,000 steps per seed) at a time, always the cell with the fewest steps first, so that a session that stops
-early leaves every cell at a similar budget; rerunning the same command resumes every cell from its last
-checkpoint (bit-identical, as ``jaxsafe train --resume``). ``--hours`` bounds one call.
+early leaves every cell at a similar budget (``--schedule round-robin``), or, by default (``--schedule finish``),
+finishes the cells one at a time in the order of ``--tasks`` and ``--algos``; rerunning the same command resumes
+every cell from its last checkpoint (bit-identical, as ``jaxsafe train --resume``). ``--hours`` bounds one call.
+
+Run directories under ``runs/`` do not outlive a checkout, so after every chunk the cell is mirrored into the
+committed store ``benchmarks/results/safety_suite_full_cells/<task>__<algo>/`` (``--store``): its
+``config.json`` and ``metrics.jsonl``, and, while the cell is unfinished, its newest checkpoint (about 1 MB; with
+the default schedule at most one cell is unfinished). A run root that lacks a cell, or holds fewer of its steps,
+is filled from the store before any work, so a fresh clone resumes where the last commit stopped.
 
 The report reads whatever the run directories hold:
 
@@ -29,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -42,6 +50,8 @@ from jaxsafe.logging import RunDir  # noqa: E402
 from jaxsafe.plotting import plot_curves  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
+STORE = RESULTS / "safety_suite_full_cells"
+SCHEDULES = ("finish", "round-robin")
 TASKS = ["SafePointGoal1", "SafeCarGoal1", "SafePointButton1", "SafePointCircle", "SafePointRun"]
 VELOCITY = ["SafeHopperVelocity"]
 ALGORITHMS = {"ppo": "PPO", "ppo_lag": "PPO-Lag", "ppo_pid": "PPO-PID", "cpo": "CPO"}
@@ -92,21 +102,76 @@ def advance(task: str, algorithm: str, root: Path) -> float:
     return time.perf_counter() - start
 
 
-def run_cells(cells: list[tuple[str, str]], root: Path, hours: float) -> None:
+def _newest_checkpoint(run_dir: Path) -> int | None:
+    steps = [int(p.name) for p in (run_dir / "checkpoints").glob("*") if p.is_dir() and p.name.isdigit()]
+    return max(steps, default=None)
+
+
+def save_to_store(run_dir: Path, store: Path, finished: bool) -> None:
+    """Mirror a cell's run directory into the committed store: config, metrics, summary and (unfinished cells
+    only) the newest checkpoint with its digest. Written to a temporary directory first, then swapped in."""
+    tmp = store.with_name(store.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name in ("config.json", "metrics.jsonl", "summary.json"):
+        if (run_dir / name).exists():
+            shutil.copy2(run_dir / name, tmp / name)
+    newest = _newest_checkpoint(run_dir)
+    if not finished and newest is not None:
+        shutil.copytree(run_dir / "checkpoints" / str(newest), tmp / "checkpoints" / str(newest))
+        digest = run_dir / "checkpoints" / f"{newest}.digest.json"
+        if digest.exists():
+            shutil.copy2(digest, tmp / "checkpoints" / digest.name)
+    shutil.rmtree(store, ignore_errors=True)
+    tmp.replace(store)
+
+
+def restore_from_store(cells: list[tuple[str, str]], root: Path, store_root: Path) -> None:
+    """Fill ``root`` with every stored cell it lacks or holds fewer steps of (a fresh checkout's run root)."""
+    for task, algorithm in cells:
+        name = cell_name(task, algorithm)
+        stored, run_dir = store_root / name, root / name
+        if not (stored / "config.json").exists() or steps_done(stored) <= steps_done(run_dir):
+            continue
+        shutil.rmtree(run_dir, ignore_errors=True)
+        shutil.copytree(stored, run_dir)
+        print(f"{name}: restored {steps_done(run_dir):,} steps per seed from {stored}", flush=True)
+
+
+def next_cell(cells: list[tuple[str, str]], root: Path, schedule: str) -> tuple[str, str] | None:
+    """The cell to advance: the first unfinished one (``finish``) or the one with the smallest fraction of its
+    budget done (``round-robin``); None when every cell is done."""
+    todo = [(steps_done(root / cell_name(t, a)) / cell_steps(t), i, t, a) for i, (t, a) in enumerate(cells)]
+    todo = [c for c in todo if c[0] < 1.0]
+    if not todo:
+        return None
+    chosen = min(todo, key=lambda c: c[1]) if schedule == "finish" else min(todo)
+    return chosen[2], chosen[3]
+
+
+def run_cells(cells: list[tuple[str, str]], root: Path, hours: float, store_root: Path | None = STORE,
+              schedule: str = "finish") -> None:
     root.mkdir(parents=True, exist_ok=True)
+    if store_root is not None:
+        restore_from_store(cells, root, store_root)
     timing_path = _timing_path(root)
+    stored_timing = _timing_path(store_root) if store_root is not None else None
     wall = json.loads(timing_path.read_text()) if timing_path.exists() else {}
+    if stored_timing is not None and stored_timing.exists():
+        wall = {**json.loads(stored_timing.read_text()), **wall}
     deadline = time.time() + hours * 3600
     while time.time() < deadline:
-        todo = [(steps_done(root / cell_name(t, a)) / cell_steps(t), t, a) for t, a in cells]
-        todo = [c for c in todo if c[0] < 1.0]
-        if not todo:
+        cell = next_cell(cells, root, schedule)
+        if cell is None:
             break
-        _, task, algorithm = min(todo)
+        task, algorithm = cell
         seconds = advance(task, algorithm, root)
         name = cell_name(task, algorithm)
         wall[name] = wall.get(name, 0.0) + seconds
         timing_path.write_text(json.dumps(wall, indent=2))
+        if store_root is not None:
+            save_to_store(root / name, store_root / name, steps_done(root / name) >= cell_steps(task))
+            stored_timing.write_text(json.dumps(wall, indent=2))
         print(f"{name}: {steps_done(root / name):,} steps per seed (+{seconds:.0f} s)", flush=True)
 
 
@@ -121,14 +186,22 @@ def final_values(rows: list[dict], metric: str) -> np.ndarray:
         return np.array([np.nanmean(v) for _, v in sorted(by_seed.items())])
 
 
-def report(cells: list[tuple[str, str]], root: Path, out: Path) -> dict:
-    wall = json.loads(_timing_path(root).read_text()) if _timing_path(root).exists() else {}
+def report(cells: list[tuple[str, str]], root: Path, out: Path, store_root: Path | None = STORE) -> dict:
+    """Write the table and curves from every cell the run root or the store holds (the one with more steps)."""
+    wall = {}
+    for where in (store_root, root):
+        if where is not None and _timing_path(where).exists():
+            wall.update(json.loads(_timing_path(where).read_text()))
     results: dict = {"settings": {"cost_limit": COST_LIMIT, "seeds": SEEDS, "target_steps": STEPS,
                                   "velocity_target_steps": VELOCITY_STEPS, "chunks": CHUNKS},
                      "machine": {"platform": platform.platform()}, "cells": {}, "omnisafe": OMNISAFE}
+    previous_path = out / "safety_suite_full.json"
+    previous = json.loads(previous_path.read_text()).get("cells", {}) if previous_path.exists() else {}
     by_task: dict[str, dict] = {}
     for task, algorithm in cells:
         run_dir = root / cell_name(task, algorithm)
+        if store_root is not None and steps_done(store_root / cell_name(task, algorithm)) > steps_done(run_dir):
+            run_dir = store_root / cell_name(task, algorithm)
         if steps_done(run_dir) == 0:
             continue
         rows = RunDir(run_dir, must_exist=True).read_metrics()
@@ -138,6 +211,13 @@ def report(cells: list[tuple[str, str]], root: Path, out: Path) -> dict:
                 "wall_seconds": wall.get(cell_name(task, algorithm))}
         results["cells"][cell_name(task, algorithm)] = cell
         by_task.setdefault(task, {})[algorithm] = (cell, rows)
+    for task, algorithm in cells:  # an earlier run's numbers stay in the table until this cell is rerun
+        name = cell_name(task, algorithm)
+        if name not in results["cells"] and name in previous:
+            results["cells"][name] = {**previous[name], "earlier": True}
+            by_task.setdefault(task, {})[algorithm] = (results["cells"][name], None)
+    by_task = {t: dict(sorted(by_task[t].items(), key=lambda kv: list(ALGORITHMS).index(kv[0])))
+               for t in sorted(by_task, key=lambda t: (TASKS + VELOCITY).index(t))}
     lines = ["# Safety suite at OmniSafe's budget (faithful navigation tasks)", "",
              f"Cost limit {COST_LIMIT:g}, {SEEDS} seeds per cell (one compiled program), each task's preset "
              "(`jaxsafe.rl.presets`). Final = mean over the chunks in the last 10% of the steps reached of the "
@@ -155,13 +235,20 @@ def report(cells: list[tuple[str, str]], root: Path, out: Path) -> dict:
                          else "- | -")
             flag = " *" if algorithm != "ppo" and cell["cost"][0] > COST_LIMIT else ""
             wall_text = f"{cell['wall_seconds']:.0f}" if cell["wall_seconds"] else "-"
-            lines.append(f"| {task} | {ALGORITHMS[algorithm]} | {cell['steps']:,} | {cell['return'][0]:.2f} ± "
+            mark = " †" if cell.get("earlier") else ""
+            lines.append(f"| {task} | {ALGORITHMS[algorithm]} | {cell['steps']:,}{mark} | {cell['return'][0]:.2f} ± "
                          f"{cell['return'][1]:.2f} | {cell['cost'][0]:.2f} ± {cell['cost'][1]:.2f}{flag} | "
                          f"{omni_text} | {wall_text} |")
-        plot_curves([], (), out / f"safety_suite_full_{task}.png", cost_limits={"cost_limit": [COST_LIMIT]},
-                    title=task, extra_runs={ALGORITHMS[a]: rows for a, (_, rows) in algos.items()})
+        curves = {ALGORITHMS[a]: rows for a, (_, rows) in algos.items() if rows is not None}
+        if curves:  # a task with only earlier cells keeps its earlier figure
+            plot_curves([], (), out / f"safety_suite_full_{task}.png", cost_limits={"cost_limit": [COST_LIMIT]},
+                        title=task, extra_runs=curves)
     lines += ["", "`*`: a constrained learner above the limit at the steps reached. Curves: "
               "`safety_suite_full_<task>.png`."]
+    if any(c.get("earlier") for c in results["cells"].values()):
+        lines += ["", "`†`: an earlier run whose run directory was not kept (before the committed store "
+                  "`safety_suite_full_cells/`); its row stays until the cell is rerun, and its curve is the task's "
+                  "earlier figure where no rerun cell of that task exists yet."]
     (out / "safety_suite_full.json").write_text(json.dumps(results, indent=2) + "\n")
     (out / "safety_suite_full.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
@@ -177,16 +264,25 @@ def main(argv=None) -> None:
     parser.add_argument("--run-root", default="runs/safety_suite_full")
     parser.add_argument("--report-only", action="store_true")
     parser.add_argument("--out", default=str(RESULTS))
+    parser.add_argument("--store", default=str(STORE),
+                        help="committed mirror of the run directories (resume across checkouts); 'none' disables")
+    parser.add_argument("--schedule", default="finish", choices=SCHEDULES,
+                        help="finish the cells one at a time (default) or advance the least advanced one")
     args = parser.parse_args(argv)
     tasks = args.tasks.split(",") + (VELOCITY if args.velocity else [])
     unknown = [a for a in args.algos.split(",") if a not in ALGORITHMS]
     if unknown:
         raise SystemExit(f"--algos: unknown {unknown}; allowed: {list(ALGORITHMS)}")
+    unknown = [t for t in tasks if t not in TASKS + VELOCITY]
+    if unknown:
+        raise SystemExit(f"--tasks: unknown {unknown}; allowed: {TASKS + VELOCITY}")
     cells = [(t, a) for t in tasks for a in args.algos.split(",")]
     root = Path(args.run_root)
+    store_root = None if args.store == "none" else Path(args.store)
     if not args.report_only:
-        run_cells(cells, root, args.hours)
-    report(cells, root, Path(args.out))
+        run_cells(cells, root, args.hours, store_root, args.schedule)
+    # the report covers every cell of the suite, not only those this call advanced
+    report([(t, a) for t in TASKS + VELOCITY for a in ALGORITHMS], root, Path(args.out), store_root)
 
 
 if __name__ == "__main__":
