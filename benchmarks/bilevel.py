@@ -18,7 +18,9 @@ Sections (every estimator of a cell runs in one process, its seeds vmapped in on
 
 **Resuming.** Every cell (section, estimator, N) is written to ``<out>/<stem>_cells.json`` as soon as it
 finishes, and a running cell checkpoints its vmapped leader state and metrics every ``--chunk`` leader
-iterations under ``--checkpoints`` (default ``/tmp/jaxsafe_bilevel_ckpt/<mode>``). Rerunning the same command
+iterations under ``--checkpoints`` (default ``benchmarks/results/bilevel_checkpoints/<mode>``, committed with the
+results so that a fresh clone resumes a cell that a session left unfinished; a cell's checkpoint is deleted when
+the cell finishes, so at most the running cell's is kept). Rerunning the same command
 skips finished cells and continues a started one from its checkpoint, bit-identically (iteration ``i`` always
 draws ``split(key, num_iterations)[i]``). The tables ``<stem>.{json,md}`` and the figures are regenerated from
 the finished cells after every cell, so a partial run leaves a partial table (missing cells are "-").
@@ -130,9 +132,13 @@ class CellStore:
             arrays.update({f"metric_{k}": np.concatenate(v, axis=1) for k, v in metrics.items()})
             metrics = {k: [arrays[f"metric_{k}"]] for k in metrics}
             tmp = ckpt.with_name(ckpt.stem + ".tmp.npz")
-            np.savez(tmp, done=done, **arrays)
+            np.savez_compressed(tmp, done=done, **arrays)
             os.replace(tmp, ckpt)
         return {k: np.concatenate(v, axis=1) for k, v in metrics.items()}
+
+    def finished(self, name: str) -> None:
+        """Drop a finished cell's checkpoint (its metrics are in the cells file now)."""
+        (self.checkpoints / (name.replace("/", "__") + ".npz")).unlink(missing_ok=True)
 
     def cell(self, name: str, problem, seeds: int, hparams, metric: str = "leader_value", **config) -> dict:
         if name in self.cells:
@@ -154,6 +160,7 @@ class CellStore:
         e = cell[metric]
         print(f"  {name} {metric}: {e['mean']:.4f} +- {e['stderr']:.4f} ({seconds:.0f}s)", flush=True)
         self.save(name, cell)
+        self.finished(name)
         return self.cells[name]
 
 
@@ -452,7 +459,7 @@ def main(argv=None):
                         choices=["four_rooms", "discrete_toy", "warehouse", "building_thermal"])
     parser.add_argument("--out", type=Path, default=RESULTS, help="results directory (default benchmarks/results)")
     parser.add_argument("--checkpoints", type=Path, default=None,
-                        help="chunk checkpoints (default /tmp/jaxsafe_bilevel_ckpt/<mode>)")
+                        help="chunk checkpoints (default benchmarks/results/bilevel_checkpoints/<mode>)")
     parser.add_argument("--batches", type=int, default=100, help="independent batches per gradient-quality cell")
     parser.add_argument("--chunk", type=int, default=500, help="leader iterations per checkpointed chunk")
     args = parser.parse_args(argv)
@@ -461,7 +468,7 @@ def main(argv=None):
     settings = SETTINGS["quick" if args.quick else "full"]
     stem = "bilevel_quick" if args.quick else "bilevel"
     args.out.mkdir(parents=True, exist_ok=True)
-    checkpoints = args.checkpoints or Path("/tmp/jaxsafe_bilevel_ckpt") / settings["mode"]
+    checkpoints = args.checkpoints or RESULTS / "bilevel_checkpoints" / settings["mode"]
     store = CellStore(args.out / f"{stem}_cells.json", checkpoints, args.chunk)
     start = time.perf_counter()
     # N=100 (the budget the issue is about) and the largest budget first, then the middle ones
