@@ -67,16 +67,30 @@ def _relative_error(estimates, target):
 
 @pytest.mark.parametrize("which", ["reward_mdp", "transition_mdp"])
 def test_bchg_monte_carlo_converges_to_exact(which, request):
+    """The Monte Carlo estimate is unbiased and its spread shrinks like 1/sqrt(N).
+
+    Calibrated on seeds 0-7 (not only the seed used here): at this budget the mean of the batches lies within
+    3.3 standard errors of the exact hypergradient in every component, its relative error is at most 0.08 (reward
+    MDP, relative standard error 0.04-0.05) and 0.21 (transition MDP, 0.09-0.11; the transition-score path is
+    noisier and gets more samples), and the batches' spread at N = num_samples is 0.19-0.49 of that at N = 100
+    (sqrt(100 / N) = 0.29 and 0.25). A biased estimator fails the z-test; one whose variance does not fall with N
+    fails the spread test.
+    """
     problem = request.getfixturevalue(which)
     x = jnp.asarray(problem.initial_params)
     _, target = exact.mdp_exact_hypergradient(problem, x, TEMPERATURE, FOLLOWER_GAMMA, LEADER_GAMMA)
-    # The transition-score path is noisier; it gets a larger Monte Carlo budget.
-    num_batches, num_samples = (32, 1600) if problem.transitions_depend_on_params else (24, 1200)
+    target = np.asarray(target)
+    num_batches, num_samples, bound = (32, 1600, 0.3) if problem.transitions_depend_on_params else (24, 1200, 0.12)
     keys = jax.random.split(jax.random.PRNGKey(0), num_batches)
-    small = _relative_error(_mdp_estimator(problem, "bchg", 100)(keys), target)
-    large = _relative_error(_mdp_estimator(problem, "bchg", num_samples)(keys), target)
-    assert large < 0.7 * small, (small, large)
-    assert large < 0.06, large
+    small = np.asarray(_mdp_estimator(problem, "bchg", 100)(keys))
+    large = np.asarray(_mdp_estimator(problem, "bchg", num_samples)(keys))
+    standard_error = large.std(0, ddof=1) / np.sqrt(num_batches)
+    z = np.abs(large.mean(0) - target) / standard_error
+    assert z.max() < 4.5, z
+    relative_error = np.linalg.norm(large.mean(0) - target) / np.linalg.norm(target)
+    assert relative_error < bound, relative_error
+    spread = np.linalg.norm(large.std(0, ddof=1)) / np.linalg.norm(small.std(0, ddof=1))
+    assert spread < 0.6, spread
 
 
 def test_hpgd_is_also_consistent(reward_mdp):
