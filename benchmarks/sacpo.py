@@ -342,10 +342,12 @@ def main(argv=None) -> None:
                     threshold=THRESHOLD, model="small (d=32, 1 layer)", task=args.task,
                     prompts=len(language.topics), responses=len(language.enumerate_responses().content),
                     language=dataclasses.asdict(language), safe_rlhf_cost_limit_offsets=COST_LIMIT_OFFSETS)
+    ran = False
     for seed in (args.seed_list if args.seed_list is not None else range(seeds)):
         name = f"{mode}/seed{seed}"
         if name in store:
             continue
+        ran = True
         cell = run_seed(seed, n_pairs, n_steps, language=language)
         # merge with what other processes (other seeds) wrote meanwhile
         store = json.loads(cells_path.read_text()) if cells_path.exists() else {}
@@ -356,8 +358,9 @@ def main(argv=None) -> None:
         write_results(args.out, stem, [store[f"{mode}/seed{s}"] for s in range(seeds) if f"{mode}/seed{s}" in store],
                       settings, time.perf_counter() - started)
     done = [store[f"{mode}/seed{s}"] for s in range(seeds) if f"{mode}/seed{s}" in store]
-    if done:  # also when every seed was already stored: the tables follow the current code
+    if done and not ran:  # every seed already stored: rewrite the tables with the current code
         write_results(args.out, stem, done, settings, time.perf_counter() - started)
+
 
 def write_results(out: Path, stem: str, cells: list[dict], settings: dict, seconds: float) -> None:
     for cell in cells:  # the comparison follows the current code, also for cells stored by an earlier version

@@ -272,16 +272,18 @@ def seed_set_box(targets, return_range, cost_range) -> np.ndarray:
     return _nonempty(inside, f"no grid target in {tuple(return_range)} x {tuple(cost_range)}")
 
 
-def safe_fractions(returns, costs, threshold: float, tolerance: float) -> tuple[np.ndarray, np.ndarray]:
-    """Per episode ``i``: how many dataset episodes have a return within ``tolerance`` of episode ``i``'s, and the
-    fraction of those with cost ``<= threshold`` (``([E] int, [E] float)``).
+def safe_fractions(returns, costs, threshold: float, tolerance: float, at=None) -> tuple[np.ndarray, np.ndarray]:
+    """Per query return ``at[i]`` (default: every episode's return): how many dataset episodes have a return within
+    ``tolerance`` of it, and the fraction of those with cost ``<= threshold`` (``([Q] int, [Q] float)``; 0 where
+    none is near).
 
     In a stochastic task one episode's cost is partly luck: a behaviour that is unsafe on average still has safe
     episodes, often at its highest returns. A CDT asked for return ``R`` plays what the data did near ``R``, so the
     safe fraction of the episodes near ``R`` estimates how often that target is safe; one safe episode does not.
     """
     returns, costs = np.asarray(returns, np.float64), np.asarray(costs, np.float64)
-    near = np.abs(returns[:, None] - returns[None, :]) <= tolerance  # [E, E]
+    at = returns if at is None else np.asarray(at, np.float64)
+    near = np.abs(at[:, None] - returns[None, :]) <= tolerance  # [Q, E]
     count = near.sum(1)
     return count, (near & (costs[None, :] <= threshold)).sum(1) / np.maximum(count, 1)
 
@@ -331,8 +333,8 @@ def seed_set_from_dataset(dataset, targets, threshold: float, margin: float = 0.
     near = np.abs(table.returns[None, :] - targets[:, :1]) <= return_tolerance  # [|Z|, E]
     cheap = table.costs[None, :] <= targets[:, 1:2]
     supported = (near & cheap).sum(1) >= min_episodes
-    safe_near = (near & (table.costs[None, :] <= threshold)).sum(1)
-    reliable = safe_near >= safe_fraction * np.maximum(near.sum(1), 1)
+    _, fraction = safe_fractions(table.returns, table.costs, threshold, return_tolerance, at=targets[:, 0])
+    reliable = fraction >= safe_fraction
     mask = supported & reliable & (targets[:, 1] <= margin * threshold)
     return _nonempty(mask, f"no grid target with G <= {margin:g} * {threshold:g} is reached by a dataset episode at "
                            f"that cost where {safe_fraction:g} of the episodes near its return are safe")
