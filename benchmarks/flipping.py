@@ -9,17 +9,24 @@ Three parts, each writing into ``benchmarks/results/flipping.json`` / ``.md`` an
   rollouts for expected reward and the probability of touching a hazard within T; then, at a ladder of violation
   budgets, the best deterministic policy, the LP's two-policy mixture (upper concave hull), and that mixture played
   with a coin once per episode and once per step, each measured on fresh rollouts.
-* ``navigation`` -- PPO-Lagrangian and CPO trained at a ladder of episode-cost limits as one vmapped sweep per
-  (algorithm, task) on ``SafePointGoal2`` and ``SafeCarGoal2``; every policy evaluated on fresh episodes; the LP
-  mixture at each cost limit, played in both flip modes.
+* ``navigation`` -- PPO-Lagrangian and CPO trained at a ladder of episode-cost limits on ``SafePointGoal2`` and
+  ``SafeCarGoal2``: one vmapped ``jaxsafe train`` run per (task, algorithm) with the task's preset
+  (:mod:`jaxsafe.rl.presets`), one lane per limit, at the safety suite's budget (10^7 steps per policy) as resumable
+  chunked runs (:mod:`benchmarks.chunked`: advanced round-robin so that the ladders stay at similar budgets, mirrored
+  with their newest checkpoint into the committed store ``benchmarks/results/flipping_cells/``); then every ladder
+  that has steps is evaluated and mixed by :func:`jaxsafe.rl.flipping.mix_run` (what ``jaxsafe flip RUN_DIR``
+  does): each policy on fresh episodes, the LP mixture at each cost limit, played in both flip modes. The table
+  states the steps each ladder reached and whether its evaluated costs rise with the limit.
 * ``head`` -- the state-dependent flipping head (``policy="flipping"``) against the ordinary Gaussian policy, each
   trained by PPO-Lagrangian and by CPO on the chance-constraint surrogate
   (:class:`jaxsafe.rl.flipping.ChanceConstraintCost`) of ``ChanceBandit`` at equal limits.
 
 Usage::
 
-    python benchmarks/flipping.py --quick                 # ~15-25 min on 2 CPU cores
-    python benchmarks/flipping.py                         # full: 2M steps per navigation policy
+    python benchmarks/flipping.py --quick                 # ~15-25 min on 2 CPU cores (200k-step ladders)
+    python benchmarks/flipping.py                         # full: 10^7 steps per navigation policy (hours)
+    python benchmarks/flipping.py --parts navigation --hours 2   # advance the ladders for 2 h, then evaluate
+    python benchmarks/flipping.py --parts navigation --hours 0   # evaluate the stored ladders only
     python benchmarks/flipping.py --parts point2d         # one part (the others keep their stored results)
 """
 
@@ -39,9 +46,9 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from jaxsafe import envs, sweep  # noqa: E402
-from jaxsafe.algorithms import get_algorithm  # noqa: E402
-from jaxsafe.learner import train_from_parts  # noqa: E402
+from benchmarks import chunked  # noqa: E402
+from jaxsafe import envs, runner, sweep  # noqa: E402
+from jaxsafe.logging import RunDir  # noqa: E402
 from jaxsafe.envs.point2d import ChancePoint2D, plan_inflated, tracking_policy  # noqa: E402
 from jaxsafe.policy import from_act  # noqa: E402
 from jaxsafe.rl import cpo, flipping, ppo  # noqa: E402
@@ -138,68 +145,82 @@ def point2d(args) -> dict:
 # ----------------------------------------------------------------------------------------------------------------
 
 
+NAV_STORE = RESULTS / "flipping_cells"
+NAV_CHUNK = 250_000  # env steps per lane per chunk (as the safety suite)
+
+
+def navigation_cells(args) -> list[chunked.Cell]:
+    """One chunked run per (task, algorithm): the task's preset, one seed, the cost-limit ladder as a vmapped grid;
+    the final checkpoint stays in the store (the mixtures are played from it)."""
+
+    def make(task, name):
+        return lambda: runner.make_spec(name, task, seeds=[args.seed], grid={"cost_limit": args.limits},
+                                        num_chunks=max(1, args.total_steps // NAV_CHUNK),
+                                        overrides={"total_steps": args.total_steps})
+
+    return [chunked.Cell(f"{task}__{name}", args.total_steps, make(task, name), keep_final=True)
+            for task in args.tasks for name in args.algos]
+
+
+def _final_training(rows: list[dict], lane: int, metric: str) -> float:
+    """A lane's training-rollout ``metric`` over the chunks in the last 10% of the steps reached."""
+    reached = max(r["steps"] for r in rows)
+    vals = [r[metric] for r in rows if r["run"] == lane and r["steps"] >= 0.9 * reached and r.get(metric) is not None]
+    return float(np.nanmean(vals)) if vals else float("nan")
+
+
+def cost_inversions(limits, costs) -> int:
+    """Pairs of ladder policies whose evaluated cost falls while their limit rises (0: the ladder is monotone)."""
+    order = np.argsort(limits)
+    c = np.asarray(costs, np.float64)[order]
+    return int(sum(c[j] < c[i] for i in range(c.size) for j in range(i + 1, c.size)))
+
+
 def navigation(args) -> dict:
+    """Train (or resume) the ladders for ``--hours``, then evaluate every ladder that has steps through
+    :func:`jaxsafe.rl.flipping.mix_run` from its newest checkpoint (``jaxsafe flip`` on the run directory)."""
+    cells = navigation_cells(args)
+    root, store = Path(args.run_root), None if args.store == "none" else Path(args.store)
+    if args.hours > 0:
+        chunked.run_cells(cells, root, args.hours, store, schedule="round-robin")
+    wall = chunked.wall_seconds(root, store)
     out = {}
-    for task in args.tasks:
-        env, env_params = envs.make(task)
-        T = int(env_params.max_steps)
-        for name in args.algos:
-            algo = get_algorithm(name)
-            config = algo.make_config(num_envs=args.num_envs, num_steps=args.num_steps, total_steps=args.total_steps)
-            grid = sweep.make_grid(config.default_hparams(), seeds=[args.seed], cost_limit=args.limits)
-            train = train_from_parts(algo.make_train_parts(config, (env, env_params)))
-            t0 = time.time()
-            result = jax.block_until_ready(sweep.run_grid(train, grid))
-            train_seconds = time.time() - t0
-            act = algo.make_act(config, (env, env_params))
-            n = args.nav_episodes
-
-            def evaluate(params_low, params_high, w, key, mode="episode"):
-                policy = flipping.mixture_policy(from_act(act, params_low), from_act(act, params_high), w, mode)
-                r = flipping.rollout_episodes(env, env_params, policy, key, n, T)
-                return r.returns, r.costs, r.unsafe, r.valid
-
-            t0 = time.time()
-            evaluate_all = jax.jit(jax.vmap(evaluate, (0, 0, 0, None)))
-            R, C, U, Vd = evaluate_all(result.params, result.params, jnp.ones(grid.size), jax.random.PRNGKey(3))
-            R, C = np.asarray(R, np.float64), np.asarray(C, np.float64)
-            J, Jc = R.mean(1), C.mean(1)
-            violation = [float(flipping.window_violation_probability(U[i], args.window, Vd[i])) for i in range(grid.size)]
-            mixtures = [flipping.mix_for_budget(Jc, J, d) for d in args.limits]
-            take = lambda idx: jax.tree.map(lambda x: x[jnp.asarray(idx)], result.params)  # noqa: E731
-            lows, highs = [m.low for m in mixtures], [m.high for m in mixtures]
-            weights = jnp.asarray([m.weight_low for m in mixtures], jnp.float32)
-            mixed = {}
-            for mode in flipping.FLIP_MODES:
-                f = jax.jit(jax.vmap(lambda a, b, w, k, mode=mode: evaluate(a, b, w, k, mode), (0, 0, 0, None)))
-                mR, mC, mU, mV = f(take(lows), take(highs), weights, jax.random.PRNGKey(4))
-                mixed[mode] = (np.asarray(mR, np.float64), np.asarray(mC, np.float64),
-                               [float(flipping.window_violation_probability(mU[i], args.window, mV[i]))
-                                for i in range(len(mixtures))])
-            eval_seconds = time.time() - t0
-            policies = [dict(cost_limit=float(l), train_return=float(np.nanmean(result.metrics["episode_return"][i, -5:])),
-                             train_cost=float(np.nanmean(result.metrics["episode_cost"][i, -5:])),
-                             expected_return=float(J[i]), return_se=float(R[i].std(ddof=1) / np.sqrt(n)),
-                             expected_cost=float(Jc[i]), cost_se=float(C[i].std(ddof=1) / np.sqrt(n)),
-                             violation=violation[i])
-                        for i, l in enumerate(args.limits)]
-            rows = []
-            for j, (d, m) in enumerate(zip(args.limits, mixtures)):
-                d_index, d_value = flipping.best_deterministic(Jc, J, d)
-                row = dict(budget=float(d), deterministic_return=d_value,
-                           deterministic_cost=float(Jc[d_index]) if d_index >= 0 else None,
-                           lp_return=m.value, lp_cost=m.cost, pair_limits=[float(args.limits[m.low]),
-                                                                           float(args.limits[m.high])],
-                           weight_low=m.weight_low, feasible=m.feasible)
-                for mode, (mR, mC, mViol) in mixed.items():
-                    row.update({f"{mode}_return": float(mR[j].mean()), f"{mode}_cost": float(mC[j].mean()),
-                                f"{mode}_violation": mViol[j],
-                                f"{mode}_return_se": float(mR[j].std(ddof=1) / np.sqrt(n))})
-                rows.append(row)
-            out[f"{task}/{name}"] = dict(task=task, algorithm=name, steps_per_policy=config.num_updates * config.batch_size,
-                                         episodes=n, window=args.window, policies=policies, budgets=rows,
-                                         seconds=dict(train=train_seconds, evaluate=eval_seconds))
-            print(f"  {task} {name}: trained {train_seconds:.0f}s, evaluated {eval_seconds:.0f}s", flush=True)
+    for cell, (task, name) in zip(cells, [(t, a) for t in args.tasks for a in args.algos]):
+        run_dir = chunked.newest(cell, root, store)
+        steps = chunked.steps_done(run_dir)
+        if steps == 0:
+            continue
+        t0 = time.time()
+        run = runner.load_run(run_dir)
+        limits = [float(p["cost_limit"]) for p in run.grid.points]
+        rows = flipping.mix_run(run, limits, episodes=args.nav_episodes, max_steps=int(run.env_params.max_steps),
+                                window=args.window, seed=3)
+        training = RunDir(run_dir, must_exist=True).read_metrics()
+        policies = [dict(cost_limit=r["cost_limit"], expected_return=r["expected_return"],
+                         return_se=r["return_se"], expected_cost=r["expected_cost"], cost_se=r["cost_se"],
+                         violation=r["violation"], train_return=_final_training(training, r["lane"], "episode_return"),
+                         train_cost=_final_training(training, r["lane"], "episode_cost"))
+                    for r in rows if r["kind"] == "policy"]
+        costs = np.asarray([p["expected_cost"] for p in policies])
+        budgets = []
+        for budget in limits:
+            mixed = {r["mode"]: r for r in rows if r["kind"] == "mixture" and r["budget"] == budget}
+            first = next(iter(mixed.values()))
+            d = first["best_deterministic_lane"]
+            row = dict(budget=budget, deterministic_return=first["best_deterministic_return"] if d >= 0 else None,
+                       deterministic_cost=float(costs[d]) if d >= 0 else None, lp_return=first["lp_return"],
+                       lp_cost=first["lp_cost"], pair_limits=[limits[first["low_lane"]], limits[first["high_lane"]]],
+                       weight_low=first["weight_low"], feasible=first["feasible"])
+            for mode, r in mixed.items():
+                row.update({f"{mode}_return": r["expected_return"], f"{mode}_cost": r["expected_cost"],
+                            f"{mode}_violation": r["violation"], f"{mode}_return_se": r["return_se"]})
+            budgets.append(row)
+        out[f"{task}/{name}"] = dict(task=task, algorithm=name, steps_per_policy=steps, target_steps=cell.steps,
+                                     episodes=args.nav_episodes, window=args.window, policies=policies,
+                                     budgets=budgets, cost_inversions=cost_inversions(limits, costs),
+                                     seconds=dict(train=wall.get(cell.name), evaluate=time.time() - t0))
+        print(f"  {task} {name}: {steps:,} steps per policy, evaluated in {time.time() - t0:.0f}s, "
+              f"{out[f'{task}/{name}']['cost_inversions']} cost inversions", flush=True)
     return out
 
 
@@ -285,19 +306,36 @@ def markdown(results: dict) -> str:
         lines.append("")
     nav = results.get("navigation")
     if nav:
-        lines += ["## Navigation: mixing policies trained at a ladder of cost limits", ""]
+        lines += ["## Navigation: mixing policies trained at a ladder of cost limits", "",
+                  "Each ladder is one vmapped `jaxsafe train` run (the task's preset, one seed, one lane per cost "
+                  "limit), trained as a resumable chunked run (`benchmarks/flipping_cells/`); its newest policies are "
+                  "evaluated and mixed by `flipping.mix_run` (as `jaxsafe flip RUN_DIR`). Policy and flip columns "
+                  "are measured on fresh episodes (return ± standard error over episodes); best deterministic and "
+                  "LP are computed from the policies' measured (cost, return); gain = per-episode flip return − best "
+                  "deterministic return.", ""]
         for key, block in nav.items():
-            lines += [f"### {block['task']}, {block['algorithm']} ({block['steps_per_policy']:,} steps per policy, "
-                      f"{block['episodes']} evaluation episodes, violation window {block['window']})", "",
-                      "| cost limit | policy return / cost / violation | best deterministic within limit | LP mixture | per-episode flip: return / cost | per-step flip: return / cost |",
-                      "|---:|---:|---:|---:|---:|---:|"]
+            target = block.get("target_steps")
+            reached = (f"{block['steps_per_policy']:,} of {target:,} steps per policy" if target
+                       else f"{block['steps_per_policy']:,} steps per policy")
+            inv = block.get("cost_inversions")
+            mono = ("" if inv is None else ", evaluated cost monotone in the limit" if inv == 0
+                    else f", {inv} cost inversion(s) along the ladder")
+            lines += [f"### {block['task']}, {block['algorithm']} ({reached}, {block['episodes']} evaluation "
+                      f"episodes, violation window {block['window']}{mono})", "",
+                      "| cost limit | policy return / cost / violation | training return / cost | best deterministic within limit | LP mixture | per-episode flip: return / cost | per-step flip: return / cost | gain |",
+                      "|---:|---:|---:|---:|---:|---:|---:|---:|"]
             for pol, r in zip(block["policies"], block["budgets"]):
+                se = f" ± {pol['return_se']:.2f}" if "return_se" in pol else ""
+                ep_se = f" ± {r['episode_return_se']:.2f}" if "episode_return_se" in r else ""
+                train = (f"{pol['train_return']:.2f} / {pol['train_cost']:.1f}" if "train_return" in pol else "-")
+                gain = (r["episode_return"] - r["deterministic_return"] if r["deterministic_return"] is not None
+                        else None)
                 lines.append(
-                    f"| {r['budget']:.0f} | {pol['expected_return']:.2f} / {pol['expected_cost']:.1f} / "
-                    f"{pol['violation']:.3f} | {fmt(r['deterministic_return'], 2)} | {fmt(r['lp_return'], 2)} "
-                    f"(limits {r['pair_limits'][0]:.0f}/{r['pair_limits'][1]:.0f}, w {r['weight_low']:.2f}) | "
-                    f"{r['episode_return']:.2f} / {r['episode_cost']:.1f} | {r['step_return']:.2f} / "
-                    f"{r['step_cost']:.1f} |")
+                    f"| {r['budget']:.0f} | {pol['expected_return']:.2f}{se} / {pol['expected_cost']:.1f} / "
+                    f"{pol['violation']:.3f} | {train} | {fmt(r['deterministic_return'], 2)} | "
+                    f"{fmt(r['lp_return'], 2)} (limits {r['pair_limits'][0]:.0f}/{r['pair_limits'][1]:.0f}, w "
+                    f"{r['weight_low']:.2f}) | {r['episode_return']:.2f}{ep_se} / {r['episode_cost']:.1f} | "
+                    f"{r['step_return']:.2f} / {r['step_cost']:.1f} | {fmt(gain, 2)} |")
             lines.append("")
     h = results.get("head")
     if h:
@@ -388,9 +426,14 @@ def main(argv=None):
     parser.add_argument("--tasks", default="SafePointGoal2,SafeCarGoal2")
     parser.add_argument("--algos", default="ppo_lag,cpo")
     parser.add_argument("--limits", default="10,25,50,80,120,160", help="episode-cost limits of the ladder")
-    parser.add_argument("--total-steps", type=int, default=None, help="per policy (default 2M, quick 200k)")
-    parser.add_argument("--num-envs", type=int, default=16)
-    parser.add_argument("--num-steps", type=int, default=250)
+    parser.add_argument("--total-steps", type=int, default=None,
+                        help="per ladder policy (default 10^7, the safety suite's budget; quick 200k)")
+    parser.add_argument("--hours", type=float, default=None,
+                        help="bound on this call's navigation training (default: until the ladders finish; 0: only "
+                             "evaluate what the run directories hold)")
+    parser.add_argument("--run-root", default="runs/flipping", help="the ladders' run directories")
+    parser.add_argument("--store", default=str(NAV_STORE),
+                        help="committed mirror of the ladders' run directories; 'none' disables")
     parser.add_argument("--nav-episodes", type=int, default=None, help="evaluation episodes per policy")
     parser.add_argument("--window", type=int, default=10, help="T of the navigation violation probability")
     parser.add_argument("--head-limits", default="0.1,0.25,0.4")
@@ -404,7 +447,11 @@ def main(argv=None):
     args.tasks, args.algos = args.tasks.split(","), args.algos.split(",")
     args.limits = [float(x) for x in args.limits.split(",")]
     args.head_limits = [float(x) for x in args.head_limits.split(",")]
-    args.total_steps = args.total_steps or (200_000 if args.quick else 2_000_000)
+    args.total_steps = args.total_steps or (200_000 if args.quick else 10_000_000)
+    args.hours = float("inf") if args.hours is None else args.hours
+    if args.quick:  # short ladders: their own run root, no committed store
+        args.store = "none" if args.store == str(NAV_STORE) else args.store
+        args.run_root = "runs/flipping_quick" if args.run_root == "runs/flipping" else args.run_root
     args.nav_episodes = args.nav_episodes or (32 if args.quick else 100)
     args.head_steps = args.head_steps or (256 * 300 if args.quick else 256 * 1000)
     parts = args.parts.split(",")

@@ -36,22 +36,20 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import shutil
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
+from benchmarks import chunked  # noqa: E402
 from jaxsafe import runner  # noqa: E402
 from jaxsafe.logging import RunDir  # noqa: E402
 from jaxsafe.plotting import plot_curves  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 STORE = RESULTS / "safety_suite_full_cells"
-SCHEDULES = ("finish", "round-robin")
 TASKS = ["SafePointGoal1", "SafeCarGoal1", "SafePointButton1", "SafePointCircle", "SafePointRun"]
 VELOCITY = ["SafeHopperVelocity"]
 ALGORITHMS = {"ppo": "PPO", "ppo_lag": "PPO-Lag", "ppo_pid": "PPO-PID", "cpo": "CPO"}
@@ -76,103 +74,15 @@ def cell_steps(task: str) -> int:
     return VELOCITY_STEPS if task in VELOCITY else STEPS
 
 
-def steps_done(run_dir: Path) -> int:
-    """Env steps per seed the run directory has logged (0 before its first chunk)."""
-    if not (run_dir / "config.json").exists():
-        return 0
-    rows = RunDir(run_dir, must_exist=True).read_metrics()
-    return max((int(r["steps"]) for r in rows), default=0)
+def cells_for(pairs: list[tuple[str, str]]) -> list[chunked.Cell]:
+    """The suite's (task, algorithm) pairs as chunked cells: 3 seeds, the task's preset, cost limit 25."""
 
+    def make(task, algorithm):
+        return lambda: runner.make_spec(algorithm, task, seeds=SEEDS, num_chunks=CHUNKS,
+                                        overrides={"total_steps": cell_steps(task),
+                                                   **({} if algorithm == "ppo" else {"cost_limit": COST_LIMIT})})
 
-def _timing_path(root: Path) -> Path:
-    return root / "wall_seconds.json"
-
-
-def advance(task: str, algorithm: str, root: Path) -> float:
-    """Run one more chunk of a cell (creating its run directory first); returns the wall seconds it took."""
-    run_dir = root / cell_name(task, algorithm)
-    start = time.perf_counter()
-    if (run_dir / "config.json").exists():
-        runner.resume_training(run_dir, progress=False, stop_after_chunks=1, plot=False)
-    else:
-        spec = runner.make_spec(algorithm, task, seeds=SEEDS, num_chunks=CHUNKS,
-                                overrides={"total_steps": cell_steps(task),
-                                           **({} if algorithm == "ppo" else {"cost_limit": COST_LIMIT})})
-        runner.run_training(spec, run_dir, progress=False, stop_after_chunks=1, plot=False)
-    return time.perf_counter() - start
-
-
-def _newest_checkpoint(run_dir: Path) -> int | None:
-    steps = [int(p.name) for p in (run_dir / "checkpoints").glob("*") if p.is_dir() and p.name.isdigit()]
-    return max(steps, default=None)
-
-
-def save_to_store(run_dir: Path, store: Path, finished: bool) -> None:
-    """Mirror a cell's run directory into the committed store: config, metrics, summary and (unfinished cells
-    only) the newest checkpoint with its digest. Written to a temporary directory first, then swapped in."""
-    tmp = store.with_name(store.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for name in ("config.json", "metrics.jsonl", "summary.json"):
-        if (run_dir / name).exists():
-            shutil.copy2(run_dir / name, tmp / name)
-    newest = _newest_checkpoint(run_dir)
-    if not finished and newest is not None:
-        shutil.copytree(run_dir / "checkpoints" / str(newest), tmp / "checkpoints" / str(newest))
-        digest = run_dir / "checkpoints" / f"{newest}.digest.json"
-        if digest.exists():
-            shutil.copy2(digest, tmp / "checkpoints" / digest.name)
-    shutil.rmtree(store, ignore_errors=True)
-    tmp.replace(store)
-
-
-def restore_from_store(cells: list[tuple[str, str]], root: Path, store_root: Path) -> None:
-    """Fill ``root`` with every stored cell it lacks or holds fewer steps of (a fresh checkout's run root)."""
-    for task, algorithm in cells:
-        name = cell_name(task, algorithm)
-        stored, run_dir = store_root / name, root / name
-        if not (stored / "config.json").exists() or steps_done(stored) <= steps_done(run_dir):
-            continue
-        shutil.rmtree(run_dir, ignore_errors=True)
-        shutil.copytree(stored, run_dir)
-        print(f"{name}: restored {steps_done(run_dir):,} steps per seed from {stored}", flush=True)
-
-
-def next_cell(cells: list[tuple[str, str]], root: Path, schedule: str) -> tuple[str, str] | None:
-    """The cell to advance: the first unfinished one (``finish``) or the one with the smallest fraction of its
-    budget done (``round-robin``); None when every cell is done."""
-    todo = [(steps_done(root / cell_name(t, a)) / cell_steps(t), i, t, a) for i, (t, a) in enumerate(cells)]
-    todo = [c for c in todo if c[0] < 1.0]
-    if not todo:
-        return None
-    chosen = min(todo, key=lambda c: c[1]) if schedule == "finish" else min(todo)
-    return chosen[2], chosen[3]
-
-
-def run_cells(cells: list[tuple[str, str]], root: Path, hours: float, store_root: Path | None = STORE,
-              schedule: str = "finish") -> None:
-    root.mkdir(parents=True, exist_ok=True)
-    if store_root is not None:
-        restore_from_store(cells, root, store_root)
-    timing_path = _timing_path(root)
-    stored_timing = _timing_path(store_root) if store_root is not None else None
-    wall = json.loads(timing_path.read_text()) if timing_path.exists() else {}
-    if stored_timing is not None and stored_timing.exists():
-        wall = {**json.loads(stored_timing.read_text()), **wall}
-    deadline = time.time() + hours * 3600
-    while time.time() < deadline:
-        cell = next_cell(cells, root, schedule)
-        if cell is None:
-            break
-        task, algorithm = cell
-        seconds = advance(task, algorithm, root)
-        name = cell_name(task, algorithm)
-        wall[name] = wall.get(name, 0.0) + seconds
-        timing_path.write_text(json.dumps(wall, indent=2))
-        if store_root is not None:
-            save_to_store(root / name, store_root / name, steps_done(root / name) >= cell_steps(task))
-            stored_timing.write_text(json.dumps(wall, indent=2))
-        print(f"{name}: {steps_done(root / name):,} steps per seed (+{seconds:.0f} s)", flush=True)
+    return [chunked.Cell(cell_name(t, a), cell_steps(t), make(t, a)) for t, a in pairs]
 
 
 def final_values(rows: list[dict], metric: str) -> np.ndarray:
@@ -188,25 +98,20 @@ def final_values(rows: list[dict], metric: str) -> np.ndarray:
 
 def report(cells: list[tuple[str, str]], root: Path, out: Path, store_root: Path | None = STORE) -> dict:
     """Write the table and curves from every cell the run root or the store holds (the one with more steps)."""
-    wall = {}
-    for where in (store_root, root):
-        if where is not None and _timing_path(where).exists():
-            wall.update(json.loads(_timing_path(where).read_text()))
+    wall = chunked.wall_seconds(root, store_root)
     results: dict = {"settings": {"cost_limit": COST_LIMIT, "seeds": SEEDS, "target_steps": STEPS,
                                   "velocity_target_steps": VELOCITY_STEPS, "chunks": CHUNKS},
                      "machine": {"platform": platform.platform()}, "cells": {}, "omnisafe": OMNISAFE}
     previous_path = out / "safety_suite_full.json"
     previous = json.loads(previous_path.read_text()).get("cells", {}) if previous_path.exists() else {}
     by_task: dict[str, dict] = {}
-    for task, algorithm in cells:
-        run_dir = root / cell_name(task, algorithm)
-        if store_root is not None and steps_done(store_root / cell_name(task, algorithm)) > steps_done(run_dir):
-            run_dir = store_root / cell_name(task, algorithm)
-        if steps_done(run_dir) == 0:
+    for (task, algorithm), cell_spec in zip(cells, cells_for(cells)):
+        run_dir = chunked.newest(cell_spec, root, store_root)
+        if chunked.steps_done(run_dir) == 0:
             continue
         rows = RunDir(run_dir, must_exist=True).read_metrics()
         ret, cost = final_values(rows, "episode_return"), final_values(rows, "episode_cost")
-        cell = {"steps": steps_done(run_dir), "target_steps": cell_steps(task),
+        cell = {"steps": chunked.steps_done(run_dir), "target_steps": cell_steps(task),
                 "return": [float(ret.mean()), float(ret.std())], "cost": [float(cost.mean()), float(cost.std())],
                 "wall_seconds": wall.get(cell_name(task, algorithm))}
         results["cells"][cell_name(task, algorithm)] = cell
@@ -266,7 +171,7 @@ def main(argv=None) -> None:
     parser.add_argument("--out", default=str(RESULTS))
     parser.add_argument("--store", default=str(STORE),
                         help="committed mirror of the run directories (resume across checkouts); 'none' disables")
-    parser.add_argument("--schedule", default="finish", choices=SCHEDULES,
+    parser.add_argument("--schedule", default="finish", choices=chunked.SCHEDULES,
                         help="finish the cells one at a time (default) or advance the least advanced one")
     args = parser.parse_args(argv)
     tasks = args.tasks.split(",") + (VELOCITY if args.velocity else [])
@@ -280,7 +185,7 @@ def main(argv=None) -> None:
     root = Path(args.run_root)
     store_root = None if args.store == "none" else Path(args.store)
     if not args.report_only:
-        run_cells(cells, root, args.hours, store_root, args.schedule)
+        chunked.run_cells(cells_for(cells), root, args.hours, store_root, args.schedule)
     # the report covers every cell of the suite, not only those this call advanced
     report([(t, a) for t in TASKS + VELOCITY for a in ALGORITHMS], root, Path(args.out), store_root)
 

@@ -355,7 +355,8 @@ def mix_run(run, budgets, episodes: int = 64, max_steps: int = 1000, modes=FLIP_
     the measured (cost, return), and play each mixture in each flip mode on fresh episodes (``jaxsafe flip``).
 
     Returns one row per lane (``kind="policy"``) and one per (budget, mode) (``kind="mixture"``), each with the
-    measured expected return and cost and the violation probability over ``window`` steps.
+    measured expected return and cost, their standard errors over the ``episodes`` and the violation probability
+    over ``window`` steps.
     """
     for mode in modes:
         if mode not in FLIP_MODES:
@@ -367,23 +368,27 @@ def mix_run(run, budgets, episodes: int = 64, max_steps: int = 1000, modes=FLIP_
     def evaluate(params_low, params_high, weight, key, mode):
         policy = mixture_policy(from_act(act, params_low), from_act(act, params_high), weight, mode)
         r = rollout_episodes(env, env_params, policy, key, episodes, max_steps)
-        return r.returns.mean(), r.costs.mean(), window_violation_probability(r.unsafe, window, r.valid)
+        se = lambda x: jnp.std(x, ddof=1) / jnp.sqrt(episodes)  # noqa: E731
+        return (r.returns.mean(), r.costs.mean(), window_violation_probability(r.unsafe, window, r.valid),
+                se(r.returns), se(r.costs))
 
     evaluate_mixture = jax.jit(evaluate, static_argnums=4)  # compiled once per mode, reused for every budget
     key_policies, key_mixtures = jax.random.split(jax.random.PRNGKey(seed))
-    J, C, V = jax.jit(jax.vmap(lambda p, k: evaluate(p, p, 1.0, k, "episode")))(
+    J, C, V, J_se, C_se = jax.jit(jax.vmap(lambda p, k: evaluate(p, p, 1.0, k, "episode")))(
         run.params, jax.random.split(key_policies, run.grid.size))
     J, C = np.asarray(J, np.float64), np.asarray(C, np.float64)
     rows = [dict(kind="policy", lane=i, **run.grid.points[i], expected_return=float(J[i]), expected_cost=float(C[i]),
-                 violation=float(V[i])) for i in range(run.grid.size)]
+                 violation=float(V[i]), return_se=float(J_se[i]), cost_se=float(C_se[i]))
+            for i in range(run.grid.size)]
     lane = lambda i: jax.tree.map(lambda x: x[i], run.params)  # noqa: E731
     for budget in budgets:
         mix = mix_for_budget(C, J, budget)
         d_index, d_value = best_deterministic(C, J, budget)
         for mode in modes:
-            j, c, v = evaluate_mixture(lane(mix.low), lane(mix.high), mix.weight_low, key_mixtures, mode)
+            j, c, v, j_se, c_se = evaluate_mixture(lane(mix.low), lane(mix.high), mix.weight_low, key_mixtures, mode)
             rows.append(dict(kind="mixture", budget=float(budget), mode=mode, low_lane=mix.low, high_lane=mix.high,
                              weight_low=mix.weight_low, feasible=mix.feasible, lp_return=mix.value,
-                             best_deterministic_lane=d_index, best_deterministic_return=d_value,
-                             expected_return=float(j), expected_cost=float(c), violation=float(v)))
+                             lp_cost=mix.cost, best_deterministic_lane=d_index, best_deterministic_return=d_value,
+                             expected_return=float(j), expected_cost=float(c), violation=float(v),
+                             return_se=float(j_se), cost_se=float(c_se)))
     return rows
