@@ -196,7 +196,7 @@ class Decoder(nnx.Module):
     def unembed(self, hidden):
         """Logits [..., V] (float32) from hidden states [..., D]."""
         if self.config.tie_embeddings:
-            out = self.embed.attend(hidden)
+            out = transformer.flat_matmul(self.embed.attend, hidden)
         else:
             out = self.lm_head(hidden)
         return out.astype(jnp.float32)

@@ -50,7 +50,8 @@ from jaxsafe.validation import is_int, require
 
 __all__ = ["BLOCK_STYLES", "ACTIVATIONS", "DTYPES", "TransformerConfig", "KVCache", "init_cache", "Attention",
            "MLP", "Block", "Transformer", "init_params", "apply", "positions_from_mask", "rotary_embedding",
-           "resolve_core_fields", "CORE_FIELDS", "Dropout", "dropout_bits", "inverted_dropout", "linear"]
+           "resolve_core_fields", "CORE_FIELDS", "Dropout", "dropout_bits", "inverted_dropout", "linear", "Linear",
+           "flat_matmul"]
 
 BLOCK_STYLES = ("llama", "gpt2")
 ACTIVATIONS = ("silu", "gelu", "gelu_tanh")
@@ -220,10 +221,31 @@ def _activation(name: str):
             "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True)}[name]
 
 
-def linear(config, d_in: int, d_out: int, use_bias: bool, rngs: nnx.Rngs) -> nnx.Linear:
+def flat_matmul(fn, x: jax.Array) -> jax.Array:
+    """``fn`` (a map on the last axis) applied to ``x [..., d]`` as one 2-D product ``[N, d]``.
+
+    XLA:CPU canonicalises a dot whose contraction spans several axes (the weight gradient of a projection of
+    ``[B, T, d]`` contracts over B and T) with an explicit transpose of the activation; on 2-D operands the GEMM
+    reads either operand transposed in place. At llama-160m shapes that removed every transpose of the MLP's
+    backward pass (one ``[3072, B, T]`` copy per projection and layer) and about 15% of the MLP's gradient time.
+    """
+    lead = x.shape[:-1]
+    y = fn(x.reshape(-1, x.shape[-1]))
+    return y.reshape(*lead, y.shape[-1])
+
+
+class Linear(nnx.Linear):
+    """``nnx.Linear`` (same parameters, ``kernel [d_in, d_out]`` and ``bias``) computed as a 2-D product
+    (:func:`flat_matmul`)."""
+
+    def __call__(self, x):
+        return flat_matmul(super().__call__, x)
+
+
+def linear(config, d_in: int, d_out: int, use_bias: bool, rngs: nnx.Rngs) -> Linear:
     """A projection in the core's dtype and initialiser (``config``: ``compute_dtype`` and ``init_std``)."""
-    return nnx.Linear(d_in, d_out, use_bias=use_bias, dtype=config.compute_dtype,
-                      kernel_init=nnx.initializers.normal(config.init_std), rngs=rngs)
+    return Linear(d_in, d_out, use_bias=use_bias, dtype=config.compute_dtype,
+                  kernel_init=nnx.initializers.normal(config.init_std), rngs=rngs)
 
 
 def norm(config: TransformerConfig, rngs: nnx.Rngs) -> nnx.Module:
