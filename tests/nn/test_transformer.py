@@ -157,3 +157,31 @@ def test_dropout_bits_are_uniform_and_unrelated_across_keys_entries_and_lanes():
         assert float(drop(rate)) == pytest.approx(rate, abs=5 * np.sqrt(0.25 / 200_000))
     with pytest.raises(ValueError, match=r"dropout: at most 2\*\*32 - 1 entries"):
         transformer.dropout_bits(keys[0], (2 ** 16, 2 ** 16))
+
+
+def test_projections_are_nnx_linear_as_2d_products_without_backward_transposes():
+    """transformer.Linear keeps nnx.Linear's parameters and values and, on XLA:CPU, computes the weight gradient of
+    a [B, T, d] projection without materialising a transpose of the activations (the plain nnx.Linear's backward
+    transposes both MLP hidden states per layer)."""
+    from flax import nnx
+
+    rngs = nnx.Rngs(0)
+    ours = transformer.Linear(16, 48, rngs=rngs)
+    plain = nnx.Linear(16, 48, rngs=nnx.Rngs(0))
+    x = jax.random.normal(jax.random.PRNGKey(1), (4, 5, 16))
+    np.testing.assert_allclose(np.asarray(ours(x)), np.asarray(plain(x)), rtol=1e-6, atol=1e-6)
+    assert jax.tree.structure(nnx.state(ours)) == jax.tree.structure(nnx.state(plain))
+
+    def transposes(layer_call):
+        def loss(w, x):
+            hidden = jax.nn.silu(layer_call(x, w[0]))
+            return jnp.sum(layer_call(hidden, w[1]) ** 2)
+
+        weights = (jnp.ones((16, 48)) * 0.1, jnp.ones((48, 16)) * 0.1)
+        text = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(weights, x).compile().as_text()
+        return text.count(" transpose(") + text.count(" copy(")
+
+    flat = transformer.flat_matmul
+    assert transposes(lambda v, w: flat(lambda u: u @ w, v)) == 0
+    if jax.default_backend() == "cpu":  # the layout copies this avoids (documents why flat_matmul exists)
+        assert transposes(lambda v, w: v @ w) > 0
