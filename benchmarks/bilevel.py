@@ -257,6 +257,14 @@ def thermal_section(store: CellStore, settings: dict) -> None:
                    estimator=estimator, num_iterations=iters, num_samples=n, track_oracle=estimator == "bchg")
 
 
+def _cosine_text(name: str, cell: dict) -> str:
+    """The run's mean cosine to the exact hypergradient, for estimators (the oracle's own is 1 until its gradient
+    vanishes at convergence, where the clamped cosine reads 0)."""
+    if name == "oracle" or "mean_oracle_cosine" not in cell:
+        return ""
+    return f" (mean cosine to oracle {cell['mean_oracle_cosine']:.2f})"
+
+
 def _fmt(cells: dict, name: str, metric: str = "leader_value", digits: int = 3) -> str:
     if name not in cells:
         return "-"
@@ -296,14 +304,14 @@ def markdown(cells: dict, settings: dict, seconds: float) -> str:
     n10 = 10 * s["warehouse_samples"]
     for name in ("oracle", "bchg", "hpgd_sarsa", "naive", "bchg_exact_critic", f"bchg/N{n10}", f"naive/N{n10}"):
         cell = cells.get(f"warehouse/{name}", {})
-        extra = f" (mean cosine to oracle {cell['mean_oracle_cosine']:.2f})" if "mean_oracle_cosine" in cell else ""
+        extra = _cosine_text(name, cell)
         lines.append(f"| {name.replace(f'/N{n10}', f' (N={n10})')} | {_fmt(cells, f'warehouse/{name}')}{extra} |")
     lines += ["", "## BuildingThermal (continuous; leader value)", "",
               f"{s['thermal_iterations']} leader iterations, N={s['thermal_samples']}.", "",
               "| estimator | final leader value |", "|---|---|"]
     for name in ("oracle", "bchg", "naive"):
         cell = cells.get(f"building_thermal/{name}", {})
-        extra = f" (mean cosine to oracle {cell['mean_oracle_cosine']:.2f})" if "mean_oracle_cosine" in cell else ""
+        extra = _cosine_text(name, cell)
         lines.append(f"| {name} | {_fmt(cells, f'building_thermal/{name}')}{extra} |")
     done = sum(cell.get("seconds", 0.0) for cell in cells.values())
     lines += ["", f"Cells finished: {len(cells)}; their compute {done:.0f}s (this invocation {seconds:.0f}s) on "
