@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import json
 import shutil
+
+import numpy as np
 import time
 from pathlib import Path
 from typing import Callable, NamedTuple
@@ -57,6 +59,17 @@ def newest(cell: Cell, root: Path, store_root: Path | None) -> Path:
     if store_root is not None and steps_done(Path(store_root) / cell.name) > steps_done(run_dir):
         return Path(store_root) / cell.name
     return run_dir
+
+
+def final_values(rows: list[dict], metric: str) -> np.ndarray:
+    """Per lane (``run``), the mean of ``metric`` over the chunks in the last 10% of the steps reached."""
+    reached = max(r["steps"] for r in rows)
+    by_lane: dict[int, list[float]] = {}
+    for r in rows:
+        if r["steps"] >= 0.9 * reached and r.get(metric) is not None:
+            by_lane.setdefault(r["run"], []).append(float(r[metric]))
+    with np.errstate(all="ignore"):
+        return np.array([np.nanmean(v) for _, v in sorted(by_lane.items())])
 
 
 def _timing_path(root: Path) -> Path:

@@ -162,13 +162,6 @@ def navigation_cells(args) -> list[chunked.Cell]:
             for task in args.tasks for name in args.algos]
 
 
-def _final_training(rows: list[dict], lane: int, metric: str) -> float:
-    """A lane's training-rollout ``metric`` over the chunks in the last 10% of the steps reached."""
-    reached = max(r["steps"] for r in rows)
-    vals = [r[metric] for r in rows if r["run"] == lane and r["steps"] >= 0.9 * reached and r.get(metric) is not None]
-    return float(np.nanmean(vals)) if vals else float("nan")
-
-
 def cost_inversions(limits, costs) -> int:
     """Pairs of ladder policies whose evaluated cost falls while their limit rises (0: the ladder is monotone)."""
     order = np.argsort(limits)
@@ -196,10 +189,12 @@ def navigation(args) -> dict:
         rows = flipping.mix_run(run, limits, episodes=args.nav_episodes, max_steps=int(run.env_params.max_steps),
                                 window=args.window, seed=3)
         training = RunDir(run_dir, must_exist=True).read_metrics()
+        train_return = chunked.final_values(training, "episode_return")
+        train_cost = chunked.final_values(training, "episode_cost")
         policies = [dict(cost_limit=r["cost_limit"], expected_return=r["expected_return"],
                          return_se=r["return_se"], expected_cost=r["expected_cost"], cost_se=r["cost_se"],
-                         violation=r["violation"], train_return=_final_training(training, r["lane"], "episode_return"),
-                         train_cost=_final_training(training, r["lane"], "episode_cost"))
+                         violation=r["violation"], train_return=float(train_return[r["lane"]]),
+                         train_cost=float(train_cost[r["lane"]]))
                     for r in rows if r["kind"] == "policy"]
         costs = np.asarray([p["expected_cost"] for p in policies])
         budgets = []

@@ -41,7 +41,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
 
 from benchmarks import chunked  # noqa: E402
 from jaxsafe import runner  # noqa: E402
@@ -85,17 +84,6 @@ def cells_for(pairs: list[tuple[str, str]]) -> list[chunked.Cell]:
     return [chunked.Cell(cell_name(t, a), cell_steps(t), make(t, a)) for t, a in pairs]
 
 
-def final_values(rows: list[dict], metric: str) -> np.ndarray:
-    """Per seed, the mean of ``metric`` over the chunks in the last 10% of the steps reached."""
-    reached = max(r["steps"] for r in rows)
-    by_seed: dict[int, list[float]] = {}
-    for r in rows:
-        if r["steps"] >= 0.9 * reached and r.get(metric) is not None:
-            by_seed.setdefault(r["run"], []).append(float(r[metric]))
-    with np.errstate(all="ignore"):
-        return np.array([np.nanmean(v) for _, v in sorted(by_seed.items())])
-
-
 def report(cells: list[tuple[str, str]], root: Path, out: Path, store_root: Path | None = STORE) -> dict:
     """Write the table and curves from every cell the run root or the store holds (the one with more steps)."""
     wall = chunked.wall_seconds(root, store_root)
@@ -110,7 +98,7 @@ def report(cells: list[tuple[str, str]], root: Path, out: Path, store_root: Path
         if chunked.steps_done(run_dir) == 0:
             continue
         rows = RunDir(run_dir, must_exist=True).read_metrics()
-        ret, cost = final_values(rows, "episode_return"), final_values(rows, "episode_cost")
+        ret, cost = chunked.final_values(rows, "episode_return"), chunked.final_values(rows, "episode_cost")
         cell = {"steps": chunked.steps_done(run_dir), "target_steps": cell_steps(task),
                 "return": [float(ret.mean()), float(ret.std())], "cost": [float(cost.mean()), float(cost.std())],
                 "wall_seconds": wall.get(cell_name(task, algorithm))}
