@@ -77,11 +77,13 @@ def _timing_path(root: Path) -> Path:
 
 
 def wall_seconds(root: Path, store_root: Path | None) -> dict[str, float]:
-    """Accumulated wall seconds per cell name (the run root's values over the store's)."""
+    """Accumulated wall seconds per cell name: the larger of the run root's and the store's value (they only grow,
+    and two calls running different cells into one store each hold the other's older values)."""
     wall: dict[str, float] = {}
     for where in (store_root, root):
         if where is not None and _timing_path(where).exists():
-            wall.update(json.loads(_timing_path(where).read_text()))
+            for name, seconds in json.loads(_timing_path(where).read_text()).items():
+                wall[name] = max(wall.get(name, 0.0), seconds)
     return wall
 
 
@@ -155,13 +157,14 @@ def run_cells(cells: list[Cell], root: Path, hours: float, store_root: Path | No
         store_root = Path(store_root)
         store_root.mkdir(parents=True, exist_ok=True)
         restore_from_store(cells, root, store_root)
-    wall = wall_seconds(root, store_root)
     deadline = time.time() + hours * 3600
     while time.time() < deadline:
         cell = next_cell(cells, root, schedule)
         if cell is None:
             break
         seconds = advance(cell, root)
+        # re-read the timings before adding this chunk: another call may run other cells into the same store
+        wall = wall_seconds(root, store_root)
         wall[cell.name] = wall.get(cell.name, 0.0) + seconds
         _timing_path(root).write_text(json.dumps(wall, indent=2))
         done = steps_done(root / cell.name)

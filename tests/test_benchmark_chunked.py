@@ -67,3 +67,14 @@ def test_schedules_pick_the_first_unfinished_or_the_least_advanced(straight, tmp
     assert chunked.next_cell(cells[:1], tmp_path, "finish") is None
     with pytest.raises(ValueError, match="schedule must be one of"):
         chunked.next_cell(cells, tmp_path, "fastest")
+
+
+def test_wall_seconds_keep_the_larger_value_of_root_and_store(tmp_path):
+    """Two calls running different cells into one store each hold the other's older timings: the newer (larger,
+    since timings only accumulate) value wins whichever file holds it."""
+    root, store = tmp_path / "root", tmp_path / "store"
+    root.mkdir(), store.mkdir()
+    (root / "wall_seconds.json").write_text(json.dumps({"a": 30.0, "b": 5.0}))
+    (store / "wall_seconds.json").write_text(json.dumps({"a": 10.0, "b": 20.0, "c": 1.0}))
+    assert chunked.wall_seconds(root, store) == {"a": 30.0, "b": 20.0, "c": 1.0}
+    assert chunked.wall_seconds(root, None) == {"a": 30.0, "b": 5.0}
