@@ -15,6 +15,12 @@ Handlers (:data:`HANDLERS`, built by :func:`make_handler`):
 
 * ``"none"``: no constraint; the multiplier is always 0 (the unconstrained learner).
 * ``"lagrangian"``: projected gradient ascent on the dual, ``m <- max(0, m + multiplier_lr (J_c - limit))``.
+* ``"lagrangian_adam"``: OmniSafe's rule (``omnisafe/common/lagrange.py``, ``lambda_optimizer: Adam`` in its
+  PPO-Lag / TRPO-Lag configurations): one step of Adam (torch's defaults: betas 0.9 / 0.999, eps 1e-8, bias
+  correction) on the loss ``-m (J_c - limit)`` with learning rate ``multiplier_lr``, then ``m <- max(0, m)``.
+  Each step moves the multiplier by about ``multiplier_lr`` whatever the size of the excess, where the plain rule
+  moves it by ``multiplier_lr`` per unit of excess cost: with OmniSafe's ``multiplier_lr = 0.035`` one episode
+  at cost 160 against a limit of 25 adds 4.7 to the plain rule's multiplier and about 0.035 to Adam's.
 * ``"pid"``: Stooke, Achiam & Abbeel (2020), ``m = max(0, K_P e + I + K_D max(0, J_c - J_c_prev))`` with
   ``I <- max(0, I + K_I e)`` and ``e = J_c - limit``.
 * ``"fixed"``: a constant multiplier (``initial_multiplier``).
@@ -32,14 +38,24 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-__all__ = ["MultiplierState", "ConstraintHandler", "HANDLERS", "make_handler", "none", "lagrangian",
-           "pid_lagrangian", "fixed_penalty", "learned_margin", "measured_or_limit"]
+__all__ = ["MultiplierState", "AdamMultiplierState", "ConstraintHandler", "HANDLERS", "make_handler", "none", "lagrangian",
+           "lagrangian_adam", "pid_lagrangian", "fixed_penalty", "learned_margin", "measured_or_limit"]
 
 
 class MultiplierState(NamedTuple):
     multiplier: jax.Array  # the current penalty weight (>= 0), one per cost
     integral: jax.Array  # PID integral term (>= 0); unused by the other handlers
     previous_cost: jax.Array  # the last measured cost (for the PID derivative term)
+
+
+class AdamMultiplierState(NamedTuple):
+    """The ``lagrangian_adam`` handler's state: :class:`MultiplierState`'s fields plus Adam's moments (a separate
+    type, so the other handlers' states, and the checkpoints that hold them, keep their three fields)."""
+
+    multiplier: jax.Array
+    integral: jax.Array
+    previous_cost: jax.Array
+    moments: jax.Array  # Adam's first and second moments and step count, stacked [3, *shape]
 
 
 class ConstraintHandler(NamedTuple):
@@ -86,6 +102,29 @@ def learned_margin() -> ConstraintHandler:
     return ConstraintHandler(_init_zero, _ascent("margin_lr"))
 
 
+#: Adam's constants in the ``lagrangian_adam`` rule (torch.optim.Adam's defaults, which OmniSafe uses).
+ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8
+
+
+def lagrangian_adam() -> ConstraintHandler:
+    def init(hparams, shape=()):
+        return AdamMultiplierState(*_init_from_hparams(hparams, shape), jnp.zeros((3, *shape), jnp.float32))
+
+    def update(state, measured_cost, cost_limit, hparams):
+        (beta1, beta2), (first, second, count) = ADAM_BETAS, state.moments
+        gradient = -(jnp.asarray(measured_cost, jnp.float32) - cost_limit)  # d/dm of the loss -m (J_c - limit)
+        count = count + 1.0
+        first = beta1 * first + (1.0 - beta1) * gradient
+        second = beta2 * second + (1.0 - beta2) * gradient**2
+        step = hparams.multiplier_lr / (1.0 - beta1**count) * first / (
+            jnp.sqrt(second) / jnp.sqrt(1.0 - beta2**count) + ADAM_EPS)
+        multiplier = jnp.maximum(state.multiplier - step, 0.0)
+        return AdamMultiplierState(multiplier, state.integral, jnp.asarray(measured_cost, jnp.float32),
+                                   jnp.stack([first, second, count]))
+
+    return ConstraintHandler(init, update)
+
+
 def pid_lagrangian() -> ConstraintHandler:
     def update(state, measured_cost, cost_limit, hparams):
         error = measured_cost - cost_limit
@@ -107,6 +146,7 @@ def fixed_penalty() -> ConstraintHandler:
 HANDLERS: dict[str, Callable[[], ConstraintHandler]] = {
     "none": none,
     "lagrangian": lagrangian,
+    "lagrangian_adam": lagrangian_adam,
     "pid": pid_lagrangian,
     "fixed": fixed_penalty,
     "margin": learned_margin,

@@ -101,3 +101,42 @@ def test_none_and_margin_and_fixed_two_costs():
 def test_measured_or_limit_per_cost():
     measured = jnp.array([jnp.nan, 3.0])
     np.testing.assert_array_equal(constraints.measured_or_limit(measured, jnp.array([1.0, 2.0])), [1.0, 3.0])
+
+
+def test_lagrangian_adam_is_one_adam_step_on_the_dual_loss_then_projected():
+    """OmniSafe's rule: torch.optim.Adam (defaults) on -m (J_c - limit), clamped at 0; optax.adam is the same
+    update, so it is the reference (each cost its own multiplier)."""
+    import jax
+    import optax
+
+    handler = constraints.lagrangian_adam()
+    h = hp(multiplier_lr=0.035, initial_multiplier=0.001)
+    limit = jnp.array([25.0, 10.0])
+    costs = np.random.default_rng(0).uniform(0.0, 160.0, size=(40, 2)).astype(np.float32)
+    costs[:5] = 160.0  # a burst far above the limit, then mixed
+    state = handler.init(h, (2,))
+    reference, opt = jnp.full((2,), 0.001), optax.adam(0.035, b1=0.9, b2=0.999, eps=1e-8)
+    opt_state = opt.init(reference)
+    for cost in costs:
+        state = handler.update(state, jnp.asarray(cost), limit, h)
+        gradient = jax.grad(lambda m: jnp.sum(-m * (cost - limit)))(reference)
+        step, opt_state = opt.update(gradient, opt_state)
+        reference = jnp.maximum(reference + step, 0.0)
+        np.testing.assert_allclose(np.asarray(state.multiplier), np.asarray(reference), rtol=1e-5, atol=1e-7)
+    # the first step moves by multiplier_lr whatever the excess: 5 steps of +135 raise it by about 5 * 0.035
+    first = handler.update(handler.init(h), jnp.float32(160.0), jnp.float32(25.0), h)
+    np.testing.assert_allclose(float(first.multiplier), 0.001 + 0.035, rtol=1e-5)
+    plain = constraints.lagrangian().update(constraints.lagrangian().init(h), jnp.float32(160.0), jnp.float32(25.0), h)
+    np.testing.assert_allclose(float(plain.multiplier), 0.001 + 0.035 * 135.0, rtol=1e-5)
+
+
+def test_only_the_adam_rule_carries_moments():
+    """The other handlers' states keep exactly their three fields (their checkpoints are unchanged)."""
+    import jax
+
+    h = hp()
+    for name in ("none", "lagrangian", "pid", "fixed", "margin"):
+        state = constraints.make_handler(name).init(h)
+        assert type(state) is constraints.MultiplierState and len(jax.tree.leaves(state)) == 3, name
+    state = constraints.make_handler("lagrangian_adam").init(h, (2,))
+    assert state.moments.shape == (3, 2) and len(jax.tree.leaves(state)) == 4

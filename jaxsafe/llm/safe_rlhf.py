@@ -51,7 +51,7 @@ from jaxsafe.validation import finite, is_int, non_negative, open_unit_interval,
 
 #: Multiplier rules a Safe-RLHF run may use (the names of :data:`jaxsafe.constraints.HANDLERS` it reads
 #: hparams for; CPO's learned margin is not one of them).
-MULTIPLIERS = ("none", "lagrangian", "pid", "fixed")
+MULTIPLIERS = ("none", "lagrangian", "lagrangian_adam", "pid", "fixed")
 
 
 # ----------------------------------------------------------------------------- config / hparams

@@ -66,7 +66,7 @@ from jaxsafe.validation import is_int, non_negative, open_unit_interval, positiv
 __all__ = ["METHODS", "CPOConfig", "CPOHParams", "CPOState", "make_train_parts", "make_train", "make_act"]
 
 METHODS = ("cpo", "trpo_lag")
-TRPO_MULTIPLIERS = ("lagrangian", "pid")
+TRPO_MULTIPLIERS = ("lagrangian", "lagrangian_adam", "pid")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,7 +77,8 @@ class CPOConfig(Config, RolloutBudget):
       num_envs, num_steps, total_steps: as in :class:`jaxsafe.rl.ppo.PPOConfig`.
       hidden, activation: actor and critic MLPs.
       method: ``cpo`` or ``trpo_lag``.
-      multiplier: the TRPO-Lagrangian multiplier updater, ``lagrangian`` or ``pid`` (ignored by CPO).
+      multiplier: the TRPO-Lagrangian multiplier updater, ``lagrangian``, ``lagrangian_adam`` or ``pid`` (ignored by
+        CPO).
       cg_iters: conjugate-gradient iterations per solve.
       line_search_steps: maximum number of backtracking steps.
       critic_epochs, critic_minibatches: Adam regression passes / minibatches per pass for both critics;

@@ -10,7 +10,8 @@ Usage (the shape every jaxsafe learner has)::
 
 ``config`` fixes shapes and loop counts (static, hashable, validated on construction); ``hparams`` holds everything
 a user sweeps and may be traced. ``multiplier`` selects the constraint handler: ``"none"`` is unconstrained PPO,
-``"lagrangian"`` (PPO-Lag), ``"pid"`` (CPPO-PID) and ``"fixed"`` (constant penalty) come from
+``"lagrangian"`` (PPO-Lag, plain projected ascent on the multiplier), ``"lagrangian_adam"`` (PPO-Lag with
+OmniSafe's Adam step on the multiplier), ``"pid"`` (CPPO-PID) and ``"fixed"`` (constant penalty) come from
 :mod:`jaxsafe.constraints`.
 
 One update: collect ``num_steps`` steps from ``num_envs`` auto-resetting environments; update the Lagrange multiplier
@@ -61,7 +62,7 @@ __all__ = ["MULTIPLIERS", "PPOConfig", "PPOHParams", "PPOState", "ActorCriticPar
            "RolloutStats", "Rollout", "OnPolicySetup", "env_problem", "rollout_episode_stats", "make_collect_rollout",
            "make_on_policy", "compute_advantages", "make_train_parts", "make_train", "make_act"]
 
-MULTIPLIERS = ("none", "lagrangian", "pid", "fixed")
+MULTIPLIERS = ("none", "lagrangian", "lagrangian_adam", "pid", "fixed")
 
 
 def env_problem(env: Any, env_params: Any = None) -> tuple[SafeEnv, Any]:

@@ -27,6 +27,12 @@ highest return within the cost limit 25 (return 9.7, cost 23.0; ``benchmarks/res
 made by ``benchmarks/presets_sweep.py``).
 CPO and TRPO-Lagrangian take the same rollout shape with 10 critic epochs of 20 minibatches (OmniSafe's CPO:
 ``update_iters`` 10).
+
+One difference is kept on purpose for now: OmniSafe steps its multiplier with Adam at lr 0.035
+(``lambda_optimizer: Adam``), the presets with plain projected ascent at the same lr (``multiplier="lagrangian"``),
+which moves the multiplier by 0.035 per unit of excess episode cost instead of about 0.035 per update. The stored
+10^7-step results use the plain rule; ``--set multiplier=lagrangian_adam`` gives OmniSafe's
+(:func:`jaxsafe.constraints.lagrangian_adam`).
 """
 
 from __future__ import annotations

@@ -278,3 +278,25 @@ def test_two_cost_lagrangian_meets_each_limit_at_the_exact_optimum(two_cost_lear
         np.testing.assert_allclose(measured, limits, atol=0.25, err_msg=str(point))
         # the binding H limit (0) was enforced by its own multiplier
         assert float(np.asarray(result.metrics["multiplier"][lane])[-1, 0]) > 0.5, point
+
+
+def test_omnisafe_adam_multiplier_meets_the_limit_and_follows_its_rule(gridworld):
+    """``multiplier="lagrangian_adam"`` (OmniSafe's Adam step on the multiplier): the lanes meet the limit, and
+    the logged multiplier is the handler replayed on the logged episode costs (the update's order and inputs)."""
+    from jaxsafe import constraints
+
+    env, params = gridworld
+    config = ppo.PPOConfig(num_envs=16, num_steps=32, total_steps=80_000, multiplier="lagrangian_adam",
+                           hidden=(32,), num_minibatches=2)
+    grid = sweep.make_grid(GRID_HPARAMS, seeds=2, cost_limit=[1.0], multiplier_lr=[0.5])
+    result = sweep.run_grid(ppo.make_train(config, env, params), grid)
+    costs = np.asarray(result.metrics["episode_cost"])
+    assert np.all(_tail_mean(costs) <= 1.15), _tail_mean(costs)
+    handler, lane_hparams = constraints.lagrangian_adam(), sweep.lane(grid.hparams, 0)
+    state, replayed = handler.init(lane_hparams), []
+    for cost in costs[0]:
+        measured = constraints.measured_or_limit(jnp.float32(cost), lane_hparams.cost_limit)
+        state = handler.update(state, measured, lane_hparams.cost_limit, lane_hparams)
+        replayed.append(float(state.multiplier))
+    np.testing.assert_allclose(np.asarray(result.metrics["multiplier"])[0], replayed, rtol=1e-4, atol=1e-5)
+    assert max(replayed) > 5.0  # it did have to rise, about multiplier_lr per update
