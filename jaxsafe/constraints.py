@@ -37,9 +37,10 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import optax
 
-__all__ = ["MultiplierState", "AdamMultiplierState", "ConstraintHandler", "HANDLERS", "make_handler", "none", "lagrangian",
-           "lagrangian_adam", "pid_lagrangian", "fixed_penalty", "learned_margin", "measured_or_limit"]
+__all__ = ["MultiplierState", "AdamMultiplierState", "ConstraintHandler", "HANDLERS", "make_handler", "none",
+           "lagrangian", "lagrangian_adam", "pid_lagrangian", "fixed_penalty", "learned_margin", "measured_or_limit"]
 
 
 class MultiplierState(NamedTuple):
@@ -55,7 +56,7 @@ class AdamMultiplierState(NamedTuple):
     multiplier: jax.Array
     integral: jax.Array
     previous_cost: jax.Array
-    moments: jax.Array  # Adam's first and second moments and step count, stacked [3, *shape]
+    moments: Any  # optax.scale_by_adam's state (step count, first and second moments)
 
 
 class ConstraintHandler(NamedTuple):
@@ -107,20 +108,17 @@ ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8
 
 
 def lagrangian_adam() -> ConstraintHandler:
+    adam = optax.scale_by_adam(b1=ADAM_BETAS[0], b2=ADAM_BETAS[1], eps=ADAM_EPS)
+
     def init(hparams, shape=()):
-        return AdamMultiplierState(*_init_from_hparams(hparams, shape), jnp.zeros((3, *shape), jnp.float32))
+        state = _init_from_hparams(hparams, shape)
+        return AdamMultiplierState(*state, adam.init(state.multiplier))
 
     def update(state, measured_cost, cost_limit, hparams):
-        (beta1, beta2), (first, second, count) = ADAM_BETAS, state.moments
         gradient = -(jnp.asarray(measured_cost, jnp.float32) - cost_limit)  # d/dm of the loss -m (J_c - limit)
-        count = count + 1.0
-        first = beta1 * first + (1.0 - beta1) * gradient
-        second = beta2 * second + (1.0 - beta2) * gradient**2
-        step = hparams.multiplier_lr / (1.0 - beta1**count) * first / (
-            jnp.sqrt(second) / jnp.sqrt(1.0 - beta2**count) + ADAM_EPS)
-        multiplier = jnp.maximum(state.multiplier - step, 0.0)
-        return AdamMultiplierState(multiplier, state.integral, jnp.asarray(measured_cost, jnp.float32),
-                                   jnp.stack([first, second, count]))
+        direction, moments = adam.update(gradient, state.moments)
+        multiplier = jnp.maximum(state.multiplier - hparams.multiplier_lr * direction, 0.0)
+        return AdamMultiplierState(multiplier, state.integral, jnp.asarray(measured_cost, jnp.float32), moments)
 
     return ConstraintHandler(init, update)
 
